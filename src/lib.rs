@@ -1,1 +1,275 @@
-//! ekos-log-monitor: follow log files and post their new lines to Discord.
+//! ekos-log-monitor follows log files and posts their new lines to a
+//! Discord channel through a webhook.
+//!
+//! Data flows one way, through two threads joined by bounded channels:
+//!
+//! ```text
+//! inotify ─► notify callback ─► watcher ─(Chunk)─► sender ─► Discord
+//!            (forwards only)    discover, tail     batch, pack, rate-limit,
+//!                               rotation, offsets  retry; commit checkpoint
+//! ```
+//!
+//! The main thread is the supervisor ([`run`]): it starts the pipeline,
+//! tells systemd it is ready, turns signals into stop and reload, feeds the
+//! watchdog only while both threads answer pings, and re-raises a worker's
+//! panic so that systemd restarts the service.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod discord;
+pub mod discover;
+pub mod format;
+pub mod sender;
+pub mod service;
+pub mod tail;
+pub mod watcher;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded, never};
+use sd_notify::NotifyState;
+
+use crate::checkpoint::{CheckpointError, Store};
+use crate::config::{Config, ConfigError, Follow, Inputs};
+use crate::discord::{Client, DryRun, Sink};
+use crate::service::{Control, Signal, Stats};
+use crate::watcher::WatchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sends the thread's name when it ends, even by a panic, so the
+/// supervisor notices at once.
+struct ExitGuard(&'static str, Sender<&'static str>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+/// The two worker threads of one configuration.
+struct Pipeline {
+    watcher: Option<JoinHandle<Result<(), WatchError>>>,
+    sender: Option<JoinHandle<()>>,
+    watcher_ctl: Sender<Control>,
+    sender_ctl: Sender<Control>,
+    exited: Receiver<&'static str>,
+}
+
+/// Capacity of the watcher → sender channel, in chunks (each at most
+/// [`tail::READ_CHUNK`] of text): small, so an outage cannot pile up memory.
+const LINE_CHANNEL: usize = 8;
+
+impl Pipeline {
+    fn start(cfg: Arc<Config>, dry_run: bool, stats: Arc<Stats>) -> Result<Pipeline, RunError> {
+        let store = Arc::new(Store::open(&cfg.state_dir, !dry_run)?);
+        let sinks: Vec<Box<dyn Sink>> = cfg
+            .webhooks
+            .iter()
+            .map(|w| -> Box<dyn Sink> {
+                if dry_run {
+                    Box::new(DryRun::stdout())
+                } else {
+                    Box::new(Client::new(w.clone()))
+                }
+            })
+            .collect();
+        let (line_tx, line_rx) = bounded(LINE_CHANNEL);
+        let (wctl_tx, wctl_rx) = bounded(16);
+        let (sctl_tx, sctl_rx) = bounded(16);
+        let (exit_tx, exit_rx) = bounded(2);
+        let (ready_tx, ready_rx) = bounded(1);
+
+        let w = watcher::Watcher::new(cfg.clone(), store.clone(), stats.clone(), ready_tx);
+        let guard = ExitGuard("watcher", exit_tx.clone());
+        let watcher = std::thread::Builder::new()
+            .name("watcher".into())
+            .spawn(move || {
+                let _guard = guard;
+                w.run(wctl_rx, line_tx)
+            })?;
+        let s = sender::Sender::new(&cfg, sinks, store, stats);
+        let guard = ExitGuard("sender", exit_tx);
+        let sender = std::thread::Builder::new()
+            .name("sender".into())
+            .spawn(move || {
+                let _guard = guard;
+                s.run(line_rx, sctl_rx)
+            })?;
+        let mut p = Pipeline {
+            watcher: Some(watcher),
+            sender: Some(sender),
+            watcher_ctl: wctl_tx,
+            sender_ctl: sctl_tx,
+            exited: exit_rx,
+        };
+        // Ready once every source is watched and its files are open.
+        crossbeam_channel::select! {
+            recv(ready_rx) -> _ => {}
+            recv(p.exited) -> _ => {
+                p.join()?;
+            }
+        }
+        Ok(p)
+    }
+
+    /// Waits for both threads; re-raises a panic, returns the watcher's error.
+    fn join(&mut self) -> Result<(), RunError> {
+        let mut result = Ok(());
+        if let Some(h) = self.watcher.take() {
+            match h.join() {
+                Ok(r) => result = r.map_err(RunError::from),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        // The sender ends once the watcher dropped its side of the channel.
+        let _ = self.sender_ctl.try_send(Control::Shutdown);
+        if let Some(h) = self.sender.take() {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        result
+    }
+
+    /// Clean stop: the watcher stops reading, the sender posts what it has.
+    fn shutdown(mut self) -> Result<(), RunError> {
+        let _ = self.watcher_ctl.send(Control::Shutdown);
+        let _ = self.sender_ctl.send(Control::Shutdown);
+        self.join()
+    }
+
+    /// Fast stop for a reload: nothing more is posted; undelivered lines
+    /// are read again from the checkpoint by the next pipeline.
+    fn abort(mut self) -> Result<(), RunError> {
+        let _ = self.watcher_ctl.send(Control::Abort);
+        let _ = self.sender_ctl.send(Control::Abort);
+        self.join()
+    }
+}
+
+/// A one-line description of what is followed, for the start-up line.
+pub fn describe_sources(cfg: &Config) -> String {
+    cfg.sources
+        .iter()
+        .map(|s| {
+            let pats: Vec<&str> = s.include.iter().map(|p| p.as_str()).collect();
+            let mode = match s.follow {
+                Follow::Newest => "newest",
+                Follow::All => "all",
+            };
+            format!(
+                "{} ({mode} of {} in {})",
+                s.name,
+                pats.join(", "),
+                s.root.display()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Runs the daemon until SIGINT/SIGTERM. `inputs` are kept for reloads.
+pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
+    let dry_run = inputs.dry_run;
+    service::raise_nofile_limit();
+    let (sig_tx, sig_rx) = bounded(8);
+    service::install_signal_handlers(sig_tx)?;
+    log::info!(
+        "ekos-log-monitor {} starting: config {}, posting to {}, following {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(none: environment only)".into()),
+        if dry_run {
+            "stdout (dry run)".to_string()
+        } else {
+            cfg.webhooks
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        describe_sources(&cfg)
+    );
+    let stats = Arc::new(Stats::default());
+    let mut pipeline = Pipeline::start(Arc::new(cfg), dry_run, stats.clone())?;
+    service::notify(&[NotifyState::Ready]);
+    stats.publish();
+
+    let tick = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut ping = 0u64;
+    let mut stalled_reported = false;
+    loop {
+        let timer = match tick {
+            Some(t) => crossbeam_channel::after(t),
+            None => never(),
+        };
+        crossbeam_channel::select! {
+            recv(sig_rx) -> sig => match sig.unwrap_or(Signal::Stop) {
+                Signal::Stop => {
+                    log::info!("stopping: posting what is queued");
+                    service::notify(&[NotifyState::Stopping]);
+                    pipeline.shutdown()?;
+                    log::info!("stopped");
+                    return Ok(());
+                }
+                Signal::Reload => {
+                    let mut states = vec![NotifyState::Reloading];
+                    if let Ok(t) = NotifyState::monotonic_usec_now() {
+                        states.push(t);
+                    }
+                    service::notify(&states);
+                    match Config::load(&Inputs::from_process(inputs.config_file.clone(), dry_run)) {
+                        Ok(new) => {
+                            log::set_max_level(new.log_level);
+                            pipeline.abort()?;
+                            log::info!("configuration reloaded: following {}", describe_sources(&new));
+                            pipeline = Pipeline::start(Arc::new(new), dry_run, stats.clone())?;
+                        }
+                        Err(e) => {
+                            log::error!("reload failed, keeping the running configuration: {e}");
+                            stats.record_error(Some(format!("reload failed: {e}")));
+                        }
+                    }
+                    service::notify(&[NotifyState::Ready]);
+                }
+            },
+            recv(pipeline.exited) -> name => {
+                let name = name.unwrap_or("worker");
+                pipeline.join()?;
+                log::error!("the {name} thread stopped unexpectedly");
+                return Err(RunError::Io(std::io::Error::other(format!("{name} thread stopped"))));
+            }
+            recv(timer) -> _ => {
+                let w = stats.watcher_pong.load(Ordering::Relaxed);
+                let s = stats.sender_pong.load(Ordering::Relaxed);
+                if w == ping && s == ping {
+                    service::notify(&[NotifyState::Watchdog]);
+                    stalled_reported = false;
+                } else if !stalled_reported {
+                    stalled_reported = true;
+                    log::warn!("a worker thread did not answer the watchdog ping in time (watcher {w}, sender {s}, expected {ping})");
+                }
+                ping += 1;
+                let _ = pipeline.watcher_ctl.try_send(Control::Ping(ping));
+                let _ = pipeline.sender_ctl.try_send(Control::Ping(ping));
+            }
+        }
+    }
+}

@@ -1,0 +1,788 @@
+//! Configuration: the prototype's environment variables, a TOML file and
+//! systemd credentials, validated into one typed [`Config`].
+//!
+//! Loading happens in two stages. First the raw layers are merged with the
+//! `config` crate: the TOML file at the bottom, then a `.env` file in the
+//! working directory, then the process environment on top. Every TOML key is
+//! the prototype's environment variable in lower case (`BATCH_SIZE` is
+//! `batch_size`), so one name serves both. Second, [`Config::from_layers`]
+//! checks every value and turns it into a typed field; the first bad value
+//! stops loading with one message that names the key, the value and what is
+//! expected. Relative paths resolve against the config file's directory, so a
+//! test can point everything at a temporary directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::webhook::{Webhook, WebhookError};
+
+/// Where the packaged service keeps its configuration.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/ekos-log-monitor/config.toml";
+/// The name of the systemd credential that may hold the webhook URL.
+pub const CREDENTIAL_NAME: &str = "discord-webhook";
+
+/// Every scalar key, as an environment variable (the TOML key is the same
+/// name in lower case). The order is the order `check` prints them in.
+pub const ENV_KEYS: &[&str] = &[
+    "DISCORD_WEBHOOK_URL",
+    "DISCORD_WEBHOOK_URL_FILE",
+    "EKOS_LOGS_DIRECTORY",
+    "EKOS_LOG_PATTERNS",
+    "START_AT",
+    "LOG_LEVEL",
+    "RATE_LIMIT_DELAY",
+    "BATCH_SIZE",
+    "BATCH_TIMEOUT",
+    "FILE_CHECK_INTERVAL",
+    "MAX_RETRIES",
+    "STATE_DIRECTORY",
+];
+
+/// Keys that may appear in the TOML file besides the scalar ones.
+const TABLE_KEYS: &[&str] = &["source"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key} = {value:?}: expected {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error("unknown key `{key}` in {path} (known keys: {known})")]
+    UnknownKey {
+        key: String,
+        path: PathBuf,
+        known: String,
+    },
+    #[error("{key}: {source}")]
+    Webhook {
+        key: String,
+        #[source]
+        source: WebhookError,
+    },
+    #[error("cannot read {key} file {path}: {source}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "DISCORD_WEBHOOK_URL is not set: set it in the environment, in {file} (discord_webhook_url), in a file named by DISCORD_WEBHOOK_URL_FILE or as the systemd credential `discord-webhook`, or use --dry-run"
+    )]
+    NoWebhook { file: String },
+    #[error("logs directory {path} does not exist (key {key})")]
+    MissingRoot { key: String, path: PathBuf },
+}
+
+fn invalid(key: &str, value: impl fmt::Display, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// Whether a file that exists when the daemon first sees it is read from its
+/// first line or only for what is appended from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    End,
+}
+
+/// `newest` follows only the most recently modified matching file (Ekos
+/// writes one file per KStars start); `all` follows every matching file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    Newest,
+    All,
+}
+
+/// One tree of log files and how to follow it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub root: PathBuf,
+    pub include: Vec<glob::Pattern>,
+    pub exclude: Vec<glob::Pattern>,
+    pub follow: Follow,
+    pub start_at: StartAt,
+    /// Index into [`Config::webhooks`]; `None` only in dry-run mode.
+    pub route: usize,
+    /// Which key set `root`, for messages such as a missing directory.
+    pub root_key: String,
+}
+
+impl Source {
+    /// Whether a path relative to the root is one of this source's files.
+    /// A pattern without `/` matches the file name at any depth (so the
+    /// prototype's `*.log` keeps working), one with `/` the whole path.
+    pub fn matches(&self, rel: &Path) -> bool {
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        let name = rel.file_name().map(Path::new).unwrap_or(rel);
+        let hit = |p: &glob::Pattern| {
+            if p.as_str().contains('/') {
+                p.matches_path_with(rel, opts)
+            } else {
+                p.matches_path_with(name, opts)
+            }
+        };
+        self.include.iter().any(hit) && !self.exclude.iter().any(hit)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The TOML file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Distinct destinations; sources refer to them by index. Empty only in
+    /// dry-run mode without any webhook configured.
+    pub webhooks: Vec<Webhook>,
+    pub log_level: log::LevelFilter,
+    pub rate_limit_delay: Duration,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub file_check_interval: Duration,
+    pub max_retries: u32,
+    pub state_dir: PathBuf,
+    pub sources: Vec<Source>,
+    /// Effective values as strings, secrets redacted, for `check`.
+    pub effective: BTreeMap<String, String>,
+}
+
+/// A `[[source]]` table as written in the TOML file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: Option<String>,
+    root: String,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    follow: Option<String>,
+    start_at: Option<String>,
+    discord_webhook_url: Option<String>,
+}
+
+/// The inputs of configuration loading, gathered so tests can supply them.
+#[derive(Debug, Default, Clone)]
+pub struct Inputs {
+    /// `--config FILE`; when `None`, [`DEFAULT_CONFIG_FILE`] is used if it exists.
+    pub config_file: Option<PathBuf>,
+    /// The process environment (with the `.env` file merged under it).
+    pub env: HashMap<String, String>,
+    /// Whether posting is replaced by printing: a webhook is then optional.
+    pub dry_run: bool,
+}
+
+impl Inputs {
+    /// The real process environment, with `.env` from the working directory
+    /// merged under it as the prototype did (the environment wins).
+    pub fn from_process(config_file: Option<PathBuf>, dry_run: bool) -> Inputs {
+        let mut env: HashMap<String, String> = std::env::vars().collect();
+        if let Ok(text) = std::fs::read_to_string(".env") {
+            for (k, v) in parse_dotenv(&text) {
+                env.entry(k).or_insert(v);
+            }
+        }
+        Inputs {
+            config_file,
+            env,
+            dry_run,
+        }
+    }
+}
+
+/// Parses `KEY=VALUE` lines: comments, blank lines, `export ` prefixes and
+/// matching quotes are handled; anything else is ignored.
+pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let mut v = v.trim();
+        if v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')))
+        {
+            v = &v[1..v.len() - 1];
+        } else if let Some(i) = v.find(" #") {
+            v = v[..i].trim_end();
+        }
+        out.push((k.trim().to_string(), v.to_string()));
+    }
+    out
+}
+
+/// The merged raw layers, with typed accessors that report bad values.
+struct Layers {
+    cfg: config::Config,
+    base: PathBuf,
+}
+
+impl Layers {
+    fn get(&self, key: &str) -> Option<String> {
+        self.cfg.get_string(&key.to_ascii_lowercase()).ok()
+    }
+
+    fn number<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| invalid(key, v, expected)),
+        }
+    }
+
+    fn seconds(&self, key: &str, default: f64, min: f64) -> Result<Duration, ConfigError> {
+        let expected = if min > 0.0 {
+            format!("a number of seconds greater than or equal to {min}")
+        } else {
+            "a number of seconds, 0 or more (e.g. 1.5)".to_string()
+        };
+        let secs: f64 = self.number(key, default, &expected)?;
+        if !secs.is_finite() || secs < min || secs > 86_400.0 {
+            return Err(invalid(key, self.get(key).unwrap_or_default(), &expected));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// A list from TOML (an array) or from the environment (comma separated).
+    fn list(&self, key: &str) -> Option<Vec<String>> {
+        let k = key.to_ascii_lowercase();
+        if let Ok(arr) = self.cfg.get_array(&k) {
+            return Some(
+                arr.into_iter()
+                    .filter_map(|v| v.into_string().ok())
+                    .collect(),
+            );
+        }
+        self.get(key).map(|s| {
+            s.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+    }
+
+    fn path(&self, raw: &str, env: &HashMap<String, String>) -> PathBuf {
+        let expanded = expand_home(raw, env);
+        if expanded.is_absolute() {
+            expanded
+        } else {
+            self.base.join(expanded)
+        }
+    }
+}
+
+fn expand_home(raw: &str, env: &HashMap<String, String>) -> PathBuf {
+    let home = env.get("HOME").map(String::as_str).unwrap_or("/");
+    if raw == "~" {
+        PathBuf::from(home)
+    } else if let Some(rest) = raw.strip_prefix("~/") {
+        Path::new(home).join(rest)
+    } else {
+        PathBuf::from(raw)
+    }
+}
+
+fn parse_start_at(key: &str, v: &str) -> Result<StartAt, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "end" => Ok(StartAt::End),
+        "beginning" | "start" => Ok(StartAt::Beginning),
+        _ => Err(invalid(key, v, "\"end\" or \"beginning\"")),
+    }
+}
+
+fn parse_follow(key: &str, v: &str) -> Result<Follow, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "newest" => Ok(Follow::Newest),
+        "all" => Ok(Follow::All),
+        _ => Err(invalid(key, v, "\"newest\" or \"all\"")),
+    }
+}
+
+fn parse_level(v: &str) -> Result<log::LevelFilter, ConfigError> {
+    Ok(match v.trim().to_ascii_uppercase().as_str() {
+        "TRACE" => log::LevelFilter::Trace,
+        "DEBUG" => log::LevelFilter::Debug,
+        "INFO" => log::LevelFilter::Info,
+        "WARNING" | "WARN" => log::LevelFilter::Warn,
+        "ERROR" | "CRITICAL" => log::LevelFilter::Error,
+        _ => {
+            return Err(invalid(
+                "LOG_LEVEL",
+                v,
+                "one of DEBUG, INFO, WARNING, ERROR",
+            ));
+        }
+    })
+}
+
+fn patterns(key: &str, raw: &[String]) -> Result<Vec<glob::Pattern>, ConfigError> {
+    raw.iter()
+        .map(|p| {
+            glob::Pattern::new(p)
+                .map_err(|e| invalid(key, p, &format!("a glob pattern ({})", e.msg)))
+        })
+        .collect()
+}
+
+impl Config {
+    /// Loads and validates the configuration from its inputs.
+    pub fn load(inputs: &Inputs) -> Result<Config, ConfigError> {
+        let file = match &inputs.config_file {
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        let mut builder = config::Config::builder();
+        let mut base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            }
+        }
+        for key in ENV_KEYS {
+            if let Some(v) = inputs.env.get(*key) {
+                builder = builder
+                    .set_override(key.to_ascii_lowercase(), v.clone())
+                    .expect("a plain key is a valid config path");
+            }
+        }
+        let cfg = builder.build().map_err(|e| ConfigError::Syntax {
+            path: file.clone().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = &file {
+            check_unknown_keys(&cfg, path)?;
+        }
+        Config::from_layers(Layers { cfg, base }, inputs, file)
+    }
+
+    fn from_layers(
+        l: Layers,
+        inputs: &Inputs,
+        file: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let env = &inputs.env;
+        let mut effective = BTreeMap::new();
+
+        let log_level = parse_level(&l.get("LOG_LEVEL").unwrap_or_else(|| "INFO".into()))?;
+        let rate_limit_delay = l.seconds("RATE_LIMIT_DELAY", 1.0, 0.0)?;
+        let batch_size: usize = l.number("BATCH_SIZE", 10, "a whole number of lines, 1 or more")?;
+        if batch_size == 0 {
+            return Err(invalid(
+                "BATCH_SIZE",
+                0,
+                "a whole number of lines, 1 or more",
+            ));
+        }
+        let batch_timeout = l.seconds("BATCH_TIMEOUT", 30.0, 0.0)?;
+        let file_check_interval = l.seconds("FILE_CHECK_INTERVAL", 60.0, 0.1)?;
+        let max_retries: u32 =
+            l.number("MAX_RETRIES", 3, "a whole number of attempts, 0 or more")?;
+        let start_at = match l.get("START_AT") {
+            Some(v) => parse_start_at("START_AT", &v)?,
+            None => StartAt::End,
+        };
+
+        // systemd's StateDirectory= sets $STATE_DIRECTORY, which is already
+        // the top layer; without it, a per-user directory like other tools.
+        let state_dir = match l.get("STATE_DIRECTORY") {
+            Some(v) if !v.trim().is_empty() => {
+                // systemd may pass several colon-separated directories.
+                let first = v.split(':').next().unwrap_or(&v).to_string();
+                l.path(&first, env)
+            }
+            _ => match env.get("XDG_STATE_HOME") {
+                Some(x) if !x.is_empty() => Path::new(x).join("ekos-log-monitor"),
+                _ => expand_home("~/.local/state/ekos-log-monitor", env),
+            },
+        };
+
+        // The default destination.
+        let mut webhooks: Vec<Webhook> = Vec::new();
+        let default_webhook = webhook_from_layers(&l, env)?;
+        if default_webhook.is_none() && !inputs.dry_run {
+            // Only an error if some source ends up without a webhook; checked below.
+        }
+
+        let raw_sources: Vec<RawSource> = match l.cfg.get::<Vec<RawSource>>("source") {
+            Ok(v) => v,
+            Err(config::ConfigError::NotFound(_)) => Vec::new(),
+            Err(e) => {
+                return Err(invalid(
+                    "source",
+                    "[[source]]",
+                    &format!(
+                        "tables with keys name, root, include, exclude, follow, start_at, discord_webhook_url ({e})"
+                    ),
+                ));
+            }
+        };
+
+        let mut sources = Vec::new();
+        let ekos_explicit = l.get("EKOS_LOGS_DIRECTORY").is_some();
+        let pattern_list = l
+            .list("EKOS_LOG_PATTERNS")
+            .unwrap_or_else(|| vec!["log_*.txt".into(), "*.log".into()]);
+        if pattern_list.is_empty() {
+            return Err(invalid(
+                "EKOS_LOG_PATTERNS",
+                "",
+                "at least one glob pattern, e.g. log_*.txt,*.log",
+            ));
+        }
+        let mut route_for = |w: Option<Webhook>, key: &str| -> Result<usize, ConfigError> {
+            let w = match w.or_else(|| default_webhook.clone()) {
+                Some(w) => w,
+                None if inputs.dry_run => Webhook::dry_run(),
+                None => {
+                    return Err(ConfigError::NoWebhook {
+                        file: file
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string()),
+                    });
+                }
+            };
+            let _ = key;
+            Ok(match webhooks.iter().position(|x| x.url() == w.url()) {
+                Some(i) => i,
+                None => {
+                    webhooks.push(w);
+                    webhooks.len() - 1
+                }
+            })
+        };
+
+        if ekos_explicit || raw_sources.is_empty() {
+            let root_raw = l
+                .get("EKOS_LOGS_DIRECTORY")
+                .unwrap_or_else(|| "~/.local/share/kstars/logs".to_string());
+            if root_raw.trim().is_empty() {
+                return Err(invalid("EKOS_LOGS_DIRECTORY", "", "a directory path"));
+            }
+            sources.push(Source {
+                name: "ekos".to_string(),
+                root: l.path(root_raw.trim(), env),
+                include: patterns("EKOS_LOG_PATTERNS", &pattern_list)?,
+                exclude: Vec::new(),
+                follow: Follow::Newest,
+                start_at,
+                route: route_for(None, "DISCORD_WEBHOOK_URL")?,
+                root_key: "EKOS_LOGS_DIRECTORY".to_string(),
+            });
+        }
+        for (i, rs) in raw_sources.into_iter().enumerate() {
+            let name = rs
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("source{}", i + 1));
+            let key = |k: &str| format!("source[{}].{}", name, k);
+            if sources.iter().any(|s: &Source| s.name == name) {
+                return Err(invalid(
+                    &key("name"),
+                    &name,
+                    "a name not used by another source",
+                ));
+            }
+            if rs.root.trim().is_empty() {
+                return Err(invalid(&key("root"), "", "a directory path"));
+            }
+            let include = if rs.include.is_empty() {
+                vec!["*.log".to_string()]
+            } else {
+                rs.include.clone()
+            };
+            let webhook = match &rs.discord_webhook_url {
+                Some(u) => Some(Webhook::parse(u).map_err(|source| ConfigError::Webhook {
+                    key: key("discord_webhook_url"),
+                    source,
+                })?),
+                None => None,
+            };
+            sources.push(Source {
+                include: patterns(&key("include"), &include)?,
+                exclude: patterns(&key("exclude"), &rs.exclude)?,
+                follow: match &rs.follow {
+                    Some(f) => parse_follow(&key("follow"), f)?,
+                    None => Follow::All,
+                },
+                start_at: match &rs.start_at {
+                    Some(s) => parse_start_at(&key("start_at"), s)?,
+                    None => start_at,
+                },
+                root: l.path(rs.root.trim(), env),
+                route: route_for(webhook, &key("discord_webhook_url"))?,
+                root_key: key("root"),
+                name,
+            });
+        }
+
+        effective.insert("LOG_LEVEL".into(), log_level.to_string());
+        effective.insert(
+            "RATE_LIMIT_DELAY".into(),
+            format!("{}", rate_limit_delay.as_secs_f64()),
+        );
+        effective.insert("BATCH_SIZE".into(), batch_size.to_string());
+        effective.insert(
+            "BATCH_TIMEOUT".into(),
+            format!("{}", batch_timeout.as_secs_f64()),
+        );
+        effective.insert(
+            "FILE_CHECK_INTERVAL".into(),
+            format!("{}", file_check_interval.as_secs_f64()),
+        );
+        effective.insert("MAX_RETRIES".into(), max_retries.to_string());
+        effective.insert("STATE_DIRECTORY".into(), state_dir.display().to_string());
+        effective.insert(
+            "DISCORD_WEBHOOK_URL".into(),
+            webhooks
+                .first()
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "(none: dry run)".into()),
+        );
+
+        Ok(Config {
+            file,
+            webhooks,
+            log_level,
+            rate_limit_delay,
+            batch_size,
+            batch_timeout,
+            file_check_interval,
+            max_retries,
+            state_dir,
+            sources,
+            effective,
+        })
+    }
+}
+
+/// Finds the default webhook: the URL itself (file or environment), else a
+/// file named by `DISCORD_WEBHOOK_URL_FILE`, else the systemd credential.
+fn webhook_from_layers(
+    l: &Layers,
+    env: &HashMap<String, String>,
+) -> Result<Option<Webhook>, ConfigError> {
+    let parse = |key: &str, v: &str| {
+        Webhook::parse(v.trim())
+            .map(Some)
+            .map_err(|source| ConfigError::Webhook {
+                key: key.to_string(),
+                source,
+            })
+    };
+    if let Some(v) = l
+        .get("DISCORD_WEBHOOK_URL")
+        .filter(|v| !v.trim().is_empty())
+    {
+        return parse("DISCORD_WEBHOOK_URL", &v);
+    }
+    if let Some(p) = l
+        .get("DISCORD_WEBHOOK_URL_FILE")
+        .filter(|v| !v.trim().is_empty())
+    {
+        let path = l.path(p.trim(), env);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+            key: "DISCORD_WEBHOOK_URL_FILE".into(),
+            path: path.clone(),
+            source,
+        })?;
+        return parse(
+            &format!("DISCORD_WEBHOOK_URL_FILE ({})", path.display()),
+            &text,
+        );
+    }
+    if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(dir).join(CREDENTIAL_NAME);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return parse("credential discord-webhook", &text);
+        }
+    }
+    Ok(None)
+}
+
+fn check_unknown_keys(cfg: &config::Config, path: &Path) -> Result<(), ConfigError> {
+    let table: HashMap<String, config::Value> = match cfg.clone().try_deserialize() {
+        Ok(t) => t,
+        Err(_) => return Ok(()),
+    };
+    let known: Vec<String> = ENV_KEYS
+        .iter()
+        .map(|k| k.to_ascii_lowercase())
+        .chain(TABLE_KEYS.iter().map(|k| k.to_string()))
+        .collect();
+    let mut keys: Vec<&String> = table.keys().collect();
+    keys.sort();
+    for key in keys {
+        if !known.iter().any(|k| k == key) {
+            return Err(ConfigError::UnknownKey {
+                key: key.clone(),
+                path: path.to_path_buf(),
+                known: known.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let config_file = toml.map(|t| {
+            let p = dir.path().join("config.toml");
+            std::fs::write(&p, t).unwrap();
+            p
+        });
+        let mut envmap: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        envmap
+            .entry("HOME".into())
+            .or_insert_with(|| "/home/astro".into());
+        Config::load(&Inputs {
+            config_file,
+            env: envmap,
+            dry_run: false,
+        })
+    }
+
+    const URL: &str = "https://discord.com/api/webhooks/123/tok-en";
+
+    #[test]
+    fn prototype_defaults() {
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert_eq!(c.batch_size, 10);
+        assert_eq!(c.batch_timeout, Duration::from_secs(30));
+        assert_eq!(c.rate_limit_delay, Duration::from_secs(1));
+        assert_eq!(c.file_check_interval, Duration::from_secs(60));
+        assert_eq!(c.max_retries, 3);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(
+            c.sources[0].root,
+            PathBuf::from("/home/astro/.local/share/kstars/logs")
+        );
+        assert!(c.sources[0].matches(Path::new("2024-01-15/log_21-00-00.txt")));
+        assert!(c.sources[0].matches(Path::new("2024-01-15/ekos.log")));
+        assert!(!c.sources[0].matches(Path::new("2024-01-15/notes.txt")));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load(
+            Some("batch_size = 5\nbatch_timeout = 2.5\n"),
+            &[("DISCORD_WEBHOOK_URL", URL), ("BATCH_SIZE", "7")],
+        )
+        .unwrap();
+        assert_eq!(c.batch_size, 7);
+        assert_eq!(c.batch_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_expectation() {
+        let e = load(None, &[("DISCORD_WEBHOOK_URL", URL), ("BATCH_SIZE", "ten")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "BATCH_SIZE = \"ten\": expected a whole number of lines, 1 or more"
+        );
+        let e = load(
+            None,
+            &[("DISCORD_WEBHOOK_URL", URL), ("BATCH_TIMEOUT", "-1")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("BATCH_TIMEOUT = \"-1\": expected a number of seconds"),
+            "{e}"
+        );
+        let e = load(Some("batch_sise = 3\n"), &[("DISCORD_WEBHOOK_URL", URL)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("unknown key `batch_sise`"), "{e}");
+    }
+
+    #[test]
+    fn missing_webhook_is_an_error_unless_dry_run() {
+        let e = load(None, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("DISCORD_WEBHOOK_URL is not set"), "{e}");
+    }
+
+    #[test]
+    fn sources_from_toml() {
+        let c = load(
+            Some(
+                r#"
+[[source]]
+name = "scripts"
+root = "event"
+include = ["**/*.log"]
+exclude = ["**/*.gz"]
+follow = "all"
+"#,
+            ),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        assert_eq!(c.sources.len(), 1);
+        let s = &c.sources[0];
+        assert_eq!(s.follow, Follow::All);
+        assert!(s.root.is_absolute() && s.root.ends_with("event"));
+        assert!(s.matches(Path::new("deploy/deploy.log")));
+        assert!(s.matches(Path::new("error.log")));
+        assert!(!s.matches(Path::new("deploy/deploy.log.1")));
+    }
+
+    #[test]
+    fn dotenv_parsing() {
+        let v = parse_dotenv("# c\nexport A=1\nB=\"two words\"\nC = x # note\n\nbad\n");
+        assert_eq!(
+            v,
+            vec![
+                ("A".to_string(), "1".to_string()),
+                ("B".to_string(), "two words".to_string()),
+                ("C".to_string(), "x".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Pure text handling between a file's bytes and a Discord message.
+//!
+//! Log files hold whatever programs wrote: invalid UTF-8, NUL bytes, colour
+//! escapes, CRLF line ends, triple backticks, `@everyone`. [`sanitize`] turns
+//! a raw line into text that displays as written (control characters become
+//! their visible Unicode "control pictures"), and [`escape_fence`] keeps a
+//! line from closing the code block it is shown in. [`Message`] renders the
+//! packed lines into `content` and the JSON body, always with
+//! `allowed_mentions` set so that nothing in a log line can ping anyone.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::checkpoint::FileId;
+
+/// Discord's limit on `content`, in Unicode code points.
+pub const CONTENT_LIMIT: usize = 2000;
+
+const FENCE_OPEN: &str = "```\n";
+const FENCE_CLOSE: &str = "\n```";
+const ZWSP: char = '\u{200b}';
+
+/// Makes one raw line (without its `\n`) displayable: invalid UTF-8 becomes
+/// U+FFFD, a trailing `\r` is dropped, and C0 controls other than tab, and
+/// DEL, become the matching symbols of the Control Pictures block (NUL is
+/// shown as `␀`), so they neither vanish nor upset a client.
+pub fn sanitize(raw: &[u8]) -> String {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let text = String::from_utf8_lossy(raw);
+    if !text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return text.into_owned();
+    }
+    text.chars()
+        .map(|c| match c {
+            '\t' => c,
+            '\u{0}'..='\u{1f}' => char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}'),
+            '\u{7f}' => '\u{2421}',
+            _ => c,
+        })
+        .collect()
+}
+
+/// Inserts a zero-width space between adjacent backticks, so a log line can
+/// never contain the ```` ``` ```` that would end its code block.
+pub fn escape_fence(text: &str) -> Cow<'_, str> {
+    if !text.contains("``") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut prev_tick = false;
+    for c in text.chars() {
+        if c == '`' && prev_tick {
+            out.push(ZWSP);
+        }
+        prev_tick = c == '`';
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// The header line naming the file a group of lines came from. Backticks
+/// in a file name are replaced so the header stays one inline code span.
+pub fn header(label: &str) -> String {
+    format!("`{}`\n", label.replace('`', "'"))
+}
+
+/// One line (or one piece of a line too long for a message) in a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub label: Option<Arc<str>>,
+    /// Already sanitized and fence-escaped.
+    pub text: String,
+    /// Set on the part that ends a line: once Discord accepted it, the file
+    /// is delivered up to this offset.
+    pub commit: Option<(FileId, u64)>,
+}
+
+/// What one request carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    pub parts: Vec<Part>,
+}
+
+impl Message {
+    /// Code points that `parts` occupy once rendered; see [`Message::content`].
+    pub fn cost_of_adding(&self, label: &Option<Arc<str>>, cp: usize) -> usize {
+        match self.parts.last() {
+            Some(last) if &last.label == label => cp + 1,
+            Some(_) => cp + 1 + group_overhead(label),
+            None => cp + group_overhead(label),
+        }
+    }
+
+    /// The `content` field: groups of consecutive lines from the same file,
+    /// each group a code block under an optional header.
+    pub fn content(&self) -> String {
+        let mut out = String::new();
+        let mut i = 0;
+        while i < self.parts.len() {
+            let label = &self.parts[i].label;
+            if i > 0 {
+                out.push('\n');
+            }
+            if let Some(l) = label {
+                out.push_str(&header(l));
+            }
+            out.push_str(FENCE_OPEN);
+            let mut first = true;
+            while i < self.parts.len() && &self.parts[i].label == label {
+                if !first {
+                    out.push('\n');
+                }
+                out.push_str(&self.parts[i].text);
+                first = false;
+                i += 1;
+            }
+            out.push_str(FENCE_CLOSE);
+        }
+        out
+    }
+
+    /// The JSON request body. `allowed_mentions.parse = []` disables every
+    /// ping, whatever the text contains.
+    pub fn body(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "content": self.content(),
+            "allowed_mentions": { "parse": [] },
+        });
+        serde_json::to_vec(&v).expect("a JSON value always serializes")
+    }
+
+    /// Highest delivered offset per file once this message is accepted.
+    pub fn commits(&self) -> impl Iterator<Item = (FileId, u64)> + '_ {
+        self.parts.iter().filter_map(|p| p.commit)
+    }
+
+    /// Cuts the message in two halves by parts (for a request Discord
+    /// rejected as too large); `None` if it holds a single part.
+    pub fn split(mut self) -> Option<(Message, Message)> {
+        if self.parts.len() < 2 {
+            return None;
+        }
+        let tail = self.parts.split_off(self.parts.len() / 2);
+        Some((self, Message { parts: tail }))
+    }
+
+    pub fn lines(&self) -> usize {
+        self.parts.len()
+    }
+}
+
+/// Code points a code block costs besides its lines: header, both fences
+/// and the newline that separates it from a previous block.
+fn group_overhead(label: &Option<Arc<str>>) -> usize {
+    let h = label
+        .as_ref()
+        .map(|l| header(l).chars().count())
+        .unwrap_or(0);
+    h + FENCE_OPEN.len() + FENCE_CLOSE.len()
+}
+
+/// The largest piece of one line that fits in an otherwise empty message.
+pub fn max_piece(label: &Option<Arc<str>>) -> usize {
+    CONTENT_LIMIT
+        .saturating_sub(group_overhead(label) + 1)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_keeps_text_readable() {
+        assert_eq!(sanitize(b"plain"), "plain");
+        assert_eq!(sanitize(b"crlf\r"), "crlf");
+        assert_eq!(sanitize(b"nul\0here\ttab"), "nul\u{2400}here\ttab");
+        assert_eq!(sanitize(b"\x1b[31mred"), "\u{241b}[31mred");
+        assert_eq!(sanitize(b"bad \xff utf8"), "bad \u{fffd} utf8");
+    }
+
+    #[test]
+    fn fences_cannot_be_closed_from_a_line() {
+        let e = escape_fence("a ``` b ```` c");
+        assert!(!e.contains("``"));
+        assert_eq!(e.replace(ZWSP, ""), "a ``` b ```` c");
+        assert!(matches!(escape_fence("one ` tick"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn content_groups_by_file() {
+        let a: Option<Arc<str>> = Some("deploy/deploy.log".into());
+        let b: Option<Arc<str>> = Some("error.log".into());
+        let m = Message {
+            parts: vec![
+                Part {
+                    label: a.clone(),
+                    text: "1".into(),
+                    commit: None,
+                },
+                Part {
+                    label: a,
+                    text: "2".into(),
+                    commit: None,
+                },
+                Part {
+                    label: b,
+                    text: "3".into(),
+                    commit: None,
+                },
+            ],
+        };
+        assert_eq!(
+            m.content(),
+            "`deploy/deploy.log`\n```\n1\n2\n```\n`error.log`\n```\n3\n```"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&m.body()).unwrap();
+        assert_eq!(body["allowed_mentions"]["parse"], serde_json::json!([]));
+    }
+}

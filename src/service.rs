@@ -1,0 +1,236 @@
+//! Glue with the service manager: logging, signals, sd_notify and the
+//! shared counters behind the `STATUS=` line and the watchdog.
+//!
+//! Logging goes to journald through its native protocol when the process
+//! was started by systemd with its output on the journal (`JOURNAL_STREAM`),
+//! so records keep their priority and carry fields such as the followed
+//! file; otherwise it goes to stderr. SIGINT and SIGTERM (through `ctrlc`)
+//! ask for a clean stop; SIGHUP asks for a reload. The watchdog is only fed
+//! when both worker threads answered the previous ping, so a hung thread
+//! gets the service restarted.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crossbeam_channel::Sender;
+
+/// Messages from the supervisor (main thread) to a worker thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Answer by storing the number in your heartbeat slot.
+    Ping(u64),
+    /// Stop. The sender first posts what it holds, within a bounded time.
+    Shutdown,
+    /// Stop now without posting more (a reload follows; lines it held are
+    /// read again from the checkpoint by the new pipeline).
+    Abort,
+}
+
+/// What the main thread learns from signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Stop,
+    Reload,
+}
+
+/// Counters shared by all threads; they feed `STATUS=` and the watchdog.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub lines_sent: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub watcher_pong: AtomicU64,
+    pub sender_pong: AtomicU64,
+    followed: Mutex<Vec<String>>,
+    last_post: Mutex<Option<SystemTime>>,
+    last_error: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Stats {
+    pub fn set_followed(&self, files: Vec<String>) {
+        *lock(&self.followed) = files;
+        self.publish();
+    }
+
+    pub fn followed(&self) -> Vec<String> {
+        lock(&self.followed).clone()
+    }
+
+    pub fn record_post(&self, lines: usize) {
+        self.lines_sent.fetch_add(lines as u64, Ordering::Relaxed);
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_post) = Some(SystemTime::now());
+        self.publish();
+    }
+
+    pub fn record_error(&self, e: Option<String>) {
+        *lock(&self.last_error) = e;
+        self.publish();
+    }
+
+    /// The one-line status shown by `systemctl status`.
+    pub fn status_line(&self) -> String {
+        let followed = lock(&self.followed);
+        let files = match followed.len() {
+            0 => "no file yet".to_string(),
+            1 => followed[0].clone(),
+            n => format!("{n} files"),
+        };
+        let last = match *lock(&self.last_post) {
+            Some(t) => format!("last post {}", hhmmss(t)),
+            None => "nothing posted yet".to_string(),
+        };
+        let err = match &*lock(&self.last_error) {
+            Some(e) => format!("; last error: {e}"),
+            None => String::new(),
+        };
+        format!(
+            "Following {files}; {} lines sent; {last}{err}",
+            self.lines_sent.load(Ordering::Relaxed)
+        )
+    }
+
+    /// Sends `STATUS=` to systemd (a no-op outside systemd).
+    pub fn publish(&self) {
+        if std::env::var_os("NOTIFY_SOCKET").is_some() {
+            let line = self.status_line();
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+        }
+    }
+}
+
+/// UTC time of day, for the status line (journald shows local times).
+fn hhmmss(t: SystemTime) -> String {
+    let s = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
+/// A minimal stderr logger for interactive runs and tests.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let level = match r.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "ekos-log-monitor: {level}: {}",
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs the journald logger when our stderr is the journal, else the
+/// stderr logger. Safe to call once per process.
+pub fn init_logging(level: log::LevelFilter) {
+    let journal = systemd_journal_logger::connected_to_journal()
+        && systemd_journal_logger::JournalLog::new()
+            .map(|j| {
+                j.with_syslog_identifier("ekos-log-monitor".into())
+                    .install()
+                    .is_ok()
+            })
+            .unwrap_or(false);
+    if !journal {
+        let _ = log::set_logger(&StderrLogger);
+    }
+    log::set_max_level(level);
+}
+
+/// Routes SIGINT/SIGTERM (stop) and SIGHUP (reload) into `tx`.
+pub fn install_signal_handlers(tx: Sender<Signal>) -> std::io::Result<()> {
+    let stop = tx.clone();
+    ctrlc::set_handler(move || {
+        let _ = stop.send(Signal::Stop);
+    })
+    .map_err(std::io::Error::other)?;
+    // ctrlc's "termination" handler also takes SIGHUP; ours replaces it for
+    // that one signal. The handler only writes a byte to a pipe (which is
+    // async-signal-safe); a thread turns bytes into reload requests.
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    HUP_PIPE.store(fds[1] as u64, Ordering::SeqCst);
+    extern "C" fn on_hup(_: libc::c_int) {
+        let fd = HUP_PIPE.load(Ordering::SeqCst) as libc::c_int;
+        let b = 1u8;
+        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    }
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_hup as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let read_fd = fds[0];
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            let mut b = [0u8; 16];
+            loop {
+                let n = unsafe { libc::read(read_fd, b.as_mut_ptr().cast(), b.len()) };
+                if n > 0 {
+                    if tx.send(Signal::Reload).is_err() {
+                        break;
+                    }
+                } else if n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                } else {
+                    break;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+static HUP_PIPE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Raises the soft limit on open files to the hard limit: with
+/// `follow = "all"` every followed file holds a descriptor (so a rotated
+/// file can still be read to its end).
+pub fn raise_nofile_limit() {
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// sd_notify, ignoring errors (there is nothing better to do with them).
+pub fn notify(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(states);
+    }
+}

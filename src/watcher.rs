@@ -1,0 +1,869 @@
+//! The watcher thread: decides which files to follow, reads them when
+//! inotify says they changed, and sends their new lines to the sender.
+//!
+//! It owns every open file ([`Tailer`]). inotify events arrive through the
+//! `notify` crate, whose callback only forwards them into a bounded channel;
+//! a rescan every `FILE_CHECK_INTERVAL` catches anything events missed.
+//! A file is never let go before it was read to its end through the
+//! descriptor already open, which is what makes rotation (rename, then a
+//! new file) and the Ekos switch to a newer session file lose nothing.
+//! Sending blocks when the sender is behind (bounded channel), so during an
+//! outage the watcher stops reading ahead and memory stays flat; it still
+//! answers pings and shutdown while blocked.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Select, Sender, bounded};
+use notify::{EventKind, RecursiveMode, Watcher as _};
+
+use crate::checkpoint::{FileId, FileRecord, Store};
+use crate::config::{Config, Follow, StartAt};
+use crate::discover;
+use crate::service::{Control, Stats};
+use crate::tail::{self, Line, TailError, Tailer};
+
+/// Lines of one file, in order, as read in one go.
+#[derive(Debug)]
+pub struct Chunk {
+    pub file: FileId,
+    /// Index of the destination webhook.
+    pub route: usize,
+    pub label: Option<Arc<str>>,
+    pub lines: Vec<Line>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot start inotify: {0}")]
+    Notify(#[from] notify::Error),
+}
+
+/// Whether the thread goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+#[derive(Debug, Default)]
+struct SourceState {
+    present: bool,
+    /// In `newest` mode, the file being followed.
+    current: Option<FileId>,
+    /// Warned that the root is missing (warn once per disappearance).
+    warned_missing: bool,
+    /// The ancestor watched while the root does not exist.
+    parent_watch: Option<PathBuf>,
+}
+
+pub struct Watcher {
+    cfg: Arc<Config>,
+    store: Arc<Store>,
+    stats: Arc<Stats>,
+    sources: Vec<SourceState>,
+    tailers: HashMap<FileId, Tailer>,
+    by_inode: HashMap<(u64, u64), FileId>,
+    /// Tailers whose path no longer names them (renamed away), with when.
+    retired: HashMap<FileId, Instant>,
+    /// Paths already warned about, so a problem is logged once.
+    warned: HashSet<PathBuf>,
+    buf: Vec<u8>,
+    started: SystemTime,
+    ready: Option<Sender<()>>,
+}
+
+/// Whether a file's content appeared after `t` (birth time when the file
+/// system reports it, else modification time).
+fn newer_than(meta: &std::fs::Metadata, t: SystemTime) -> bool {
+    let born = meta.created().or_else(|_| meta.modified());
+    born.map(|b| b >= t).unwrap_or(false)
+}
+
+/// The end of the last complete line at or before `len`, so that starting
+/// "at the end" never starts in the middle of a line.
+fn last_line_end(file: &std::fs::File, len: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        if file.read_exact_at(&mut buf[..n], start).is_err() {
+            return len;
+        }
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            return start + i as u64 + 1;
+        }
+        end = start;
+        if len - end > 1024 * 1024 {
+            // No newline in the last MiB: one giant line; start at the end.
+            return len;
+        }
+    }
+    0
+}
+
+impl Watcher {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Arc<Store>,
+        stats: Arc<Stats>,
+        ready: Sender<()>,
+    ) -> Watcher {
+        Watcher {
+            sources: cfg.sources.iter().map(|_| SourceState::default()).collect(),
+            cfg,
+            store,
+            stats,
+            tailers: HashMap::new(),
+            by_inode: HashMap::new(),
+            retired: HashMap::new(),
+            warned: HashSet::new(),
+            buf: Vec::new(),
+            started: SystemTime::now(),
+            ready: Some(ready),
+        }
+    }
+
+    /// The actor loop: set up, report ready, read the backlog, then react
+    /// to inotify events, rescans and control messages until told to stop.
+    pub fn run(mut self, control: Receiver<Control>, out: Sender<Chunk>) -> Result<(), WatchError> {
+        let (ev_tx, ev_rx) = bounded::<notify::Result<notify::Event>>(4096);
+        let mut inotify = notify::recommended_watcher(move |res| {
+            // Only forward: all work happens on the watcher thread.
+            let _ = ev_tx.send(res);
+        })?;
+
+        for i in 0..self.cfg.sources.len() {
+            self.setup_source(i, &mut inotify, false);
+        }
+        self.publish_followed();
+        if let Some(r) = self.ready.take() {
+            let _ = r.send(());
+        }
+        if self.drain_all(&control, &out) == Flow::Stop {
+            return Ok(());
+        }
+
+        let interval = self.cfg.file_check_interval;
+        let mut next_scan = Instant::now() + interval;
+        loop {
+            let timeout = next_scan.saturating_duration_since(Instant::now());
+            crossbeam_channel::select! {
+                recv(ev_rx) -> ev => {
+                    let Ok(first) = ev else { break };
+                    // Take everything queued and handle each path once.
+                    let mut events = vec![first];
+                    while let Ok(e) = ev_rx.try_recv() {
+                        events.push(e);
+                        if events.len() >= 4096 { break; }
+                    }
+                    if self.on_events(events, &mut inotify, &control, &out) == Flow::Stop {
+                        break;
+                    }
+                }
+                recv(control) -> msg => match msg {
+                    Ok(Control::Ping(n)) => self.pong(n),
+                    Ok(Control::Shutdown) | Ok(Control::Abort) | Err(_) => break,
+                },
+                default(timeout) => {
+                    if self.rescan(&mut inotify, &control, &out) == Flow::Stop {
+                        break;
+                    }
+                    next_scan = Instant::now() + interval;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pong(&self, n: u64) {
+        self.stats
+            .watcher_pong
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn warn_once(&mut self, path: &Path, msg: impl FnOnce() -> String) {
+        if self.warned.insert(path.to_path_buf()) {
+            let m = msg();
+            log::warn!(file = path.display().to_string().as_str(); "{m}");
+            self.stats.record_error(Some(m));
+        }
+    }
+
+    fn publish_followed(&self) {
+        let mut v: Vec<String> = self
+            .tailers
+            .values()
+            .filter(|t| !self.retired.contains_key(&t.id))
+            .map(|t| t.path.display().to_string())
+            .collect();
+        v.sort();
+        self.stats.set_followed(v);
+    }
+
+    /// Watches a source's root (or, while it is missing, its nearest
+    /// existing ancestor) and opens its files.
+    fn setup_source(&mut self, i: usize, inotify: &mut notify::RecommendedWatcher, running: bool) {
+        let src = self.cfg.sources[i].clone();
+        if !src.root.is_dir() {
+            let st = &mut self.sources[i];
+            if !st.warned_missing {
+                st.warned_missing = true;
+                log::warn!(
+                    "logs directory {} ({}) does not exist yet; waiting for it to appear",
+                    src.root.display(),
+                    src.root_key
+                );
+            }
+            if st.parent_watch.is_none() {
+                let mut anc = src.root.parent();
+                while let Some(a) = anc {
+                    if a.is_dir() && inotify.watch(a, RecursiveMode::NonRecursive).is_ok() {
+                        st.parent_watch = Some(a.to_path_buf());
+                        break;
+                    }
+                    anc = a.parent();
+                }
+            }
+            return;
+        }
+        if let Err(e) = inotify.watch(&src.root, RecursiveMode::Recursive) {
+            // Typically the inotify watch limit: polling by rescans still works.
+            log::warn!(
+                "cannot watch {} with inotify ({e}); new lines will only be seen every {} s (raise fs.inotify.max_user_watches)",
+                src.root.display(),
+                self.cfg.file_check_interval.as_secs_f64()
+            );
+        }
+        let st = &mut self.sources[i];
+        if let Some(p) = st.parent_watch.take() {
+            let _ = inotify.unwatch(&p);
+        }
+        if st.warned_missing {
+            log::info!(
+                "logs directory {} appeared; following it",
+                src.root.display()
+            );
+        }
+        st.warned_missing = false;
+        st.present = true;
+        let last_seen = self.store.source_last_seen(&src.name);
+        let scan = match discover::scan(&src, |_| false) {
+            Ok(s) => s,
+            Err(e) => {
+                self.warn_once(&src.root, || {
+                    format!("cannot read logs directory {}: {e}", src.root.display())
+                });
+                return;
+            }
+        };
+        self.report_problems(&scan.problems);
+        // Files we were following when the daemon last stopped, maybe
+        // rotated to another name since: finish them first.
+        self.resume_dormant(i);
+        let mut files = scan.files;
+        files.sort_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.path.cmp(&b.path)));
+        let newest = discover::newest(&files).map(|f| f.path.clone());
+        for f in &files {
+            let is_newest = Some(&f.path) == newest.as_ref();
+            let changed_while_down = last_seen.is_some_and(|t| f.mtime > t);
+            match src.follow {
+                Follow::All => {
+                    self.follow(i, &f.path, &f.rel, running);
+                }
+                Follow::Newest if is_newest => {
+                    if let Some(id) = self.follow(i, &f.path, &f.rel, running) {
+                        self.sources[i].current = Some(id);
+                    }
+                }
+                Follow::Newest => {
+                    // An older file: only finish it if it holds lines we
+                    // have not delivered (known with a lower offset, or
+                    // written while we were not running).
+                    if changed_while_down || running {
+                        if let Some(id) = self.follow(i, &f.path, &f.rel, running) {
+                            self.retired.insert(id, Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.store.touch_source(&src.name) {
+            log::error!("{e}");
+        }
+    }
+
+    fn report_problems(&mut self, problems: &[(PathBuf, String)]) {
+        for (p, why) in problems {
+            self.warn_once(p, || format!("skipping {}: {why}", p.display()));
+        }
+    }
+
+    /// Finds files from the checkpoint that are not followed (typically
+    /// renamed by logrotate while the daemon was stopped) by device, inode
+    /// and fingerprint in their directory, and reads them to their end.
+    fn resume_dormant(&mut self, i: usize) {
+        let src = self.cfg.sources[i].clone();
+        for rec in self.store.dormant(&src.name) {
+            let Some(dir) = rec.path.parent() else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                // gzip makes a new inode anyway; never read compressed data.
+                if name.ends_with(".gz")
+                    || name.ends_with(".xz")
+                    || name.ends_with(".zst")
+                    || name.ends_with(".bz2")
+                {
+                    continue;
+                }
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_file() && m.dev() == rec.dev && m.ino() == rec.ino => {}
+                    _ => continue,
+                }
+                let rel = p.strip_prefix(&src.root).unwrap_or(&p).to_path_buf();
+                if let Some(id) = self.open_tailer(i, &p, &rel, false) {
+                    if self.store.offset(id).is_some() && !src.matches(&rel) {
+                        // A rotated name: read to the end, then let go.
+                        self.retired.insert(id, Instant::now());
+                    } else if src.follow == Follow::Newest {
+                        self.retired.insert(id, Instant::now());
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    /// Opens a file for following unless it is followed already.
+    fn follow(&mut self, i: usize, path: &Path, rel: &Path, running: bool) -> Option<FileId> {
+        if let Ok(m) = std::fs::metadata(path) {
+            if let Some(id) = self.by_inode.get(&(m.dev(), m.ino())) {
+                return Some(*id);
+            }
+        }
+        self.open_tailer(i, path, rel, running)
+    }
+
+    /// Opens `path` and decides where to start: at its checkpoint if the
+    /// file is known; at 0 if it appeared while we were running (all of it
+    /// is new) or was changed while we were stopped; else per `start_at`.
+    fn open_tailer(&mut self, i: usize, path: &Path, rel: &Path, running: bool) -> Option<FileId> {
+        let src = &self.cfg.sources[i];
+        let (file, meta) = match tail::open_regular(path) {
+            Ok(x) => x,
+            Err(TailError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                let name = src.name.clone();
+                self.warn_once(path, || {
+                    format!(
+                        "cannot read {}: permission denied; grant the service user read access (e.g. `setfacl -m u:ekos-log-monitor:r {}` and `x` on its directories), or run the service as the logs' owner; retrying at each rescan (source {name})",
+                        path.display(),
+                        path.display()
+                    )
+                });
+                return None;
+            }
+            Err(e) => {
+                self.warn_once(path, || e.to_string());
+                return None;
+            }
+        };
+        if self.warned.remove(path) {
+            log::info!("{} is readable now", path.display());
+        }
+        let key = (meta.dev(), meta.ino());
+        if let Some(id) = self.by_inode.get(&key) {
+            return Some(*id);
+        }
+        let claimed = self.store.claim(&src.name, meta.dev(), meta.ino(), |n| {
+            tail::first_bytes(&file, n).ok()
+        });
+        let last_seen = self.store.source_last_seen(&src.name);
+        let (id, start, why) = match claimed {
+            Some((id, off)) if off <= meta.len() => (Some(id), off, "checkpoint"),
+            Some((id, _)) => (Some(id), 0, "checkpoint beyond end: truncated"),
+            None if running && newer_than(&meta, self.started) => (None, 0, "new file"),
+            None if last_seen.is_some_and(|t| meta.modified().is_ok_and(|m| m > t)) => {
+                (None, 0, "changed while stopped")
+            }
+            None => match src.start_at {
+                StartAt::Beginning => (None, 0, "start_at = beginning"),
+                StartAt::End => (None, last_line_end(&file, meta.len()), "start_at = end"),
+            },
+        };
+        let label: Option<Arc<str>> = match src.follow {
+            Follow::All => Some(Arc::from(rel.to_string_lossy().as_ref())),
+            Follow::Newest => None,
+        };
+        let id = id.unwrap_or_else(|| {
+            self.store.track(FileRecord {
+                source: src.name.clone(),
+                path: path.to_path_buf(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+                fp_len: 0,
+                fp_hash: 0,
+                offset: start,
+                seen: 0,
+            })
+        });
+        let t = match Tailer::new(id, i, path.to_path_buf(), label, file, &meta, start) {
+            Ok(t) => t,
+            Err(e) => {
+                self.warn_once(path, || format!("cannot read {}: {e}", path.display()));
+                self.store.release(id);
+                return None;
+            }
+        };
+        self.store.update(id, Some(path), Some(t.fingerprint()));
+        log::info!(
+            file = path.display().to_string().as_str();
+            "following {} from offset {start} ({why})",
+            path.display()
+        );
+        self.by_inode.insert(key, id);
+        self.tailers.insert(id, t);
+        Some(id)
+    }
+
+    fn release(&mut self, id: FileId) {
+        if let Some(t) = self.tailers.remove(&id) {
+            self.by_inode.remove(&(t.dev, t.ino));
+            self.retired.remove(&id);
+            self.store.release(id);
+            log::debug!("released {}", t.path.display());
+        }
+    }
+
+    /// Reads one file to its current end, sending its lines.
+    fn drain(&mut self, id: FileId, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+        let mut lines = Vec::new();
+        loop {
+            let Some(t) = self.tailers.get_mut(&id) else {
+                return Flow::Go;
+            };
+            let report = match t.read(&mut self.buf, &mut lines, 1 << 20) {
+                Ok(r) => r,
+                Err(e) => {
+                    let p = t.path.clone();
+                    self.warn_once(&p, || format!("cannot read {}: {e}", p.display()));
+                    return Flow::Go;
+                }
+            };
+            if report.restarted {
+                log::info!(
+                    file = t.path.display().to_string().as_str();
+                    "{} was truncated or rewritten; reading it again from the start",
+                    t.path.display()
+                );
+            }
+            if report.fingerprint_changed {
+                self.store.update(id, None, Some(t.fingerprint()));
+            }
+            if !lines.is_empty() {
+                let chunk = Chunk {
+                    file: id,
+                    route: self.cfg.sources[t.source].route,
+                    label: t.label.clone(),
+                    lines: std::mem::take(&mut lines),
+                };
+                if self.send(chunk, control, out) == Flow::Stop {
+                    return Flow::Stop;
+                }
+            }
+            if !report.more {
+                return Flow::Go;
+            }
+        }
+    }
+
+    /// Sends a chunk, blocking while the sender is behind, but still
+    /// answering pings and stop requests.
+    fn send(&self, chunk: Chunk, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+        let chunk = match out.try_send(chunk) {
+            Ok(()) => return Flow::Go,
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Flow::Stop,
+            Err(crossbeam_channel::TrySendError::Full(c)) => c,
+        };
+        loop {
+            let mut sel = Select::new();
+            let s = sel.send(out);
+            let c = sel.recv(control);
+            let op = sel.select();
+            if op.index() == s {
+                return match op.send(out, chunk) {
+                    Ok(()) => Flow::Go,
+                    Err(_) => Flow::Stop,
+                };
+            }
+            debug_assert_eq!(op.index(), c);
+            match op.recv(control) {
+                Ok(Control::Ping(n)) => self.pong(n),
+                _ => return Flow::Stop,
+            }
+        }
+    }
+
+    fn drain_all(&mut self, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+        let mut ids: Vec<FileId> = self.tailers.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            if self.drain(id, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        // Retired files have been read to their end: let them go.
+        let retired: Vec<FileId> = self.retired.keys().copied().collect();
+        for id in retired {
+            let gone = self
+                .tailers
+                .get(&id)
+                .is_none_or(|t| t.pending().unwrap_or(0) == 0);
+            if gone {
+                self.release(id);
+            }
+        }
+        Flow::Go
+    }
+
+    fn source_of(&self, path: &Path) -> Option<usize> {
+        self.cfg
+            .sources
+            .iter()
+            .position(|s| path.starts_with(&s.root))
+    }
+
+    fn on_events(
+        &mut self,
+        events: Vec<notify::Result<notify::Event>>,
+        inotify: &mut notify::RecommendedWatcher,
+        control: &Receiver<Control>,
+        out: &Sender<Chunk>,
+    ) -> Flow {
+        let mut paths: Vec<(PathBuf, bool)> = Vec::new();
+        let mut rescan = false;
+        for ev in events {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    log::debug!("inotify error: {e}");
+                    rescan = true;
+                    continue;
+                }
+            };
+            if ev.need_rescan() {
+                rescan = true;
+            }
+            let created = matches!(ev.kind, EventKind::Create(_));
+            if matches!(ev.kind, EventKind::Access(_)) {
+                continue;
+            }
+            for p in ev.paths {
+                match paths.iter_mut().find(|(q, _)| *q == p) {
+                    Some(entry) => entry.1 |= created,
+                    None => paths.push((p, created)),
+                }
+            }
+        }
+        // A missing root may have appeared (or a present one vanished).
+        for i in 0..self.cfg.sources.len() {
+            let present = self.cfg.sources[i].root.is_dir();
+            if present != self.sources[i].present {
+                if present {
+                    self.setup_source(i, inotify, true);
+                } else {
+                    if self.root_vanished(i, control, out) == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                    self.setup_source(i, inotify, true);
+                }
+                self.publish_followed();
+            }
+        }
+        if rescan {
+            return self.rescan(inotify, control, out);
+        }
+        for (p, created) in paths {
+            if self.on_path(&p, created, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Go
+    }
+
+    /// One path changed: read the file it names (if followed), follow it
+    /// (if new and matching), and let go of files renamed away or deleted.
+    fn on_path(
+        &mut self,
+        path: &Path,
+        created: bool,
+        control: &Receiver<Control>,
+        out: &Sender<Chunk>,
+    ) -> Flow {
+        let meta = std::fs::metadata(path).ok();
+        // Files that were known under this path but no longer are it.
+        let stale: Vec<FileId> = self
+            .tailers
+            .values()
+            .filter(|t| {
+                t.path == path
+                    && meta
+                        .as_ref()
+                        .is_none_or(|m| (m.dev(), m.ino()) != (t.dev, t.ino))
+            })
+            .map(|t| t.id)
+            .collect();
+        for id in stale {
+            if self.drain(id, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+            self.retire_or_release(id);
+        }
+        let Some(meta) = meta else {
+            return Flow::Go;
+        };
+        if meta.is_dir() {
+            // A new directory: files created in it before its watch was
+            // added sent no event, so look now.
+            if created {
+                if let Some(i) = self.source_of(path) {
+                    return self.scan_source(i, true, control, out);
+                }
+            }
+            return Flow::Go;
+        }
+        if let Some(&id) = self.by_inode.get(&(meta.dev(), meta.ino())) {
+            if let Some(t) = self.tailers.get_mut(&id) {
+                if t.path != path {
+                    t.path = path.to_path_buf();
+                    self.store.update(id, Some(path), None);
+                }
+            }
+            return self.drain(id, control, out);
+        }
+        let Some(i) = self.source_of(path) else {
+            return Flow::Go;
+        };
+        let src = &self.cfg.sources[i];
+        let rel = path.strip_prefix(&src.root).unwrap_or(path).to_path_buf();
+        if !src.matches(&rel) || !meta.is_file() {
+            if src.matches(&rel) {
+                self.warn_once(path, || {
+                    format!(
+                        "skipping {}: not a regular file (FIFO, socket or device)",
+                        path.display()
+                    )
+                });
+            }
+            return Flow::Go;
+        }
+        match src.follow {
+            Follow::All => {
+                if let Some(id) = self.open_tailer(i, path, &rel, true) {
+                    self.publish_followed();
+                    return self.drain(id, control, out);
+                }
+            }
+            Follow::Newest => {
+                // A new file is a new Ekos session: switch to it. A write
+                // to an older file (rare: Ekos writes only its current one)
+                // is read without switching, so nothing is lost either way.
+                if created || self.sources[i].current.is_none() {
+                    return self.switch_to(i, path, &rel, control, out);
+                }
+                if let Some(id) = self.open_tailer(i, path, &rel, true) {
+                    self.retired.entry(id).or_insert_with(Instant::now);
+                    return self.drain(id, control, out);
+                }
+            }
+        }
+        Flow::Go
+    }
+
+    /// Newest mode: finish the current file, then follow `path`.
+    fn switch_to(
+        &mut self,
+        i: usize,
+        path: &Path,
+        rel: &Path,
+        control: &Receiver<Control>,
+        out: &Sender<Chunk>,
+    ) -> Flow {
+        if let Some(old) = self.sources[i].current.take() {
+            if self.drain(old, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+            if let Some(t) = self.tailers.get(&old) {
+                log::info!("a newer log file appeared; finished {}", t.path.display());
+            }
+            self.release(old);
+        }
+        if let Some(id) = self.open_tailer(i, path, rel, true) {
+            self.sources[i].current = Some(id);
+            self.publish_followed();
+            return self.drain(id, control, out);
+        }
+        Flow::Go
+    }
+
+    /// A file no longer has its name: deleted files are let go at once
+    /// (we read them to their end already); renamed ones are kept a little
+    /// for writers that have not reopened yet.
+    fn retire_or_release(&mut self, id: FileId) {
+        let deleted = self
+            .tailers
+            .get(&id)
+            .is_none_or(|t| t.links().unwrap_or(0) == 0);
+        for st in self.sources.iter_mut() {
+            if st.current == Some(id) {
+                st.current = None;
+            }
+        }
+        if deleted {
+            self.release(id);
+        } else {
+            self.retired.entry(id).or_insert_with(Instant::now);
+        }
+        self.publish_followed();
+    }
+
+    fn root_vanished(
+        &mut self,
+        i: usize,
+        control: &Receiver<Control>,
+        out: &Sender<Chunk>,
+    ) -> Flow {
+        log::warn!(
+            "logs directory {} disappeared; waiting for it to come back",
+            self.cfg.sources[i].root.display()
+        );
+        self.sources[i].present = false;
+        self.sources[i].warned_missing = true;
+        self.sources[i].current = None;
+        let ids: Vec<FileId> = self
+            .tailers
+            .values()
+            .filter(|t| t.source == i)
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            if self.drain(id, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+            self.release(id);
+        }
+        Flow::Go
+    }
+
+    /// Looks for files events did not announce (new directories, missed
+    /// events, files that became readable) in one source.
+    fn scan_source(
+        &mut self,
+        i: usize,
+        running: bool,
+        control: &Receiver<Control>,
+        out: &Sender<Chunk>,
+    ) -> Flow {
+        let src = self.cfg.sources[i].clone();
+        let known: HashSet<PathBuf> = self
+            .tailers
+            .values()
+            .filter(|t| t.source == i)
+            .map(|t| t.path.clone())
+            .collect();
+        let scan = match src.follow {
+            Follow::All => discover::scan(&src, |p| known.contains(p)),
+            Follow::Newest => discover::scan(&src, |_| false),
+        };
+        let scan = match scan {
+            Ok(s) => s,
+            Err(_) => return Flow::Go,
+        };
+        self.report_problems(&scan.problems);
+        match src.follow {
+            Follow::All => {
+                for f in &scan.files {
+                    if let Some(id) = self.follow(i, &f.path, &f.rel, running) {
+                        if self.drain(id, control, out) == Flow::Stop {
+                            return Flow::Stop;
+                        }
+                    }
+                }
+                self.publish_followed();
+            }
+            Follow::Newest => {
+                if let Some(n) = discover::newest(&scan.files) {
+                    let is_current = self.sources[i]
+                        .current
+                        .and_then(|id| self.tailers.get(&id))
+                        .is_some_and(|t| t.path == n.path);
+                    if !is_current {
+                        let (p, r) = (n.path.clone(), n.rel.clone());
+                        return self.switch_to(i, &p, &r, control, out);
+                    }
+                }
+            }
+        }
+        Flow::Go
+    }
+
+    /// The periodic check: roots, new files, and every followed file read
+    /// in case an event was missed.
+    fn rescan(
+        &mut self,
+        inotify: &mut notify::RecommendedWatcher,
+        control: &Receiver<Control>,
+        out: &Sender<Chunk>,
+    ) -> Flow {
+        for i in 0..self.cfg.sources.len() {
+            let present = self.cfg.sources[i].root.is_dir();
+            if !self.sources[i].present {
+                if present {
+                    self.setup_source(i, inotify, true);
+                }
+                continue;
+            }
+            if !present {
+                if self.root_vanished(i, control, out) == Flow::Stop {
+                    return Flow::Stop;
+                }
+                self.setup_source(i, inotify, true);
+                continue;
+            }
+            if self.scan_source(i, true, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        // Files whose name now belongs to another file or to none.
+        let moved: Vec<FileId> = self
+            .tailers
+            .values()
+            .filter(|t| match std::fs::metadata(&t.path) {
+                Ok(m) => (m.dev(), m.ino()) != (t.dev, t.ino),
+                Err(_) => true,
+            })
+            .map(|t| t.id)
+            .collect();
+        for id in moved {
+            if self.drain(id, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+            self.retire_or_release(id);
+        }
+        let r = self.drain_all(control, out);
+        self.publish_followed();
+        r
+    }
+}

@@ -1,0 +1,209 @@
+//! The Discord webhook URL: parsed, checked and kept secret.
+//!
+//! A webhook URL carries its own credential (the token after the id), so it
+//! is handled like a password: [`Webhook`] prints itself with the token
+//! replaced by `****`, and [`Webhook::redact`] scrubs the token out of any
+//! text (such as an HTTP library's error message) before it is logged.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error(
+        "{shown:?} is not a Discord webhook URL: expected https://discord.com/api/webhooks/ID/TOKEN"
+    )]
+    Shape { shown: String },
+    #[error(
+        "{shown:?} uses http://: expected https:// (plain http is only accepted for loopback hosts)"
+    )]
+    Insecure { shown: String },
+}
+
+/// A validated webhook URL. `Debug` and `Display` never show the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    url: String,
+    id: String,
+    token: String,
+}
+
+const DISCORD_HOSTS: &[&str] = &[
+    "discord.com",
+    "discordapp.com",
+    "ptb.discord.com",
+    "canary.discord.com",
+    "ptb.discordapp.com",
+    "canary.discordapp.com",
+];
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h == "::1"
+        || h.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+impl Webhook {
+    /// Accepts `https://{,ptb.,canary.}discord{,app}.com/api[/vN]/webhooks/ID/TOKEN`
+    /// (an optional query string is kept) and the same path on a loopback
+    /// host over http or https, which is what tests use.
+    pub fn parse(raw: &str) -> Result<Webhook, WebhookError> {
+        let raw = raw.trim();
+        let shape = || WebhookError::Shape {
+            shown: redact_guess(raw),
+        };
+        let (scheme, rest) = raw.split_once("://").ok_or_else(shape)?;
+        let (authority, path) = rest.split_once('/').ok_or_else(shape)?;
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        let host = host.to_ascii_lowercase();
+        let loopback = is_loopback(&host);
+        match scheme.to_ascii_lowercase().as_str() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(WebhookError::Insecure {
+                    shown: redact_guess(raw),
+                });
+            }
+            _ => return Err(shape()),
+        }
+        if !loopback && !DISCORD_HOSTS.contains(&host.as_str()) {
+            return Err(shape());
+        }
+        let path_only = path.split(['?', '#']).next().unwrap_or("");
+        let mut parts = path_only.split('/').filter(|s| !s.is_empty());
+        if parts.next() != Some("api") {
+            return Err(shape());
+        }
+        let mut next = parts.next();
+        if let Some(v) = next {
+            if v.len() > 1 && v.starts_with('v') && v[1..].bytes().all(|b| b.is_ascii_digit()) {
+                next = parts.next();
+            }
+        }
+        if next != Some("webhooks") {
+            return Err(shape());
+        }
+        let id = parts.next().ok_or_else(shape)?;
+        let token = parts.next().ok_or_else(shape)?;
+        if parts.next().is_some()
+            || id.is_empty()
+            || !id.bytes().all(|b| b.is_ascii_digit())
+            || token.is_empty()
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(shape());
+        }
+        Ok(Webhook {
+            url: raw.to_string(),
+            id: id.to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    /// A placeholder destination for `--dry-run` without a configured webhook.
+    pub fn dry_run() -> Webhook {
+        Webhook {
+            url: "dry-run:".to_string(),
+            id: "0".to_string(),
+            token: String::new(),
+        }
+    }
+
+    /// The full URL, token included: only for making the request.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Replaces every occurrence of the token in `text` by `****`.
+    pub fn redact(&self, text: &str) -> String {
+        if self.token.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.token, "****")
+        }
+    }
+}
+
+/// Best effort for messages about a URL that did not parse: hide whatever
+/// follows `webhooks/ID/`, and anything long after the last slash.
+fn redact_guess(raw: &str) -> String {
+    if let Some(i) = raw.find("/webhooks/") {
+        let after = &raw[i + "/webhooks/".len()..];
+        let id_end = after.find('/').map(|j| j + 1).unwrap_or(after.len());
+        return format!("{}/webhooks/{}****", &raw[..i], &after[..id_end]);
+    }
+    match raw.rfind('/') {
+        Some(i) if raw.len() - i > 20 => format!("{}/****", &raw[..i]),
+        _ => raw.to_string(),
+    }
+}
+
+impl fmt::Display for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redact(&self.url))
+    }
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Webhook({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_discord_forms() {
+        for u in [
+            "https://discord.com/api/webhooks/123/abc-DEF_9",
+            "https://discordapp.com/api/webhooks/123/abc",
+            "https://ptb.discord.com/api/v10/webhooks/123/abc",
+            "https://canary.discord.com/api/v9/webhooks/123/abc?thread_id=5",
+            "http://127.0.0.1:8080/api/webhooks/123/abc",
+            "http://localhost:1/api/webhooks/1/t",
+            "http://[::1]:99/api/webhooks/1/t",
+        ] {
+            let w = Webhook::parse(u).unwrap_or_else(|e| panic!("{u}: {e}"));
+            assert!(!w.to_string().contains("abc") || w.token != "abc", "{w}");
+        }
+    }
+
+    #[test]
+    fn rejects_other_forms_without_leaking_the_token() {
+        for u in [
+            "http://discord.com/api/webhooks/123/s3cr3t",
+            "https://example.com/api/webhooks/123/s3cr3t",
+            "https://discord.com/webhooks/123/s3cr3t",
+            "https://discord.com/api/webhooks/abc/s3cr3t",
+            "discord.com/api/webhooks/123/s3cr3t",
+            "",
+        ] {
+            let e = Webhook::parse(u).unwrap_err().to_string();
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[test]
+    fn display_and_debug_hide_the_token() {
+        let w = Webhook::parse("https://discord.com/api/webhooks/123/s3cr3t").unwrap();
+        assert_eq!(w.to_string(), "https://discord.com/api/webhooks/123/****");
+        assert!(!format!("{w:?}").contains("s3cr3t"));
+        assert_eq!(
+            w.redact("error: https://x/123/s3cr3t: boom"),
+            "error: https://x/123/****: boom"
+        );
+    }
+}
