@@ -106,7 +106,7 @@ pub fn first_bytes(file: &File, n: usize) -> io::Result<Vec<u8>> {
 }
 
 /// What a read found besides lines.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReadReport {
     /// More data is waiting: the byte budget ran out first.
     pub more: bool,
@@ -114,6 +114,10 @@ pub struct ReadReport {
     pub restarted: bool,
     /// The fingerprint grew or changed: tell the checkpoint store.
     pub fingerprint_changed: bool,
+    /// On a restart: where the last complete line ended and the first
+    /// bytes the content had, so a copy (logrotate's `copytruncate`) can be
+    /// found and its unread end read from there.
+    pub previous: Option<(u64, Vec<u8>)>,
 }
 
 /// Follows one open file.
@@ -177,6 +181,20 @@ impl Tailer {
         Ok(self.file.metadata()?.len().saturating_sub(self.pos))
     }
 
+    /// Hands out an unfinished last line as if it were complete: for a
+    /// file that will not grow any more (a copy made by logrotate).
+    pub fn take_partial(&mut self) -> Option<Line> {
+        if self.partial.is_empty() {
+            return None;
+        }
+        let text = format::sanitize(&self.partial);
+        self.partial.clear();
+        Some(Line {
+            text,
+            end: self.pos,
+        })
+    }
+
     /// Hard links left to the open file: 0 once it was deleted.
     pub fn links(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.nlink())
@@ -189,6 +207,7 @@ impl Tailer {
         let head = first_bytes(&self.file, FINGERPRINT_LEN.min(size as usize))?;
         let common = head.len().min(self.fp.len());
         if size < self.pos || head[..common] != self.fp[..common] {
+            report.previous = Some((self.line_end(), std::mem::take(&mut self.fp)));
             self.pos = 0;
             self.partial.clear();
             self.fp = head;
@@ -211,6 +230,11 @@ impl Tailer {
     ) -> io::Result<ReadReport> {
         let mut report = ReadReport::default();
         self.check_identity(&mut report)?;
+        if report.restarted {
+            // Let the caller look for a copy of the old content first.
+            report.more = true;
+            return Ok(report);
+        }
         let mut read_total = 0;
         buf.resize(READ_CHUNK, 0);
         loop {
@@ -300,8 +324,14 @@ mod tests {
     fn read_all(t: &mut Tailer) -> (Vec<Line>, ReadReport) {
         let mut buf = Vec::new();
         let mut out = Vec::new();
-        let r = t.read(&mut buf, &mut out, usize::MAX).unwrap();
-        (out, r)
+        let mut all = ReadReport::default();
+        loop {
+            let r = t.read(&mut buf, &mut out, usize::MAX).unwrap();
+            all.restarted |= r.restarted;
+            if !r.more {
+                return (out, all);
+            }
+        }
     }
 
     #[test]

@@ -83,6 +83,44 @@ fn newer_than(meta: &std::fs::Metadata, t: SystemTime) -> bool {
     born.map(|b| b >= t).unwrap_or(false)
 }
 
+/// Compressed rotated logs are never read (they would be posted as garbage).
+fn is_compressed(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    [".gz", ".xz", ".zst", ".bz2", ".lz4", ".Z"]
+        .iter()
+        .any(|e| name.ends_with(e))
+}
+
+/// Rotated copies of `path` in its directory (`x.log.1`, `x.log-20240101`),
+/// uncompressed ones only, oldest first.
+fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let n = p.file_name()?.to_str()?.to_string();
+            let rest = n.strip_prefix(name)?;
+            let rotated = rest
+                .strip_prefix('.')
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                || rest.starts_with('-');
+            if !rotated || is_compressed(&p) {
+                return None;
+            }
+            let m = std::fs::symlink_metadata(&p).ok().filter(|m| m.is_file())?;
+            Some((m.modified().ok()?, p))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
 /// The end of the last complete line at or before `len`, so that starting
 /// "at the end" never starts in the middle of a line.
 fn last_line_end(file: &std::fs::File, len: u64) -> u64 {
@@ -269,6 +307,26 @@ impl Watcher {
         let mut files = scan.files;
         files.sort_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.path.cmp(&b.path)));
         let newest = discover::newest(&files).map(|f| f.path.clone());
+        // Rotated copies written while we were stopped (rotated once more
+        // before we came back): read them, oldest first, before the file.
+        if let Some(seen) = last_seen {
+            for f in &files {
+                if src.follow == Follow::Newest && Some(&f.path) != newest.as_ref() {
+                    continue;
+                }
+                for p in rotated_siblings(&f.path) {
+                    let changed = std::fs::metadata(&p)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|m| m > seen);
+                    if changed {
+                        let rel = p.strip_prefix(&src.root).unwrap_or(&p).to_path_buf();
+                        if let Some(id) = self.follow(i, &p, &rel, false) {
+                            self.retired.entry(id).or_insert_with(Instant::now);
+                        }
+                    }
+                }
+            }
+        }
         for f in &files {
             let is_newest = Some(&f.path) == newest.as_ref();
             let changed_while_down = last_seen.is_some_and(|t| f.mtime > t);
@@ -318,13 +376,8 @@ impl Watcher {
             };
             for e in entries.flatten() {
                 let p = e.path();
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 // gzip makes a new inode anyway; never read compressed data.
-                if name.ends_with(".gz")
-                    || name.ends_with(".xz")
-                    || name.ends_with(".zst")
-                    || name.ends_with(".bz2")
-                {
+                if is_compressed(&p) {
                     continue;
                 }
                 match std::fs::symlink_metadata(&p) {
@@ -454,7 +507,7 @@ impl Watcher {
             let Some(t) = self.tailers.get_mut(&id) else {
                 return Flow::Go;
             };
-            let report = match t.read(&mut self.buf, &mut lines, 1 << 20) {
+            let mut report = match t.read(&mut self.buf, &mut lines, tail::READ_CHUNK) {
                 Ok(r) => r,
                 Err(e) => {
                     let p = t.path.clone();
@@ -468,6 +521,13 @@ impl Watcher {
                     "{} was truncated or rewritten; reading it again from the start",
                     t.path.display()
                 );
+            }
+            if let Some((old_end, old_fp)) = report.previous.take() {
+                self.store.update(id, None, Some(t.fingerprint()));
+                if self.recover_copy(id, old_end, &old_fp, control, out) == Flow::Stop {
+                    return Flow::Stop;
+                }
+                continue;
             }
             if report.fingerprint_changed {
                 self.store.update(id, None, Some(t.fingerprint()));
@@ -487,6 +547,83 @@ impl Watcher {
                 return Flow::Go;
             }
         }
+    }
+
+    /// After a truncation, looks beside the file for a copy of its old
+    /// content (logrotate's `copytruncate` makes one just before it
+    /// truncates) and sends the lines written after our last read, which
+    /// would otherwise be lost in the window between copy and truncate.
+    fn recover_copy(
+        &mut self,
+        id: FileId,
+        old_end: u64,
+        old_fp: &[u8],
+        control: &Receiver<Control>,
+        out: &Sender<Chunk>,
+    ) -> Flow {
+        let Some(t) = self.tailers.get(&id) else {
+            return Flow::Go;
+        };
+        let (source, label, path, own) =
+            (t.source, t.label.clone(), t.path.clone(), (t.dev, t.ino));
+        if old_fp.is_empty() {
+            return Flow::Go;
+        }
+        let Some(dir) = path.parent() else {
+            return Flow::Go;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Flow::Go;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if is_compressed(&p) {
+                continue;
+            }
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() && m.len() > old_end && (m.dev(), m.ino()) != own => {}
+                _ => continue,
+            }
+            let Ok((file, meta)) = tail::open_regular(&p) else {
+                continue;
+            };
+            if tail::first_bytes(&file, old_fp.len()).ok().as_deref() != Some(old_fp) {
+                continue;
+            }
+            let Ok(mut copy) =
+                Tailer::new(id, source, p.clone(), label.clone(), file, &meta, old_end)
+            else {
+                continue;
+            };
+            let mut lines = Vec::new();
+            loop {
+                match copy.read(&mut self.buf, &mut lines, 1 << 20) {
+                    Ok(r) if r.more && !r.restarted => continue,
+                    _ => break,
+                }
+            }
+            lines.extend(copy.take_partial());
+            log::info!(
+                "recovered {} lines written to {} just before it was truncated, from its copy {}",
+                lines.len(),
+                path.display(),
+                p.display()
+            );
+            let route = self.cfg.sources[source].route;
+            for part in lines.chunks(4096) {
+                let chunk = Chunk {
+                    file: id,
+                    route,
+                    label: label.clone(),
+                    lines: part.to_vec(),
+                };
+                if self.send(chunk, control, out) == Flow::Stop {
+                    return Flow::Stop;
+                }
+            }
+            break;
+        }
+        Flow::Go
     }
 
     /// Sends a chunk, blocking while the sender is behind, but still
@@ -581,15 +718,14 @@ impl Watcher {
         for i in 0..self.cfg.sources.len() {
             let present = self.cfg.sources[i].root.is_dir();
             if present != self.sources[i].present {
-                if present {
-                    self.setup_source(i, inotify, true);
-                } else {
-                    if self.root_vanished(i, control, out) == Flow::Stop {
-                        return Flow::Stop;
-                    }
-                    self.setup_source(i, inotify, true);
+                if !present && self.root_vanished(i, control, out) == Flow::Stop {
+                    return Flow::Stop;
                 }
+                self.setup_source(i, inotify, true);
                 self.publish_followed();
+                if self.drain_all(control, out) == Flow::Stop {
+                    return Flow::Stop;
+                }
             }
         }
         if rescan {

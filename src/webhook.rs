@@ -143,9 +143,11 @@ fn redact_guess(raw: &str) -> String {
         let id_end = after.find('/').map(|j| j + 1).unwrap_or(after.len());
         return format!("{}/webhooks/{}****", &raw[..i], &after[..id_end]);
     }
-    match raw.rfind('/') {
-        Some(i) if raw.len() - i > 20 => format!("{}/****", &raw[..i]),
-        _ => raw.to_string(),
+    // Anything else: keep the scheme and host, hide the path.
+    let start = raw.find("://").map(|i| i + 3).unwrap_or(0);
+    match raw[start..].find('/') {
+        Some(i) => format!("{}/****", &raw[..start + i]),
+        None => raw.to_string(),
     }
 }
 

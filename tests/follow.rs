@@ -1,0 +1,355 @@
+//! The real binary against a fake Discord that enforces Discord's limits:
+//! following, batching and packing, rate limits, outages, mentions,
+//! secrecy of the token, configuration errors and --dry-run.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use support::fake_discord::{FakeDiscord, Mode, Options, Received, code_block_lines};
+
+fn delivered(msgs: &[Received]) -> Vec<String> {
+    msgs.iter()
+        .flat_map(|m| code_block_lines(&m.content))
+        .collect()
+}
+
+fn today_file(env: &Env) -> std::path::PathBuf {
+    env.logs().join("2026-11-22").join("log_21-00-00.txt")
+}
+
+#[test]
+fn lines_arrive_in_order_quickly_without_429() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    let file = today_file(&env);
+    append(&file, &["before start".to_string()]);
+    let d = env.start(&[]);
+    let toks = tokens("order", 0..40);
+    let mut latencies = Vec::new();
+    for t in &toks {
+        let before = fake.messages().len();
+        let t0 = Instant::now();
+        append(&file, std::slice::from_ref(t));
+        assert!(
+            fake.wait_for(Duration::from_secs(5), |m| m.len() > before),
+            "line {t} never arrived"
+        );
+        latencies.push(t0.elapsed());
+        // Stay under 5 requests per 2 s so no batching is needed.
+        std::thread::sleep(Duration::from_millis(420));
+    }
+    let lines = delivered(&fake.messages());
+    assert_eq!(
+        lines, toks,
+        "in order, once, and the line from before the start is not sent"
+    );
+    assert_eq!(fake.count_429(), 0);
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+    let (status, took, _) = d.stop();
+    assert!(status.success());
+    assert!(took < Duration::from_secs(10));
+}
+
+#[test]
+fn steady_stream_faster_than_the_limit_sees_no_429_and_loses_nothing() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    let file = today_file(&env);
+    append(&file, &[]);
+    let _d = env.start(&[]);
+    let toks = tokens("steady", 0..80);
+    for chunk in toks.chunks(2) {
+        append(&file, chunk);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        fake.wait_for(Duration::from_secs(30), |m| delivered(m).len()
+            >= toks.len())
+    );
+    assert_eq!(delivered(&fake.messages()), toks);
+    assert_eq!(
+        fake.count_429(),
+        0,
+        "the client must wait for the bucket, not collect 429s"
+    );
+}
+
+#[test]
+fn a_burst_is_packed_into_full_messages() {
+    let fake = FakeDiscord::start_with(Options {
+        rate_limit: Some((50, Duration::from_secs(1))),
+        ..Options::default()
+    });
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "10").set("BATCH_TIMEOUT", "0.2");
+    let file = today_file(&env);
+    append(&file, &[]);
+    let _d = env.start(&[]);
+    let toks: Vec<String> = tokens("burst", 0..1500)
+        .into_iter()
+        .map(|t| format!("{t} {}", "x".repeat(88)))
+        .collect();
+    append(&file, &toks);
+    assert!(
+        fake.wait_for(Duration::from_secs(30), |m| delivered(m).len()
+            >= toks.len())
+    );
+    let msgs = fake.messages();
+    assert_eq!(delivered(&msgs), toks);
+    let sizes: Vec<usize> = msgs.iter().map(|m| m.content.chars().count()).collect();
+    assert!(sizes.iter().all(|&s| s <= 2000));
+    let full = &sizes[..sizes.len() - 1];
+    let mean = full.iter().sum::<usize>() / full.len();
+    assert!(
+        mean >= 1900,
+        "mean code points per message {mean}: {sizes:?}"
+    );
+}
+
+#[test]
+fn an_outage_loses_nothing() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("RATE_LIMIT_DELAY", "0.2");
+    let file = today_file(&env);
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let toks = tokens("outage", 0..60);
+    append(&file, &toks[..10]);
+    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 10));
+    fake.set_mode(Mode::Fail5xx(3));
+    append(&file, &toks[10..20]);
+    std::thread::sleep(Duration::from_millis(300));
+    fake.set_mode(Mode::Refuse);
+    append(&file, &toks[20..40]);
+    std::thread::sleep(Duration::from_secs(2));
+    fake.set_mode(Mode::Normal);
+    append(&file, &toks[40..]);
+    assert!(
+        fake.wait_for(Duration::from_secs(40), |m| delivered(m).len()
+            >= toks.len()),
+        "{}",
+        d.stderr()
+    );
+    let (lost, dups) = loss_and_dups(&toks, &delivered(&fake.messages()));
+    assert!(lost.is_empty(), "lost {lost:?}");
+    assert_eq!(dups, 0);
+    let err = d.stderr();
+    assert!(!err.contains(FakeDiscord::TOKEN), "token leaked: {err}");
+}
+
+#[test]
+fn a_new_dated_folder_is_followed_within_a_second() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    append(&today_file(&env), &["old session".to_string()]);
+    let _d = env.start(&[]);
+    let t0 = Instant::now();
+    let next = env.logs().join("2026-11-23").join("log_00-10-00.txt");
+    append(
+        &next,
+        &["new session first line".to_string(), "second".to_string()],
+    );
+    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 2));
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        delivered(&fake.messages()),
+        vec!["new session first line", "second"]
+    );
+}
+
+#[test]
+fn mentions_and_fences_in_log_lines_are_harmless() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    let file = today_file(&env);
+    append(&file, &[]);
+    let _d = env.start(&[]);
+    let nasty = "@everyone @here <@123456> <@&654321> ``` escaped? ```".to_string();
+    append(&file, std::slice::from_ref(&nasty));
+    append(&file, &["bin\u{0}ary \u{1b}[31m".to_string()]);
+    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 2));
+    for m in fake.messages() {
+        assert_eq!(m.body["allowed_mentions"], serde_json::json!({"parse": []}));
+        // Exactly one code block: the line could not close it.
+        assert_eq!(m.content.matches("```").count(), 2, "{}", m.content);
+    }
+    let lines = delivered(&fake.messages());
+    assert_eq!(lines[0], nasty);
+    assert_eq!(lines[1], "bin\u{2400}ary \u{241b}[31m");
+}
+
+#[test]
+fn sigterm_posts_what_is_queued_and_exits_zero() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "100").set("BATCH_TIMEOUT", "30");
+    let file = today_file(&env);
+    append(&file, &[]);
+    let d = env.start(&[]);
+    append(&file, &tokens("queued", 0..3));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(fake.messages().is_empty(), "batch timeout is 30 s");
+    let (status, took, _) = d.stop();
+    assert!(status.success());
+    assert!(took < Duration::from_secs(10));
+    assert_eq!(delivered(&fake.messages()), tokens("queued", 0..3));
+}
+
+#[test]
+fn a_deleted_webhook_is_reported_once_and_not_hammered() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    let file = today_file(&env);
+    append(&file, &[]);
+    let d = env.start(&[]);
+    fake.set_mode(Mode::NotFound);
+    for t in tokens("gone", 0..5) {
+        append(&file, &[t]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(wait_until(Duration::from_secs(5), || d
+        .stderr()
+        .contains("webhook was deleted")));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(fake.requests(), 1, "one request, then a long pause");
+    let err = d.stderr();
+    assert_eq!(err.matches("webhook was deleted").count(), 1, "{err}");
+    assert!(!err.contains(FakeDiscord::TOKEN));
+}
+
+#[test]
+fn bad_configuration_stops_startup_with_one_clear_line() {
+    let fake = FakeDiscord::start();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "BATCH_SIZE",
+            "ten",
+            "BATCH_SIZE = \"ten\": expected a whole number of lines, 1 or more",
+        ),
+        (
+            "BATCH_TIMEOUT",
+            "-2",
+            "BATCH_TIMEOUT = \"-2\": expected a number of seconds",
+        ),
+        (
+            "LOG_LEVEL",
+            "LOUD",
+            "LOG_LEVEL = \"LOUD\": expected one of DEBUG, INFO, WARNING, ERROR",
+        ),
+        (
+            "DISCORD_WEBHOOK_URL",
+            "http://example.com/api/webhooks/1/abcsecret",
+            "expected https://",
+        ),
+        (
+            "DISCORD_WEBHOOK_URL",
+            "https://example.com/hook/abcsecret",
+            "is not a Discord webhook URL",
+        ),
+    ];
+    for (k, v, want) in cases {
+        let mut env = Env::new(&fake.webhook_url());
+        env.set(k, v);
+        let (status, _, err) = env.run_to_end(&[]);
+        assert_eq!(status.code(), Some(1), "{k}={v}: {err}");
+        assert!(err.contains(want), "{k}={v}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(!err.contains("abcsecret"), "{err}");
+    }
+    let mut env = Env::new(&fake.webhook_url());
+    env.unset("DISCORD_WEBHOOK_URL");
+    let (status, _, err) = env.run_to_end(&[]);
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("DISCORD_WEBHOOK_URL is not set"), "{err}");
+}
+
+#[test]
+fn check_reports_settings_without_the_token() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    append(&today_file(&env), &["x".to_string()]);
+    let (status, out, _) = env.run_to_end(&["check"]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("BATCH_SIZE = 1"));
+    assert!(
+        out.contains("would follow:") && out.contains("log_21-00-00.txt"),
+        "{out}"
+    );
+    assert!(!out.contains(FakeDiscord::TOKEN), "{out}");
+    assert!(out.contains("****"));
+
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("EKOS_LOGS_DIRECTORY", "/nonexistent/kstars/logs");
+    let (status, out, _) = env.run_to_end(&["check"]);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("/nonexistent/kstars/logs"));
+}
+
+#[test]
+fn run_waits_for_a_missing_logs_directory() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    let logs = env.dir.path().join("later/logs");
+    env.set("EKOS_LOGS_DIRECTORY", logs.to_str().unwrap());
+    let d = env.start(&[]);
+    assert!(d.stderr().contains("does not exist yet"), "{}", d.stderr());
+    append(
+        &logs.join("2026-11-22/log_01-02-03.txt"),
+        &["appeared".to_string()],
+    );
+    assert!(
+        fake.wait_for(Duration::from_secs(5), |m| !m.is_empty()),
+        "{}",
+        d.stderr()
+    );
+    assert_eq!(delivered(&fake.messages()), vec!["appeared"]);
+}
+
+#[test]
+fn test_webhook_reports_discords_answer() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    let (status, out, _) = env.run_to_end(&["test-webhook"]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("accepted"));
+    assert_eq!(fake.messages().len(), 1);
+    fake.set_mode(Mode::NotFound);
+    let (status, out, _) = env.run_to_end(&["test-webhook"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        out.contains("404") && !out.contains(FakeDiscord::TOKEN),
+        "{out}"
+    );
+}
+
+#[test]
+fn dry_run_prints_request_bodies_and_needs_no_webhook() {
+    let mut env = Env::new("unused");
+    env.unset("DISCORD_WEBHOOK_URL");
+    let file = today_file(&env);
+    append(&file, &[]);
+    let d = env.start(&["--dry-run"]);
+    append(&file, &["dry one".to_string(), "dry two".to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || d
+        .stdout()
+        .lines()
+        .count()
+        >= 1));
+    let out = d.stdout();
+    let mut lines = Vec::new();
+    for l in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["allowed_mentions"], serde_json::json!({"parse": []}));
+        lines.extend(code_block_lines(v["content"].as_str().unwrap()));
+    }
+    assert_eq!(lines, vec!["dry one", "dry two"]);
+}

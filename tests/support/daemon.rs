@@ -1,0 +1,233 @@
+//! Runs the real `ekos-log-monitor` binary for integration tests: a temp
+//! directory for logs and state, environment-only configuration, stderr
+//! captured to a file so tests can read what the daemon logged.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ekos-log-monitor");
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A workspace: logs root, state directory, and the environment to use.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub vars: HashMap<String, String>,
+    pub config: Option<PathBuf>,
+}
+
+impl Env {
+    pub fn new(webhook: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let mut vars = HashMap::new();
+        vars.insert("DISCORD_WEBHOOK_URL".into(), webhook.to_string());
+        vars.insert(
+            "EKOS_LOGS_DIRECTORY".into(),
+            dir.path().join("logs").display().to_string(),
+        );
+        vars.insert(
+            "STATE_DIRECTORY".into(),
+            dir.path().join("state").display().to_string(),
+        );
+        vars.insert("BATCH_SIZE".into(), "1".into());
+        vars.insert("BATCH_TIMEOUT".into(), "0.05".into());
+        vars.insert("RATE_LIMIT_DELAY".into(), "0".into());
+        vars.insert("LOG_LEVEL".into(), "DEBUG".into());
+        Env {
+            dir,
+            vars,
+            config: None,
+        }
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
+        self.vars.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn unset(&mut self, k: &str) -> &mut Self {
+        self.vars.remove(k);
+        self
+    }
+
+    pub fn write_config(&mut self, toml: &str) {
+        let p = self.dir.path().join("config.toml");
+        std::fs::write(&p, toml).unwrap();
+        self.config = Some(p);
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        c.env("HOME", self.dir.path());
+        c.envs(&self.vars);
+        c.current_dir(self.dir.path());
+        if let Some(p) = &self.config {
+            c.arg("--config").arg(p);
+        }
+        c.args(args);
+        c
+    }
+
+    /// Runs a short command (check, test-webhook) to completion.
+    pub fn run_to_end(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = self.command(args).stdin(Stdio::null()).output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts the daemon; waits until it logged that it follows something
+    /// or waits for its directory.
+    pub fn start(&self, args: &[&str]) -> Daemon {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let log = self.dir.path().join(format!("daemon-{n}.stderr"));
+        let out = self.dir.path().join(format!("daemon-{n}.stdout"));
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, log, out };
+        assert!(
+            wait_until(Duration::from_secs(10), || d.stderr().contains("starting:")),
+            "daemon did not start: {}",
+            d.stderr()
+        );
+        // Ready means watches are in place: give it the time to set up.
+        wait_until(Duration::from_secs(5), || {
+            let e = d.stderr();
+            e.contains("following ") && e.matches("following").count() >= 2
+                || e.contains("waiting for")
+        });
+        d
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub out: PathBuf,
+}
+
+impl Daemon {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGTERM and wait for the exit (with a bound).
+    pub fn stop(mut self) -> (ExitStatus, Duration, String) {
+        let t = Instant::now();
+        self.signal(libc::SIGTERM);
+        let status = self
+            .wait(Duration::from_secs(20))
+            .expect("daemon did not stop within 20 s");
+        (status, t.elapsed(), self.stderr())
+    }
+
+    pub fn kill9(mut self) -> String {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+        self.stderr()
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Appends lines to a file (creating it), one write per line.
+pub fn append(path: &Path, lines: &[String]) {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for l in lines {
+        f.write_all(format!("{l}\n").as_bytes()).unwrap();
+    }
+}
+
+/// Unique tokens `prefix-000001`... for loss and duplicate counting.
+pub fn tokens(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i:06}")).collect()
+}
+
+/// Counts, for each expected token, how often it occurs in the delivered
+/// lines; returns (lost, duplicated).
+pub fn loss_and_dups(expected: &[String], delivered: &[String]) -> (Vec<String>, usize) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for l in delivered {
+        for w in l.split_whitespace() {
+            *seen.entry(w).or_default() += 1;
+        }
+    }
+    let lost: Vec<String> = expected
+        .iter()
+        .filter(|t| !seen.contains_key(t.as_str()))
+        .cloned()
+        .collect();
+    let dups = expected
+        .iter()
+        .map(|t| seen.get(t.as_str()).copied().unwrap_or(0).saturating_sub(1))
+        .sum();
+    (lost, dups)
+}

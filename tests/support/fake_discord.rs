@@ -1,0 +1,1059 @@
+//! Fake Discord webhook server for the integration tests, benchmarks and the
+//! system test (`examples/fake_discord.rs`). Only std and serde_json.
+//!
+//! It enforces Discord's real limits (2000 code points of content, embed
+//! limits, the empty-message rule, 10/25 MiB uploads), per-webhook rate limits
+//! with Discord's headers and 429 bodies, and has failure modes switched at
+//! runtime with [`FakeDiscord::set_mode`] or `POST /control/mode` (text body
+//! such as `fail500 3`, see [`MODES`]).
+#![allow(dead_code)]
+
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const MIB: usize = 1 << 20;
+const MAX_FILE: usize = 10 * MIB;
+const MAX_FILES: usize = 25 * MIB;
+/// Largest body read at all: the files plus form overhead.
+const MAX_BODY: usize = MAX_FILES + MIB;
+const MAX_LINE: usize = 16 * 1024;
+const IDLE: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Requests per window per webhook id; `None`: no limit, no X-RateLimit-* headers.
+    pub rate_limit: Option<(u32, Duration)>,
+    /// Extra delay before answering `?wait=true` requests.
+    pub wait_delay: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let rate_limit = Some((5, Duration::from_secs(2)));
+        Options {
+            rate_limit,
+            wait_delay: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Normal,
+    /// 500 for the next n webhook requests, then Normal.
+    Fail5xx(usize),
+    /// 503 for every request until the mode changes.
+    Down,
+    /// Sleep this long before handling each request.
+    Slow(Duration),
+    /// 404 {"message": "Unknown Webhook", "code": 10015}.
+    NotFound,
+    /// Cloudflare HTML 429 (no headers) for the next n requests, then Normal.
+    Html429(usize),
+    /// Listener and connections closed; any other mode re-binds the same port.
+    Refuse,
+}
+
+/// One accepted (2xx) message.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: Instant,
+    pub webhook_id: String,
+    /// The JSON payload (`payload_json` of a multipart upload).
+    pub body: Value,
+    pub content: String,
+    /// (filename, bytes) of each uploaded file, in request order.
+    pub attachments: Vec<(String, Vec<u8>)>,
+    /// The payload's `allowed_mentions`, if it had one.
+    pub allowed_mentions: Option<Value>,
+}
+
+/// What an observer set with [`FakeDiscord::on_event`] is told.
+pub enum Event<'a> {
+    Accepted(&'a Received),
+    /// A 429; `retry_after` is `None` for the Cloudflare HTML 429.
+    RateLimited {
+        webhook_id: &'a str,
+        retry_after: Option<f64>,
+    },
+}
+
+type Observer = Box<dyn Fn(Event<'_>) + Send + Sync>;
+
+/// The server; dropping it closes the listener and all connections.
+pub struct FakeDiscord {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    opts: Options,
+    addr: SocketAddr,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Stop flag and thread of the running accept loop (none while refusing).
+    accept: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    next_conn: AtomicU64,
+    observer: Mutex<Option<Observer>>,
+}
+
+#[derive(Default)]
+struct State {
+    mode: Mode,
+    messages: Vec<Received>,
+    requests: usize,
+    count_429: usize,
+    rejected: usize,
+    /// webhook id -> (window end, remaining)
+    buckets: HashMap<String, (Instant, u32)>,
+    next_id: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FakeDiscord {
+    pub const TOKEN: &'static str = "fake-SECRET-token_abc";
+    pub const WEBHOOK_ID: &'static str = "123456789012345678";
+
+    pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Self {
+        Self::start_on("127.0.0.1:0", opts).expect("fake discord: bind 127.0.0.1:0")
+    }
+
+    /// Start on a given address (the example's `--listen`).
+    pub fn start_on(addr: impl ToSocketAddrs, opts: Options) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let shared = Arc::new(Shared {
+            opts,
+            addr: listener.local_addr()?,
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            accept: Mutex::new(None),
+            conns: Mutex::default(),
+            next_conn: AtomicU64::new(0),
+            observer: Mutex::new(None),
+        });
+        shared.spawn_accept(&mut lock(&shared.accept), listener);
+        Ok(FakeDiscord { shared })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.shared.addr.port()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    pub fn webhook_url(&self) -> String {
+        self.webhook_url_for(Self::WEBHOOK_ID, Self::TOKEN)
+    }
+
+    pub fn webhook_url_for(&self, id: &str, token: &str) -> String {
+        format!("http://127.0.0.1:{}/api/webhooks/{id}/{token}", self.port())
+    }
+
+    /// Takes effect for the next request. Panics if leaving `Refuse` cannot
+    /// re-bind the port within 3 s.
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared
+            .set_mode(mode)
+            .expect("fake discord: re-bind the port");
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        lock(&self.shared.state).messages.clone()
+    }
+
+    pub fn requests(&self) -> usize {
+        lock(&self.shared.state).requests
+    }
+
+    pub fn count_429(&self) -> usize {
+        lock(&self.shared.state).count_429
+    }
+
+    pub fn count_rejected(&self) -> usize {
+        lock(&self.shared.state).rejected
+    }
+
+    /// Called for each accepted message and each 429, in order.
+    pub fn on_event(&self, f: impl Fn(Event<'_>) + Send + Sync + 'static) {
+        *lock(&self.shared.observer) = Some(Box::new(f));
+    }
+
+    /// Wait until `pred(messages)` holds; false on timeout.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Received]) -> bool) -> bool {
+        self.wait_state(timeout, |st| pred(&st.messages))
+    }
+
+    /// Wait until at least `n` webhook requests were seen; false on timeout.
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_state(timeout, |st| st.requests >= n)
+    }
+
+    fn wait_state(&self, timeout: Duration, pred: impl Fn(&State) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.shared.state);
+        while !pred(&st) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let step = left.min(Duration::from_millis(50));
+            st = match self.shared.changed.wait_timeout(st, step) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+impl Drop for FakeDiscord {
+    fn drop(&mut self) {
+        *lock(&self.shared.observer) = None;
+        let _ = self.shared.set_mode(Mode::Refuse);
+    }
+}
+
+impl Shared {
+    fn spawn_accept(
+        self: &Arc<Self>,
+        slot: &mut Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+        listener: TcpListener,
+    ) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, stop2) = (Arc::clone(self), Arc::clone(&stop));
+        let handle = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(SeqCst) {
+                    break;
+                }
+                let Ok(stream) = conn else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                // Registered before the thread starts, so Refuse/Drop see it.
+                let id = shared.next_conn.fetch_add(1, SeqCst);
+                if let Ok(c) = stream.try_clone() {
+                    lock(&shared.conns).insert(id, c);
+                }
+                let s = Arc::clone(&shared);
+                let spawned = thread::Builder::new().spawn(move || {
+                    s.serve(stream);
+                    lock(&s.conns).remove(&id);
+                });
+                if spawned.is_err() {
+                    lock(&shared.conns).remove(&id); // out of threads: drop the connection
+                }
+            }
+        });
+        *slot = Some((stop, handle));
+    }
+
+    fn set_mode(self: &Arc<Self>, mode: Mode) -> io::Result<()> {
+        let mut slot = lock(&self.accept);
+        if mode == Mode::Refuse {
+            lock(&self.state).mode = Mode::Refuse;
+            if let Some((stop, handle)) = slot.take() {
+                // Wake the blocking accept() so the loop ends and drops the listener.
+                stop.store(true, SeqCst);
+                let mut wake = self.addr;
+                if wake.ip().is_unspecified() {
+                    wake.set_ip(Ipv4Addr::LOCALHOST.into());
+                }
+                let wait = Duration::from_millis(250);
+                let _ = (0..20).find(|_| TcpStream::connect_timeout(&wake, wait).is_ok());
+                let _ = handle.join();
+            }
+            for (_, c) in lock(&self.conns).drain() {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+            return Ok(());
+        }
+        if slot.is_none() {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let listener = loop {
+                match TcpListener::bind(self.addr) {
+                    Ok(l) => break l,
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(25));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            self.spawn_accept(&mut slot, listener);
+        }
+        lock(&self.state).mode = mode;
+        Ok(())
+    }
+
+    fn serve(self: &Arc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(IDLE));
+        let Ok(rs) = stream.try_clone() else { return };
+        let (mut r, mut w) = (BufReader::new(rs), stream);
+        loop {
+            let (resp, close) = match read_request(&mut r, &mut w) {
+                Ok(req) => match self.handle(&req) {
+                    Some(resp) => (resp, req.close),
+                    None => break,
+                },
+                Err(ReadErr::Bad(why)) => (Resp::text(400, format!("bad request: {why}\n")), true),
+                Err(ReadErr::TooLarge) => {
+                    self.update(|st| st.requests += 1);
+                    self.update(|st| st.rejected += 1);
+                    (too_large(), true)
+                }
+                Err(ReadErr::Io) => break,
+            };
+            if write_resp(&mut w, &resp, close).is_err() || close {
+                break;
+            }
+        }
+        // Lingering close, so the client reads our last answer rather than a RST.
+        let _ = w.shutdown(Shutdown::Write);
+        let _ = w.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = io::copy(&mut r.take(64 * MIB as u64), &mut io::sink());
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        f(&mut lock(&self.state));
+        self.changed.notify_all();
+    }
+
+    fn reject(&self, resp: Resp) -> Option<Resp> {
+        self.update(|st| st.rejected += 1);
+        Some(resp)
+    }
+
+    fn notify(&self, ev: Event<'_>) {
+        if let Some(f) = lock(&self.observer).as_ref() {
+            f(ev);
+        }
+    }
+
+    /// The answer to one request; `None`: close the connection without one.
+    fn handle(self: &Arc<Self>, req: &Request) -> Option<Resp> {
+        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+        if let Some(cmd) = path.strip_prefix("/control/") {
+            return Some(self.control(cmd, req));
+        }
+        let hook = webhook_path(path);
+        let mut mode = Mode::Normal;
+        self.update(|st| {
+            st.requests += 1;
+            mode = st.mode.clone();
+            if let Mode::Fail5xx(n) | Mode::Html429(n) = &mut st.mode {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    st.mode = Mode::Normal;
+                }
+            }
+        });
+        match mode {
+            Mode::Refuse => return None,
+            Mode::Down => return Some(err(503, 0, "503: Service Unavailable")),
+            Mode::Fail5xx(n) if n > 0 => return Some(err(500, 0, "500: Internal Server Error")),
+            Mode::NotFound => return self.reject(err(404, 10015, "Unknown Webhook")),
+            Mode::Html429(n) if n > 0 => {
+                self.update(|st| st.count_429 += 1);
+                let webhook_id = hook.map_or("", |h| h.0);
+                self.notify(Event::RateLimited {
+                    webhook_id,
+                    retry_after: None,
+                });
+                let html = Resp::text(429, CLOUDFLARE_1015.into());
+                return Some(Resp {
+                    ctype: Some("text/html; charset=UTF-8"),
+                    ..html
+                });
+            }
+            Mode::Slow(d) => thread::sleep(d),
+            _ => {}
+        }
+        let Some((id, _token)) = hook else {
+            return self.reject(err(404, 0, "404: Not Found"));
+        };
+        if req.method != "POST" {
+            return self.reject(err(405, 0, "405: Method Not Allowed"));
+        }
+        // Like Discord, invalid requests count against the bucket too.
+        let mut st = lock(&self.state);
+        let rl = self.rate_check(&mut st, id);
+        if let Some(rl) = rl.as_ref().filter(|rl| rl.limited) {
+            st.count_429 += 1;
+            self.changed.notify_all();
+            let retry_after = ceil3(rl.reset_after);
+            self.notify(Event::RateLimited {
+                webhook_id: id,
+                retry_after: Some(retry_after),
+            });
+            let body = json!({"message": "You are being rate limited.",
+                "retry_after": retry_after, "global": false});
+            let mut resp = Resp::json(429, body).with_rate_headers(Some(rl));
+            let secs = (retry_after.ceil() as u64).max(1).to_string();
+            resp.headers
+                .extend([("Retry-After", secs), ("X-RateLimit-Scope", "user".into())]);
+            return Some(resp);
+        }
+        let msg = match parse_message(req) {
+            Ok(m) => m,
+            Err(resp) => {
+                st.rejected += 1;
+                self.changed.notify_all();
+                return Some(resp.with_rate_headers(rl.as_ref()));
+            }
+        };
+        st.next_id += 1;
+        let msg_id = (1_300_000_000_000_000_000 + st.next_id).to_string();
+        let wait = query
+            .split('&')
+            .any(|kv| kv.eq_ignore_ascii_case("wait=true") || kv == "wait=1");
+        let answer = match wait {
+            true => Resp::json(200, message_json(&msg_id, id, &msg)),
+            false => Resp::empty(204),
+        };
+        let rec = Received {
+            at: Instant::now(),
+            webhook_id: id.to_string(),
+            allowed_mentions: msg.body.get("allowed_mentions").cloned(),
+            body: msg.body,
+            content: msg.content,
+            attachments: msg.attachments,
+        };
+        self.notify(Event::Accepted(&rec));
+        st.messages.push(rec);
+        drop(st);
+        self.changed.notify_all();
+        if let Some(d) = self.opts.wait_delay.filter(|_| wait) {
+            thread::sleep(d);
+        }
+        Some(answer.with_rate_headers(rl.as_ref()))
+    }
+
+    /// Discord's per-webhook bucket: the window starts with the first request
+    /// after the previous window ended; a request with none remaining is 429.
+    fn rate_check(&self, st: &mut State, id: &str) -> Option<RateInfo> {
+        let (limit, window) = self.opts.rate_limit?;
+        let now = Instant::now();
+        let (reset_at, remaining) = st.buckets.entry(id.to_string()).or_insert((now, 0));
+        if now >= *reset_at {
+            (*reset_at, *remaining) = (now + window, limit);
+        }
+        let limited = *remaining == 0;
+        *remaining = remaining.saturating_sub(1);
+        let reset_after = (*reset_at - now).as_secs_f64();
+        let bucket = format!("{:016x}{:016x}", fnv1a(id.as_bytes()), fnv1a(b"webhook"));
+        Some(RateInfo {
+            limit,
+            remaining: *remaining,
+            reset_after,
+            bucket,
+            limited,
+        })
+    }
+
+    fn control(self: &Arc<Self>, cmd: &str, req: &Request) -> Resp {
+        let mode = parse_mode(&String::from_utf8_lossy(&req.body));
+        match (req.method.as_str(), cmd, mode) {
+            ("POST", "mode", Some(mode)) if mode != Mode::Refuse => match self.set_mode(mode) {
+                Ok(()) => Resp::text(200, "ok\n".into()),
+                Err(e) => Resp::text(500, format!("{e}\n")),
+            },
+            ("POST", "mode", _) => Resp::text(400, format!("{MODES}\n")),
+            _ => Resp::text(404, "unknown control endpoint\n".into()),
+        }
+    }
+}
+
+/// The control commands (`POST /control/mode`, body one of these).
+pub const MODES: &str = "normal | fail500 N | down | slow MS | notfound | html429 N";
+
+fn parse_mode(text: &str) -> Option<Mode> {
+    let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let num = |w: &str| w.parse::<u64>().ok();
+    Some(match words[..] {
+        ["normal"] => Mode::Normal,
+        ["fail500" | "fail5xx", n] => Mode::Fail5xx(num(n)? as usize),
+        ["down"] => Mode::Down,
+        ["slow", ms] => Mode::Slow(Duration::from_millis(num(ms)?)),
+        ["notfound"] => Mode::NotFound,
+        ["html429", n] => Mode::Html429(num(n)? as usize),
+        _ => return None,
+    })
+}
+
+/// `/api/webhooks/{id}/{token}` or `/api/vN/webhooks/{id}/{token}`.
+fn webhook_path(path: &str) -> Option<(&str, &str)> {
+    let segs: Vec<&str> = path.strip_prefix("/api/")?.split('/').collect();
+    let is_version = |s: &str| {
+        let n = s.strip_prefix('v').unwrap_or("");
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    };
+    match segs[..] {
+        ["webhooks", id, token] if !id.is_empty() && !token.is_empty() => Some((id, token)),
+        [v, "webhooks", id, token] if is_version(v) && !id.is_empty() && !token.is_empty() => {
+            Some((id, token))
+        }
+        _ => None,
+    }
+}
+
+struct RateInfo {
+    limit: u32,
+    remaining: u32,
+    reset_after: f64,
+    bucket: String,
+    limited: bool,
+}
+
+/// Rounded up to milliseconds, so a client waiting that long is never early.
+fn ceil3(secs: f64) -> f64 {
+    (secs * 1000.0).ceil() / 1000.0
+}
+
+fn unix_now() -> f64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH);
+    now.map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let step = |h: u64, b: &u8| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, step)
+}
+
+const CLOUDFLARE_1015: &str = "<!DOCTYPE html>\n<html><head><title>Access denied | discord.com \
+used Cloudflare to restrict access</title></head>\n<body><div id=\"cf-error-details\">\
+<h1>Error 1015</h1>\n<h2>You are being rate limited</h2>\n<p>The owner of this website \
+(discord.com) has banned you temporarily from accessing this website.</p></div></body></html>\n";
+
+// ------------------------------------------------------------------ messages
+
+struct Message {
+    body: Value,
+    content: String,
+    attachments: Vec<(String, Vec<u8>)>,
+}
+
+/// Discord's JSON error body `{"message": ..., "code": ...}`.
+fn err(status: u16, code: u32, message: &str) -> Resp {
+    Resp::json(status, json!({"message": message, "code": code}))
+}
+
+fn bad_json() -> Resp {
+    err(400, 50109, "The request body contains invalid JSON.")
+}
+
+fn too_large() -> Resp {
+    err(413, 40005, "Request entity too large")
+}
+
+/// Parse and validate a webhook body the way Discord does.
+fn parse_message(req: &Request) -> Result<Message, Resp> {
+    let ctype = req.header("content-type").unwrap_or("");
+    let lower = ctype.to_ascii_lowercase();
+    let mut files = Vec::new();
+    let body = if lower.starts_with("multipart/form-data") {
+        let boundary = header_param(ctype, "boundary").ok_or_else(bad_json)?;
+        let mut payload = None;
+        let mut form = Map::new();
+        for p in parse_multipart(&req.body, &boundary).ok_or_else(bad_json)? {
+            if p.filename.is_some() || p.name.starts_with("files[") || p.name == "file" {
+                files.push((p.filename.unwrap_or(p.name), p.data));
+            } else if p.name == "payload_json" {
+                payload = Some(serde_json::from_slice(&p.data).map_err(|_| bad_json())?);
+            } else {
+                let text = String::from_utf8_lossy(&p.data).into_owned();
+                form.insert(p.name, Value::String(text));
+            }
+        }
+        payload.unwrap_or(Value::Object(form))
+    } else if lower.starts_with("application/json") {
+        serde_json::from_slice(&req.body).map_err(|_| bad_json())?
+    } else {
+        Value::Object(Map::new()) // Discord ignores a body it cannot read
+    };
+    let total: usize = files.iter().map(|f| f.1.len()).sum();
+    if total > MAX_FILES || files.iter().any(|f| f.1.len() > MAX_FILE) {
+        return Err(too_large());
+    }
+    let obj = body.as_object().ok_or_else(bad_json)?;
+    let mut errs = Errs::default();
+    if files.len() > 10 {
+        errs.add(
+            "files",
+            "BASE_TYPE_MAX_LENGTH",
+            "Must be 10 or fewer in length.",
+        );
+    }
+    errs.text("content", obj.get("content"), 2000, false);
+    if obj.contains_key("username") {
+        errs.text("username", obj.get("username"), 80, true);
+    }
+    let has_embeds = errs.embeds(obj.get("embeds"));
+    if !errs.0.is_empty() {
+        let body = json!({"code": 50035, "message": "Invalid Form Body", "errors": errs.0});
+        return Err(Resp::json(400, body));
+    }
+    let content = obj
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if content.trim().is_empty() && !has_embeds && files.is_empty() {
+        return Err(err(400, 50006, "Cannot send an empty message"));
+    }
+    Ok(Message {
+        body,
+        content,
+        attachments: files,
+    })
+}
+
+/// Discord's nested `errors` object of a 50035 "Invalid Form Body".
+#[derive(Default)]
+struct Errs(Map<String, Value>);
+
+impl Errs {
+    /// `path` is dotted: `embeds.0.fields.1.value`.
+    fn add(&mut self, path: &str, code: &str, message: &str) {
+        let mut cur = &mut self.0;
+        for key in path.split('.') {
+            let next = cur.entry(key).or_insert_with(|| json!({}));
+            cur = next.as_object_mut().expect("error paths hold objects");
+        }
+        let list = cur.entry("_errors").or_insert_with(|| json!([]));
+        if let Some(list) = list.as_array_mut() {
+            list.push(json!({"code": code, "message": message}));
+        }
+    }
+
+    /// Length in code points of an optional string field, checked against `max`.
+    fn text(&mut self, path: &str, v: Option<&Value>, max: usize, required: bool) -> usize {
+        let n = match v {
+            None | Some(Value::Null) => 0,
+            Some(Value::String(s)) => s.chars().count(),
+            Some(_) => {
+                self.add(path, "BASE_TYPE_STRING", "Must be a string.");
+                return 0;
+            }
+        };
+        if n > max {
+            let msg = format!("Must be {max} or fewer in length.");
+            self.add(path, "BASE_TYPE_MAX_LENGTH", &msg);
+        } else if required && n == 0 {
+            self.add(path, "BASE_TYPE_REQUIRED", "This field is required");
+        }
+        n
+    }
+
+    /// An optional array of at most `max` items.
+    fn array<'v>(&mut self, path: &str, v: Option<&'v Value>, max: usize) -> &'v [Value] {
+        match v {
+            Some(Value::Array(a)) if a.len() > max => {
+                let msg = format!("Must be {max} or fewer in length.");
+                self.add(path, "BASE_TYPE_MAX_LENGTH", &msg);
+                a
+            }
+            Some(Value::Array(a)) => a,
+            None | Some(Value::Null) => &[],
+            Some(_) => {
+                self.add(path, "BASE_TYPE_ARRAY", "Must be an array.");
+                &[]
+            }
+        }
+    }
+
+    /// Validates `embeds`; returns whether there is at least one embed.
+    fn embeds(&mut self, v: Option<&Value>) -> bool {
+        let embeds = self.array("embeds", v, 10);
+        let mut total = 0;
+        for (i, e) in embeds.iter().enumerate() {
+            let limits = [("title", 256), ("description", 4096), ("footer/text", 2048)];
+            for (key, max) in limits.into_iter().chain([("author/name", 256)]) {
+                let path = format!("embeds.{i}.{}", key.replace('/', "."));
+                total += self.text(&path, e.pointer(&format!("/{key}")), max, false);
+            }
+            let fields = self.array(&format!("embeds.{i}.fields"), e.get("fields"), 25);
+            for (j, f) in fields.iter().enumerate() {
+                for (key, max) in [("name", 256), ("value", 1024)] {
+                    let path = format!("embeds.{i}.fields.{j}.{key}");
+                    total += self.text(&path, f.get(key), max, true);
+                }
+            }
+        }
+        if total > 6000 {
+            let msg = "Embed size exceeds maximum size of 6000";
+            self.add("embeds", "MAX_EMBED_SIZE_EXCEEDED", msg);
+        }
+        !embeds.is_empty()
+    }
+}
+
+/// The message object Discord returns for `?wait=true` (abridged).
+fn message_json(msg_id: &str, webhook_id: &str, m: &Message) -> Value {
+    let mut attachments = Vec::new();
+    for (i, (name, data)) in m.attachments.iter().enumerate() {
+        let id = format!("{msg_id}{i}");
+        attachments.push(json!({"id": id, "filename": name, "size": data.len()}));
+    }
+    let embeds = m.body.get("embeds").cloned().unwrap_or(json!([]));
+    json!({
+        "id": msg_id, "type": 0, "channel_id": "1100000000000000001", "webhook_id": webhook_id,
+        "content": m.content, "embeds": embeds, "attachments": attachments,
+        "author": {"id": webhook_id, "bot": true},
+    })
+}
+
+// ----------------------------------------------------------------- multipart
+
+struct Part {
+    name: String,
+    filename: Option<String>,
+    data: Vec<u8>,
+}
+
+/// A parameter of a header value such as `multipart/form-data; boundary=x`.
+fn header_param(value: &str, key: &str) -> Option<String> {
+    value.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        let v = v.trim().trim_matches('"');
+        k.trim().eq_ignore_ascii_case(key).then(|| v.to_string())
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let last = hay.len().checked_sub(needle.len())?;
+    let mut i = from;
+    while i <= last {
+        i += hay[i..=last].iter().position(|&b| b == needle[0])?;
+        if hay[i..].starts_with(needle) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+fn parse_multipart(body: &[u8], boundary: &str) -> Option<Vec<Part>> {
+    let delim = format!("\r\n--{boundary}").into_bytes();
+    // The first delimiter may come without the CRLF (no preamble).
+    let mut pos = match body.starts_with(&delim[2..]) {
+        true => delim.len() - 2,
+        false => find(body, &delim, 0)? + delim.len(),
+    };
+    let mut parts = Vec::new();
+    while !body.get(pos..)?.starts_with(b"--") {
+        while matches!(body.get(pos), Some(b' ' | b'\t')) {
+            pos += 1;
+        }
+        if boundary.is_empty() || !body.get(pos..)?.starts_with(b"\r\n") {
+            return None;
+        }
+        let head_end = find(body, b"\r\n\r\n", pos)?;
+        // No part headers at all (head_end == pos) gives an empty head.
+        let head = std::str::from_utf8(body.get(pos + 2..head_end).unwrap_or(b"")).ok()?;
+        let data_end = find(body, &delim, head_end + 4)?;
+        let disposition = head.split("\r\n").find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-disposition")
+                .then_some(v)
+        })?;
+        parts.push(Part {
+            name: header_param(disposition, "name")?,
+            filename: header_param(disposition, "filename"),
+            data: body[head_end + 4..data_end].to_vec(),
+        });
+        pos = data_end + delim.len();
+    }
+    Some(parts)
+}
+
+// ------------------------------------------------------------------ HTTP/1.1
+
+struct Request {
+    method: String,
+    target: String,
+    /// Names in lower case.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    close: bool,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.0 == name)
+            .map(|h| h.1.as_str())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ReadErr {
+    /// EOF, timeout or socket error: just close.
+    Io,
+    Bad(&'static str),
+    TooLarge,
+}
+
+/// One line without its CRLF; `None` at EOF before any byte.
+fn read_line(r: &mut impl BufRead) -> Result<Option<String>, ReadErr> {
+    let mut buf = Vec::new();
+    let n = r
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut buf)
+        .map_err(|_| ReadErr::Io)?;
+    match (n, buf.pop()) {
+        (0, _) => return Ok(None),
+        (_, Some(b'\n')) => {}
+        _ if n >= MAX_LINE => return Err(ReadErr::Bad("line too long")),
+        _ => return Err(ReadErr::Bad("truncated request")),
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| ReadErr::Bad("not UTF-8"))
+}
+
+fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<Request, ReadErr> {
+    let bad = |why| Err(ReadErr::Bad(why));
+    let line = loop {
+        match read_line(r)? {
+            None => return Err(ReadErr::Io),
+            Some(l) if !l.is_empty() => break l,
+            Some(_) => {}
+        }
+    };
+    let parts: Vec<&str> = line.split(' ').collect();
+    let [method, target, version] = parts[..] else {
+        return bad("malformed request line");
+    };
+    let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+    if !method_ok || !target.starts_with('/') || !["HTTP/1.1", "HTTP/1.0"].contains(&version) {
+        return bad("malformed request line");
+    }
+    let mut headers = Vec::new();
+    loop {
+        let l = read_line(r)?.ok_or(ReadErr::Bad("truncated headers"))?;
+        if l.is_empty() {
+            break;
+        }
+        let (name, value) = l.split_once(':').ok_or(ReadErr::Bad("malformed header"))?;
+        if name.is_empty() || name.contains(char::is_whitespace) || headers.len() >= 100 {
+            return bad("malformed header");
+        }
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let (method, target) = (method.to_string(), target.to_string());
+    let mut req = Request {
+        method,
+        target,
+        headers,
+        body: Vec::new(),
+        close: false,
+    };
+    let conn = req.header("connection").unwrap_or("").to_ascii_lowercase();
+    let has = |t: &str| conn.split(',').any(|c| c.trim() == t);
+    req.close = if version == "HTTP/1.0" {
+        !has("keep-alive")
+    } else {
+        has("close")
+    };
+    let lengths = req.headers.iter().filter(|h| h.0 == "content-length");
+    let lengths: Vec<_> = lengths.map(|h| h.1.parse::<usize>().ok()).collect();
+    let cl = match lengths[..] {
+        [] => None,
+        [Some(n), ..] if lengths.iter().all(|&m| m == Some(n)) => Some(n),
+        _ => return bad("bad content-length"),
+    };
+    let chunked = match req.header("transfer-encoding") {
+        None => false,
+        Some(te) if te.eq_ignore_ascii_case("chunked") && cl.is_none() => true,
+        Some(_) => return bad("unsupported transfer-encoding"),
+    };
+    if cl.is_some_and(|n| n > MAX_BODY) {
+        return Err(ReadErr::TooLarge);
+    }
+    let expect = req.header("expect").unwrap_or("");
+    if (chunked || cl.is_some_and(|n| n > 0)) && expect.eq_ignore_ascii_case("100-continue") {
+        let sent = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        sent.map_err(|_| ReadErr::Io)?;
+    }
+    if chunked {
+        req.body = read_chunked(r)?;
+    } else if let Some(n) = cl {
+        req.body = vec![0; n];
+        r.read_exact(&mut req.body).map_err(|_| ReadErr::Io)?;
+    }
+    Ok(req)
+}
+
+fn read_chunked(r: &mut impl BufRead) -> Result<Vec<u8>, ReadErr> {
+    let mut body = Vec::new();
+    loop {
+        let line = read_line(r)?.ok_or(ReadErr::Bad("truncated chunk"))?;
+        let size = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| ReadErr::Bad("bad chunk size"))?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            let trailers = ReadErr::Bad("truncated trailers");
+            while !read_line(r)?.ok_or(trailers)?.is_empty() {}
+            return Ok(body);
+        }
+        if size > MAX_BODY - body.len() {
+            return Err(ReadErr::TooLarge);
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..]).map_err(|_| ReadErr::Io)?;
+        if read_line(r)?.as_deref() != Some("") {
+            return Err(ReadErr::Bad("missing CRLF after chunk"));
+        }
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    ctype: Option<&'static str>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn empty(status: u16) -> Self {
+        let (headers, body) = (Vec::new(), Vec::new());
+        Resp {
+            status,
+            headers,
+            ctype: None,
+            body,
+        }
+    }
+
+    fn text(status: u16, body: String) -> Self {
+        let ctype = Some("text/plain; charset=utf-8");
+        Resp {
+            ctype,
+            body: body.into_bytes(),
+            ..Resp::empty(status)
+        }
+    }
+
+    fn json(status: u16, v: Value) -> Self {
+        let ctype = Some("application/json");
+        Resp {
+            ctype,
+            body: v.to_string().into_bytes(),
+            ..Resp::empty(status)
+        }
+    }
+
+    fn with_rate_headers(mut self, rl: Option<&RateInfo>) -> Self {
+        if let Some(rl) = rl {
+            let after = ceil3(rl.reset_after);
+            self.headers.extend([
+                ("X-RateLimit-Bucket", rl.bucket.clone()),
+                ("X-RateLimit-Limit", rl.limit.to_string()),
+                ("X-RateLimit-Remaining", rl.remaining.to_string()),
+                (
+                    "X-RateLimit-Reset",
+                    format!("{:.3}", ceil3(unix_now() + after)),
+                ),
+                ("X-RateLimit-Reset-After", format!("{after:.3}")),
+            ]);
+        }
+        self
+    }
+}
+
+fn write_resp(w: &mut TcpStream, r: &Resp, close: bool) -> io::Result<()> {
+    let reason = match r.status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    };
+    let mut out = format!("HTTP/1.1 {} {reason}\r\nServer: fake-discord\r\n", r.status);
+    if r.status != 204 {
+        if let Some(ct) = r.ctype {
+            out += &format!("Content-Type: {ct}\r\n");
+        }
+        out += &format!("Content-Length: {}\r\n", r.body.len());
+    }
+    for (k, v) in &r.headers {
+        out += &format!("{k}: {v}\r\n");
+    }
+    out += if close {
+        "Connection: close\r\n\r\n"
+    } else {
+        "\r\n"
+    };
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&r.body);
+    w.write_all(&bytes)?;
+    w.flush()
+}
+
+// ---------------------------------------------------------- helpers for tests
+
+/// The lines inside the ``` code blocks of a message: header lines such as
+/// `**path**` outside the blocks are skipped, several blocks are concatenated,
+/// and zero-width spaces next to a backtick (the escape for ``` inside a
+/// block) are removed.
+pub fn code_block_lines(content: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in content.lines() {
+        if !in_block {
+            match line
+                .trim_start()
+                .strip_prefix("```")
+                .map(|r| r.strip_suffix("```"))
+            {
+                Some(Some(inner)) if !inner.is_empty() => out.push(unescape(inner)),
+                Some(Some(_)) | None => {}
+                Some(None) => in_block = true, // the rest is a language tag, if any
+            }
+        } else if line.trim_end() == "```" {
+            in_block = false;
+        } else if let Some(inner) = line.strip_suffix("```") {
+            out.push(unescape(inner));
+            in_block = false;
+        } else {
+            out.push(unescape(line));
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    let c: Vec<char> = s.chars().collect();
+    let tick = |i: usize| c.get(i) == Some(&'`');
+    let escape = |i: usize| c[i] == '\u{200B}' && ((i > 0 && tick(i - 1)) || tick(i + 1));
+    (0..c.len()).filter(|&i| !escape(i)).map(|i| c[i]).collect()
+}
