@@ -65,7 +65,7 @@ impl Client {
     pub fn new(webhook: Webhook) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(15)))
+            .timeout_global(Some(Duration::from_secs(10)))
             .user_agent(concat!("ekos-log-monitor/", env!("CARGO_PKG_VERSION")))
             .max_redirects(0)
             .build()

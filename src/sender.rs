@@ -161,7 +161,7 @@ impl Sender {
                     Some(d) => d
                         .saturating_duration_since(now)
                         .max(Duration::from_millis(100)),
-                    None => Duration::from_secs(15),
+                    None => Duration::from_secs(10),
                 };
                 self.post_one(i, now, timeout);
                 // Answer pings between posts, so a long backlog is progress.
