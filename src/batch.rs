@@ -60,11 +60,15 @@ impl Batcher {
         &mut self,
         file: FileId,
         label: Option<Arc<str>>,
-        text: &str,
+        text: String,
         end: u64,
         now: Instant,
     ) {
-        let text = format::escape_fence(text).into_owned();
+        // Most lines hold no double backtick: keep their allocation.
+        let text = match format::escape_fence(&text) {
+            std::borrow::Cow::Borrowed(_) => text,
+            std::borrow::Cow::Owned(escaped) => escaped,
+        };
         let cp = text.chars().count();
         self.queued_cp += cp + 1;
         self.queued_bytes += text.len();
@@ -207,13 +211,13 @@ mod tests {
         let now = t0();
         let mut b = Batcher::new(10, Duration::from_secs(30));
         for i in 0..5 {
-            b.push(FileId(1), None, "x", i, now);
+            b.push(FileId(1), None, "x".into(), i, now);
         }
         assert!(!b.is_ready(now));
         assert_eq!(b.deadline(), Some(now + Duration::from_secs(30)));
         assert!(b.is_ready(now + Duration::from_secs(30)));
         for i in 5..10 {
-            b.push(FileId(1), None, "x", i, now);
+            b.push(FileId(1), None, "x".into(), i, now);
         }
         assert!(b.is_ready(now));
         let m = b.take_message(now);
@@ -226,11 +230,23 @@ mod tests {
         let now = t0();
         let t = Duration::from_secs(30);
         let mut b = Batcher::new(100, t);
-        b.push(FileId(1), None, "a", 1, now);
-        b.push(FileId(1), None, "b", 2, now + Duration::from_secs(20));
+        b.push(FileId(1), None, "a".into(), 1, now);
+        b.push(
+            FileId(1),
+            None,
+            "b".into(),
+            2,
+            now + Duration::from_secs(20),
+        );
         assert!(!b.is_ready(now + Duration::from_secs(49)));
         assert!(b.is_ready(now + Duration::from_secs(50)));
-        b.push(FileId(1), None, "c", 3, now + Duration::from_secs(45));
+        b.push(
+            FileId(1),
+            None,
+            "c".into(),
+            3,
+            now + Duration::from_secs(45),
+        );
         // The last line would wait until 75 s, but the first has waited 60 s.
         assert_eq!(b.deadline(), Some(now + Duration::from_secs(60)));
     }
@@ -241,7 +257,7 @@ mod tests {
         let mut b = Batcher::new(10, Duration::from_secs(30));
         let line = "x".repeat(99);
         for i in 0..2000 {
-            b.push(FileId(1), None, &line, i, now);
+            b.push(FileId(1), None, line.clone(), i, now);
         }
         let msgs = drain(&mut b, now);
         let cps: Vec<usize> = msgs.iter().map(|m| m.content().chars().count()).collect();
@@ -257,7 +273,7 @@ mod tests {
         let line: String = (0..5000)
             .map(|i| char::from(b'a' + (i % 26) as u8))
             .collect();
-        b.push(FileId(1), None, &line, 5001, now);
+        b.push(FileId(1), None, line.clone(), 5001, now);
         let msgs = drain(&mut b, now);
         assert_eq!(msgs.len(), 3);
         let joined: String = msgs
@@ -296,7 +312,7 @@ mod tests {
             let mut b = Batcher::new(7, Duration::from_secs(1));
             let labels: Vec<Option<Arc<str>>> = vec![None, Some("a/x.log".into()), Some("b`y.log".into())];
             for (i, (l, f)) in lines.iter().enumerate() {
-                b.push(FileId(*f as u64), labels[*f as usize].clone(), l, i as u64, now);
+                b.push(FileId(*f as u64), labels[*f as usize].clone(), l.clone(), i as u64, now);
             }
             let msgs = drain(&mut b, now);
             let mut rebuilt: Vec<String> = Vec::new();

@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod discord;
 pub mod discover;
+pub mod ekos;
 pub mod format;
 pub mod sender;
 pub mod service;

@@ -117,7 +117,7 @@ impl Sender {
         let r = &mut self.routes[route];
         for line in chunk.lines {
             r.batcher
-                .push(chunk.file, chunk.label.clone(), &line.text, line.end, now);
+                .push(chunk.file, chunk.label.clone(), line.text, line.end, now);
         }
         if flush {
             r.batcher.flush_all();
