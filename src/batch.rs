@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::FileId;
-use crate::format::{self, CONTENT_LIMIT, Message, Part};
+use crate::format::{self, CONTENT_LIMIT, EventPart, Message, Part};
 
 #[derive(Debug)]
 struct Entry {
@@ -26,6 +26,7 @@ struct Entry {
     end: u64,
     seq: u64,
     arrived: Instant,
+    event: Option<Box<EventPart>>,
 }
 
 #[derive(Debug)]
@@ -64,6 +65,19 @@ impl Batcher {
         end: u64,
         now: Instant,
     ) {
+        self.push_event(file, label, text, end, now, None);
+    }
+
+    /// Queues a line that is shown as an embed when `event` is set.
+    pub fn push_event(
+        &mut self,
+        file: FileId,
+        label: Option<Arc<str>>,
+        text: String,
+        end: u64,
+        now: Instant,
+        event: Option<EventPart>,
+    ) {
         // Most lines hold no double backtick: keep their allocation.
         let text = match format::escape_fence(&text) {
             std::borrow::Cow::Borrowed(_) => text,
@@ -80,6 +94,7 @@ impl Batcher {
             end,
             seq: self.next_seq,
             arrived: now,
+            event: event.map(Box::new),
         });
         self.next_seq += 1;
         self.last_arrival = Some(now);
@@ -138,6 +153,30 @@ impl Batcher {
         let mut msg = Message::default();
         let mut used = 0;
         while let Some(front) = self.queue.front_mut() {
+            if let Some(ev) = &front.event {
+                // Events ride as embeds after the code block; a mention
+                // costs a few code points of content.
+                let mention_cost = if ev.mention.is_some() { 32 } else { 0 };
+                if !msg.can_take_event(front.cp, ev) || used + mention_cost > CONTENT_LIMIT {
+                    break;
+                }
+                used += mention_cost;
+                let e = self.queue.pop_front().expect("front exists");
+                self.queued_cp -= e.cp + 1;
+                self.queued_bytes -= e.text.len();
+                msg.parts.push(Part {
+                    label: e.label,
+                    commit: Some((e.file, e.end)),
+                    text: e.text,
+                    event: e.event,
+                });
+                continue;
+            }
+            if msg.ends_with_event() {
+                // A line after an event goes in the next message, so the
+                // channel shows everything in file order.
+                break;
+            }
             let cost = msg.cost_of_adding(&front.label, front.cp);
             if used + cost <= CONTENT_LIMIT {
                 used += cost;
@@ -148,6 +187,7 @@ impl Batcher {
                     label: e.label,
                     commit: Some((e.file, e.end)),
                     text: e.text,
+                    event: None,
                 });
                 continue;
             }
@@ -178,6 +218,7 @@ impl Batcher {
                 label: front.label.clone(),
                 text: piece,
                 commit: None,
+                event: None,
             });
             break;
         }

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ekos::{Filter, FilterSpec, RuleError, RuleSpec, Rules};
+use crate::format::EventMode;
 use crate::webhook::{Webhook, WebhookError};
 
 /// Where the packaged service keeps its configuration.
@@ -40,10 +42,12 @@ pub const ENV_KEYS: &[&str] = &[
     "FILE_CHECK_INTERVAL",
     "MAX_RETRIES",
     "STATE_DIRECTORY",
+    "EVENTS",
+    "MIN_LEVEL",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
-const TABLE_KEYS: &[&str] = &["source"];
+const TABLE_KEYS: &[&str] = &["source", "rule"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -82,6 +86,12 @@ pub enum ConfigError {
         "DISCORD_WEBHOOK_URL is not set: set it in the environment, in {file} (discord_webhook_url), in a file named by DISCORD_WEBHOOK_URL_FILE or as the systemd credential `discord-webhook`, or use --dry-run"
     )]
     NoWebhook { file: String },
+    #[error("{key}: {source}")]
+    Rule {
+        key: String,
+        #[source]
+        source: RuleError,
+    },
     #[error("logs directory {path} does not exist (key {key})")]
     MissingRoot { key: String, path: PathBuf },
 }
@@ -123,6 +133,10 @@ pub struct Source {
     pub route: usize,
     /// Which key set `root`, for messages such as a missing directory.
     pub root_key: String,
+    /// Which lines are posted at all.
+    pub filter: Filter,
+    /// Whether notable lines become embeds, and whether others are posted.
+    pub events: EventMode,
 }
 
 impl Source {
@@ -163,13 +177,14 @@ pub struct Config {
     pub max_retries: u32,
     pub state_dir: PathBuf,
     pub sources: Vec<Source>,
+    /// Event rules (built-in and `[[rule]]` tables).
+    pub rules: std::sync::Arc<Rules>,
     /// Effective values as strings, secrets redacted, for `check`.
     pub effective: BTreeMap<String, String>,
 }
 
 /// A `[[source]]` table as written in the TOML file.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSource {
     name: Option<String>,
     root: String,
@@ -180,6 +195,9 @@ struct RawSource {
     follow: Option<String>,
     start_at: Option<String>,
     discord_webhook_url: Option<String>,
+    events: Option<String>,
+    #[serde(flatten)]
+    filter: FilterSpec,
 }
 
 /// The inputs of configuration loading, gathered so tests can supply them.
@@ -329,6 +347,26 @@ fn parse_follow(key: &str, v: &str) -> Result<Follow, ConfigError> {
     }
 }
 
+fn parse_events(key: &str, v: &str) -> Result<EventMode, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(EventMode::On),
+        "off" | "false" | "no" => Ok(EventMode::Off),
+        "only" => Ok(EventMode::Only),
+        _ => Err(invalid(
+            key,
+            v,
+            "\"on\" (events as embeds), \"off\" (plain lines) or \"only\" (events only)",
+        )),
+    }
+}
+
+fn build_filter(key: &str, spec: &FilterSpec) -> Result<Filter, ConfigError> {
+    Filter::new(spec).map_err(|source| ConfigError::Rule {
+        key: key.to_string(),
+        source,
+    })
+}
+
 fn parse_level(v: &str) -> Result<log::LevelFilter, ConfigError> {
     Ok(match v.trim().to_ascii_uppercase().as_str() {
         "TRACE" => log::LevelFilter::Trace,
@@ -439,6 +477,34 @@ impl Config {
             // Only an error if some source ends up without a webhook; checked below.
         }
 
+        let rule_specs: Vec<RuleSpec> = match l.cfg.get::<Vec<RuleSpec>>("rule") {
+            Ok(v) => v,
+            Err(config::ConfigError::NotFound(_)) => Vec::new(),
+            Err(e) => {
+                return Err(invalid(
+                    "rule",
+                    "[[rule]]",
+                    &format!(
+                        "tables with keys name, pattern, severity, title, mention, module ({e})"
+                    ),
+                ));
+            }
+        };
+        let rules = std::sync::Arc::new(Rules::with_user(&rule_specs).map_err(|source| {
+            ConfigError::Rule {
+                key: "rule".into(),
+                source,
+            }
+        })?);
+        let events = match l.get("EVENTS") {
+            Some(v) => parse_events("EVENTS", &v)?,
+            None => EventMode::On,
+        };
+        let global_filter = FilterSpec {
+            min_level: l.get("MIN_LEVEL"),
+            ..FilterSpec::default()
+        };
+
         let raw_sources: Vec<RawSource> = match l.cfg.get::<Vec<RawSource>>("source") {
             Ok(v) => v,
             Err(config::ConfigError::NotFound(_)) => Vec::new(),
@@ -504,6 +570,8 @@ impl Config {
                 start_at,
                 route: route_for(None, "DISCORD_WEBHOOK_URL")?,
                 root_key: "EKOS_LOGS_DIRECTORY".to_string(),
+                filter: build_filter("MIN_LEVEL", &global_filter)?,
+                events,
             });
         }
         for (i, rs) in raw_sources.into_iter().enumerate() {
@@ -548,6 +616,17 @@ impl Config {
                 root: l.path(rs.root.trim(), env),
                 route: route_for(webhook, &key("discord_webhook_url"))?,
                 root_key: key("root"),
+                filter: {
+                    let mut spec = rs.filter.clone();
+                    if spec.min_level.is_none() {
+                        spec.min_level = global_filter.min_level.clone();
+                    }
+                    build_filter(&key("filter"), &spec)?
+                },
+                events: match &rs.events {
+                    Some(v) => parse_events(&key("events"), v)?,
+                    None => events,
+                },
                 name,
             });
         }
@@ -587,6 +666,7 @@ impl Config {
             max_retries,
             state_dir,
             sources,
+            rules,
             effective,
         })
     }

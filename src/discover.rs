@@ -127,6 +127,8 @@ mod tests {
             start_at: StartAt::End,
             route: 0,
             root_key: "root".into(),
+            filter: Default::default(),
+            events: crate::format::EventMode::On,
         }
     }
 

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::checkpoint::FileId;
+use crate::ekos::{self, Filter, Mention, Rules, Severity};
 
 /// Discord's limit on `content`, in Unicode code points.
 pub const CONTENT_LIMIT: usize = 2000;
@@ -64,12 +65,81 @@ pub fn header(label: &str) -> String {
     format!("`{}`\n", label.replace('`', "'"))
 }
 
+/// Whether a source's notable lines become embeds, and whether its other
+/// lines are posted at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventMode {
+    /// Every line in code blocks, no embeds.
+    Off,
+    /// Notable lines as embeds, the others in code blocks (the default).
+    On,
+    /// Only notable lines, as embeds.
+    Only,
+}
+
+/// A notable line, shown as an embed coloured by severity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPart {
+    pub severity: Severity,
+    pub title: String,
+    /// Module and time, when the line had them.
+    pub footer: Option<String>,
+    pub mention: Option<Mention>,
+}
+
+/// Longest line shown as an embed description; a longer notable line is
+/// posted as an ordinary line rather than cut.
+pub const EMBED_TEXT_MAX: usize = 3900;
+const EMBEDS_PER_MESSAGE: usize = 10;
+const EMBED_TOTAL_MAX: usize = 6000;
+
+/// Decides how one line is posted: `None` drops it (filtered out, or an
+/// ordinary line in events-only mode), `Some(None)` is an ordinary line,
+/// `Some(Some(e))` an event.
+pub fn classify_line(
+    rules: &Rules,
+    filter: &Filter,
+    mode: EventMode,
+    text: &str,
+) -> Option<Option<EventPart>> {
+    let rec = ekos::parse(text);
+    let ev = if mode == EventMode::Off {
+        None
+    } else {
+        rules.classify(&rec)
+    };
+    if !filter.keep_with_event(&rec, ev.as_ref()) {
+        return None;
+    }
+    match ev {
+        Some(e) if text.chars().count() <= EMBED_TEXT_MAX => {
+            // The severity is spelled out too, not only shown as a colour.
+            let mut footer = e.severity.as_str().to_string();
+            for part in [rec.module, rec.time].into_iter().flatten() {
+                footer.push_str(" · ");
+                footer.push_str(part);
+            }
+            let footer = Some(footer);
+            Some(Some(EventPart {
+                severity: e.severity,
+                title: e.title.chars().take(250).collect(),
+                footer,
+                mention: e.mention,
+            }))
+        }
+        _ if mode == EventMode::Only => None,
+        _ => Some(None),
+    }
+}
+
 /// One line (or one piece of a line too long for a message) in a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
     pub label: Option<Arc<str>>,
     /// Already sanitized and fence-escaped.
     pub text: String,
+    /// Set when the line is notable: it is shown as an embed.
+    pub event: Option<Box<EventPart>>,
     /// Set on the part that ends a line: once Discord accepted it, the file
     /// is delivered up to this offset.
     pub commit: Option<(FileId, u64)>,
@@ -95,10 +165,15 @@ impl Message {
     /// each group a code block under an optional header.
     pub fn content(&self) -> String {
         let mut out = String::new();
+        for m in self.mentions() {
+            out.push_str(&m.to_string());
+            out.push(' ');
+        }
+        let lines: Vec<&Part> = self.parts.iter().filter(|p| p.event.is_none()).collect();
         let mut i = 0;
-        while i < self.parts.len() {
-            let label = &self.parts[i].label;
-            if i > 0 {
+        while i < lines.len() {
+            let label = &lines[i].label;
+            if i > 0 || !out.is_empty() {
                 out.push('\n');
             }
             if let Some(l) = label {
@@ -106,11 +181,11 @@ impl Message {
             }
             out.push_str(FENCE_OPEN);
             let mut first = true;
-            while i < self.parts.len() && &self.parts[i].label == label {
+            while i < lines.len() && &lines[i].label == label {
                 if !first {
                     out.push('\n');
                 }
-                out.push_str(&self.parts[i].text);
+                out.push_str(&lines[i].text);
                 first = false;
                 i += 1;
             }
@@ -122,11 +197,65 @@ impl Message {
     /// The JSON request body. `allowed_mentions.parse = []` disables every
     /// ping, whatever the text contains.
     pub fn body(&self) -> Vec<u8> {
-        let v = serde_json::json!({
-            "content": self.content(),
-            "allowed_mentions": { "parse": [] },
+        let mentions = self.mentions();
+        let mut v = serde_json::json!({
+            "allowed_mentions": ekos::Mention::allowed_mentions(mentions.first()),
         });
+        let content = self.content();
+        if !content.is_empty() {
+            v["content"] = content.into();
+        }
+        let embeds: Vec<serde_json::Value> = self.parts.iter().filter_map(embed).collect();
+        if !embeds.is_empty() {
+            v["embeds"] = embeds.into();
+        }
         serde_json::to_vec(&v).expect("a JSON value always serializes")
+    }
+
+    /// The rule mentions of this message's events (at most one, so that a
+    /// message never pings two groups; see [`Message::can_take_event`]).
+    fn mentions(&self) -> Vec<Mention> {
+        let mut v: Vec<Mention> = Vec::new();
+        for m in self.parts.iter().filter_map(|p| p.event.as_ref()?.mention) {
+            if !v.contains(&m) {
+                v.push(m);
+            }
+        }
+        v
+    }
+
+    /// Whether one more event fits: embeds come after the code block, so
+    /// an event may follow lines but no line may follow an event; at most
+    /// 10 embeds and 6000 characters of embeds; one mention per message.
+    pub fn can_take_event(&self, text_cp: usize, ev: &EventPart) -> bool {
+        let events: Vec<&EventPart> = self
+            .parts
+            .iter()
+            .filter_map(|p| p.event.as_deref())
+            .collect();
+        let total: usize = self
+            .parts
+            .iter()
+            .filter(|p| p.event.is_some())
+            .map(embed_chars)
+            .sum();
+        let mention_ok = match ev.mention {
+            None => true,
+            Some(m) => self.mentions().iter().all(|x| *x == m),
+        };
+        events.len() < EMBEDS_PER_MESSAGE
+            && total
+                + ev.title.chars().count()
+                + text_cp
+                + ev.footer.as_ref().map_or(0, |f| f.chars().count())
+                + 8
+                <= EMBED_TOTAL_MAX
+            && mention_ok
+    }
+
+    /// Whether the last part is an event (then no ordinary line may follow).
+    pub fn ends_with_event(&self) -> bool {
+        self.parts.last().is_some_and(|p| p.event.is_some())
     }
 
     /// Highest delivered offset per file once this message is accepted.
@@ -147,6 +276,29 @@ impl Message {
     pub fn lines(&self) -> usize {
         self.parts.len()
     }
+}
+
+fn embed_chars(p: &Part) -> usize {
+    let ev = p.event.as_ref().expect("an event part");
+    ev.title.chars().count()
+        + p.text.chars().count()
+        + ev.footer.as_ref().map_or(0, |f| f.chars().count())
+        + 8
+}
+
+/// The embed of an event part (`None` for an ordinary line). The line is
+/// shown whole in the description, in a code block like ordinary lines.
+fn embed(p: &Part) -> Option<serde_json::Value> {
+    let ev = p.event.as_ref()?;
+    let mut e = serde_json::json!({
+        "title": ev.title,
+        "description": format!("```\n{}\n```", p.text),
+        "color": ev.severity.color(),
+    });
+    if let Some(f) = &ev.footer {
+        e["footer"] = serde_json::json!({ "text": f });
+    }
+    Some(e)
 }
 
 /// Code points a code block costs besides its lines: header, both fences
@@ -197,16 +349,19 @@ mod tests {
                     label: a.clone(),
                     text: "1".into(),
                     commit: None,
+                    event: None,
                 },
                 Part {
                     label: a,
                     text: "2".into(),
                     commit: None,
+                    event: None,
                 },
                 Part {
                     label: b,
                     text: "3".into(),
                     commit: None,
+                    event: None,
                 },
             ],
         };

@@ -10,7 +10,7 @@ use ekos_log_monitor::discord::{Client, Outcome, Sink};
 use ekos_log_monitor::{service, webhook::Webhook};
 
 const USAGE: &str = "\
-Usage: ekos-log-monitor [--config FILE] [--dry-run] [run|check|test-webhook]
+Usage: ekos-log-monitor [--config FILE] [--dry-run] [--replay FILE] [run|check|test-webhook]
 
 Follows Ekos (KStars) and script log files and posts their new lines to a
 Discord channel through a webhook.
@@ -26,6 +26,9 @@ Options:
                  if it exists); environment variables override it
   --dry-run      print each request body as one JSON line on stdout instead
                  of posting; needs no webhook
+  --replay FILE  print what a whole existing log file would post (events as
+                 embeds, mentions, lines in code blocks), then exit; implies
+                 --dry-run. Use it to tune [[rule]] tables on yesterday's log
   -h, --help     show this help
   -V, --version  show the version
 
@@ -41,6 +44,7 @@ enum Command {
 struct Args {
     config: Option<PathBuf>,
     dry_run: bool,
+    replay: Option<PathBuf>,
     command: Command,
 }
 
@@ -48,6 +52,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         config: None,
         dry_run: false,
+        replay: None,
         command: Command::Run,
     };
     let mut command_seen = false;
@@ -66,6 +71,11 @@ fn parse_args() -> Result<Option<Args>, String> {
                 return Ok(None);
             }
             "--dry-run" => args.dry_run = true,
+            "--replay" => {
+                let v = it.next().ok_or("--replay needs a file name")?;
+                args.replay = Some(PathBuf::from(v));
+                args.dry_run = true;
+            }
             "--config" | "-c" => {
                 let v = it.next().ok_or("--config needs a file name")?;
                 args.config = Some(PathBuf::from(v));
@@ -109,6 +119,9 @@ fn main() -> ExitCode {
         }
     };
     log::set_max_level(cfg.log_level);
+    if let Some(path) = &args.replay {
+        return replay(&cfg, path);
+    }
     match args.command {
         Command::Run => match ekos_log_monitor::run(cfg, inputs) {
             Ok(()) => ExitCode::SUCCESS,
@@ -240,4 +253,52 @@ fn test_webhook(cfg: &Config, dry_run: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `--replay FILE`: every line of the file through the first source's
+/// filter and rules and the packer, each request body printed as JSON.
+fn replay(cfg: &Config, path: &std::path::Path) -> ExitCode {
+    use ekos_log_monitor::batch::Batcher;
+    use ekos_log_monitor::checkpoint::FileId;
+    use ekos_log_monitor::format;
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("cannot read {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let Some(src) = cfg.sources.first() else {
+        log::error!("no source configured");
+        return ExitCode::from(1);
+    };
+    let now = std::time::Instant::now();
+    let mut batcher = Batcher::new(cfg.batch_size, cfg.batch_timeout);
+    let mut offset = 0u64;
+    let mut lines = bytes.split(|&b| b == b'\n').peekable();
+    while let Some(raw) = lines.next() {
+        if lines.peek().is_none() && raw.is_empty() {
+            break;
+        }
+        offset += raw.len() as u64 + 1;
+        let text = format::sanitize(raw);
+        if let Some(event) = format::classify_line(&cfg.rules, &src.filter, src.events, &text) {
+            batcher.push_event(FileId(0), None, text, offset, now, event);
+        }
+    }
+    batcher.flush_all();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    while !batcher.is_empty() {
+        let msg = batcher.take_message(now);
+        use std::io::Write;
+        if out
+            .write_all(&msg.body())
+            .and_then(|_| out.write_all(b"\n"))
+            .is_err()
+        {
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }

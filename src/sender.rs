@@ -19,7 +19,8 @@ use crate::batch::Batcher;
 use crate::checkpoint::Store;
 use crate::config::Config;
 use crate::discord::{Outcome, Sink};
-use crate::format::Message;
+use crate::ekos::{Filter, Rules};
+use crate::format::{self, EventMode, Message};
 use crate::service::{Control, Stats};
 use crate::watcher::Chunk;
 
@@ -62,6 +63,9 @@ impl Route {
 
 pub struct Sender {
     routes: Vec<Route>,
+    /// Per source: which lines are posted and how.
+    presentation: Vec<(Filter, EventMode)>,
+    rules: Arc<Rules>,
     store: Arc<Store>,
     stats: Arc<Stats>,
     rate_limit_delay: Duration,
@@ -90,6 +94,12 @@ impl Sender {
                     reported: false,
                 })
                 .collect(),
+            presentation: cfg
+                .sources
+                .iter()
+                .map(|s| (s.filter.clone(), s.events))
+                .collect(),
+            rules: cfg.rules.clone(),
             store,
             stats,
             rate_limit_delay: cfg.rate_limit_delay,
@@ -115,9 +125,20 @@ impl Sender {
         let now = Instant::now();
         let route = chunk.route.min(self.routes.len() - 1);
         let r = &mut self.routes[route];
+        let (filter, mode) = &self.presentation[chunk.source.min(self.presentation.len() - 1)];
         for line in chunk.lines {
-            r.batcher
-                .push(chunk.file, chunk.label.clone(), line.text, line.end, now);
+            let Some(event) = format::classify_line(&self.rules, filter, *mode, &line.text) else {
+                // Filtered out: the next posted line's offset covers it.
+                continue;
+            };
+            r.batcher.push_event(
+                chunk.file,
+                chunk.label.clone(),
+                line.text,
+                line.end,
+                now,
+                event,
+            );
         }
         if flush {
             r.batcher.flush_all();

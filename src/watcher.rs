@@ -30,6 +30,8 @@ use crate::tail::{self, Line, TailError, Tailer};
 #[derive(Debug)]
 pub struct Chunk {
     pub file: FileId,
+    /// Index of the source in the configuration (for its filter and rules).
+    pub source: usize,
     /// Index of the destination webhook.
     pub route: usize,
     pub label: Option<Arc<str>>,
@@ -74,11 +76,19 @@ pub struct Watcher {
     buf: Vec<u8>,
     started: SystemTime,
     ready: Option<Sender<()>>,
+    /// Extra looks after a directory was created: files written in it
+    /// before inotify watched it sent no event.
+    rechecks: Vec<Instant>,
 }
 
 /// Whether a file's content appeared after `t` (birth time when the file
 /// system reports it, else modification time).
 fn newer_than(meta: &std::fs::Metadata, t: SystemTime) -> bool {
+    // File systems stamp times from a coarse clock (one timer tick, up to
+    // 10 ms behind), so a file created just after `t` can look older; a
+    // margin errs on the side of reading a file whole rather than losing
+    // its first lines.
+    let t = t - std::time::Duration::from_secs(2);
     let born = meta.created().or_else(|_| meta.modified());
     born.map(|b| b >= t).unwrap_or(false)
 }
@@ -164,6 +174,7 @@ impl Watcher {
             buf: Vec::new(),
             started: SystemTime::now(),
             ready: Some(ready),
+            rechecks: Vec::new(),
         }
     }
 
@@ -190,7 +201,8 @@ impl Watcher {
         let interval = self.cfg.file_check_interval;
         let mut next_scan = Instant::now() + interval;
         loop {
-            let timeout = next_scan.saturating_duration_since(Instant::now());
+            let wake = self.rechecks.iter().copied().fold(next_scan, Instant::min);
+            let timeout = wake.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
                 recv(ev_rx) -> ev => {
                     let Ok(first) = ev else { break };
@@ -209,10 +221,23 @@ impl Watcher {
                     Ok(Control::Shutdown) | Ok(Control::Abort) | Err(_) => break,
                 },
                 default(timeout) => {
-                    if self.rescan(&mut inotify, &control, &out) == Flow::Stop {
-                        break;
+                    let now = Instant::now();
+                    if now >= next_scan {
+                        if self.rescan(&mut inotify, &control, &out) == Flow::Stop {
+                            break;
+                        }
+                        next_scan = Instant::now() + interval;
+                    } else {
+                        self.rechecks.retain(|t| *t > now);
+                        for i in 0..self.cfg.sources.len() {
+                            if self.sources[i].present && self.scan_source(i, true, &control, &out) == Flow::Stop {
+                                return Ok(());
+                            }
+                        }
+                        if self.drain_all(&control, &out) == Flow::Stop {
+                            break;
+                        }
                     }
-                    next_scan = Instant::now() + interval;
                 }
             }
         }
@@ -258,17 +283,28 @@ impl Watcher {
                     src.root_key
                 );
             }
-            if st.parent_watch.is_none() {
-                let mut anc = src.root.parent();
-                while let Some(a) = anc {
-                    if a.is_dir() && inotify.watch(a, RecursiveMode::NonRecursive).is_ok() {
-                        st.parent_watch = Some(a.to_path_buf());
-                        break;
+            // Watch the deepest existing ancestor; it moves down as the
+            // missing directories are created one by one.
+            let anc = src
+                .root
+                .ancestors()
+                .skip(1)
+                .find(|a| a.is_dir())
+                .map(Path::to_path_buf);
+            if anc != st.parent_watch {
+                if let Some(old) = st.parent_watch.take() {
+                    let _ = inotify.unwatch(&old);
+                }
+                if let Some(a) = anc {
+                    if inotify.watch(&a, RecursiveMode::NonRecursive).is_ok() {
+                        st.parent_watch = Some(a);
                     }
-                    anc = a.parent();
                 }
             }
-            return;
+            // It may have appeared while the watch was being set up.
+            if !src.root.is_dir() {
+                return;
+            }
         }
         if let Err(e) = inotify.watch(&src.root, RecursiveMode::Recursive) {
             // Typically the inotify watch limit: polling by rescans still works.
@@ -282,6 +318,8 @@ impl Watcher {
         if let Some(p) = st.parent_watch.take() {
             let _ = inotify.unwatch(&p);
         }
+        // A root that appeared while we ran holds only new files.
+        let running = running || st.warned_missing;
         if st.warned_missing {
             log::info!(
                 "logs directory {} appeared; following it",
@@ -535,6 +573,7 @@ impl Watcher {
             if !lines.is_empty() {
                 let chunk = Chunk {
                     file: id,
+                    source: t.source,
                     route: self.cfg.sources[t.source].route,
                     label: t.label.clone(),
                     lines: std::mem::take(&mut lines),
@@ -613,6 +652,7 @@ impl Watcher {
             for part in lines.chunks(4096) {
                 let chunk = Chunk {
                     file: id,
+                    source,
                     route,
                     label: label.clone(),
                     lines: part.to_vec(),
@@ -717,11 +757,21 @@ impl Watcher {
         // A missing root may have appeared (or a present one vanished).
         for i in 0..self.cfg.sources.len() {
             let present = self.cfg.sources[i].root.is_dir();
+            if !self.sources[i].present && !present {
+                // Still missing: follow the creation of its parents.
+                self.setup_source(i, inotify, true);
+            }
+            let present = self.cfg.sources[i].root.is_dir();
             if present != self.sources[i].present {
                 if !present && self.root_vanished(i, control, out) == Flow::Stop {
                     return Flow::Stop;
                 }
                 self.setup_source(i, inotify, true);
+                let now = Instant::now();
+                self.rechecks
+                    .push(now + std::time::Duration::from_millis(100));
+                self.rechecks
+                    .push(now + std::time::Duration::from_millis(1000));
                 self.publish_followed();
                 if self.drain_all(control, out) == Flow::Stop {
                     return Flow::Stop;
@@ -775,6 +825,11 @@ impl Watcher {
             // added sent no event, so look now.
             if created {
                 if let Some(i) = self.source_of(path) {
+                    let now = Instant::now();
+                    self.rechecks
+                        .push(now + std::time::Duration::from_millis(100));
+                    self.rechecks
+                        .push(now + std::time::Duration::from_millis(1000));
                     return self.scan_source(i, true, control, out);
                 }
             }

@@ -1,0 +1,197 @@
+//! Issue 6 through the real binary: notable Ekos lines become embeds
+//! coloured by severity, rule mentions ping exactly their target, filters
+//! drop what the user asked, and `--replay` shows every line exactly once.
+
+mod support;
+
+use std::time::Duration;
+
+use support::daemon::{Env, append};
+use support::fake_discord::{FakeDiscord, code_block_lines};
+
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ekos-corpus.txt");
+
+fn ekos(level: &str, cat: &str, msg: &str) -> String {
+    format!("[2023-06-16T22:01:31.367 CEST {level} ][{cat:>30}] - {msg}")
+}
+
+#[test]
+fn events_become_embeds_with_mentions_only_where_a_rule_says() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "5")
+        .set("BATCH_TIMEOUT", "0.2")
+        .set("MIN_LEVEL", "INFO");
+    env.write_config(
+        "[[rule]]\nname = \"indi-driver-crashed\"\nseverity = \"critical\"\nmention = \"<@&424242>\"\n\n\
+         [[rule]]\nname = \"guidage-fr\"\npattern = \"Guidage automatique interrompu\"\nseverity = \"error\"\ntitle = \"Guiding aborted (fr)\"\n",
+    );
+    let file = env.logs().join("2026-11-22/log_22-00-00.txt");
+    append(&file, &[]);
+    let _d = env.start(&[]);
+    let lines = vec![
+        ekos(
+            "INFO",
+            "org.kde.kstars.ekos.capture",
+            "\"Received image 2 out of 17.\"",
+        ),
+        ekos(
+            "DEBG",
+            "org.kde.kstars.ekos.capture",
+            "\"debug noise @everyone\"",
+        ),
+        ekos(
+            "INFO",
+            "org.kde.kstars.ekos.guide",
+            "\"Guidage automatique interrompu.\"",
+        ),
+        ekos(
+            "CRIT",
+            "org.kde.kstars.indi",
+            "INDI driver  \"indi_eqmod_telescope\"  crashed! @everyone",
+        ),
+        "a plain line".to_string(),
+    ];
+    append(&file, &lines);
+    let ok = fake.wait_for(Duration::from_secs(10), |m| {
+        let embeds: usize = m
+            .iter()
+            .map(|r| r.body["embeds"].as_array().map_or(0, |a| a.len()))
+            .sum();
+        embeds >= 3 && m.iter().any(|r| r.content.contains("a plain line"))
+    });
+    assert!(
+        ok,
+        "{:#?}\n{}",
+        fake.messages()
+            .iter()
+            .map(|m| m.body.to_string())
+            .collect::<Vec<_>>(),
+        _d.stderr()
+    );
+    let msgs = fake.messages();
+    let embeds: Vec<&serde_json::Value> = msgs
+        .iter()
+        .flat_map(|m| m.body["embeds"].as_array().into_iter().flatten())
+        .collect();
+    let titles: Vec<&str> = embeds
+        .iter()
+        .map(|e| e["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        vec![
+            "Image 2/17 received",
+            "Guiding aborted (fr)",
+            "INDI driver indi_eqmod_telescope crashed"
+        ],
+        "{titles:?}"
+    );
+    assert_eq!(embeds[2]["color"], 0xE74C3C);
+    assert!(
+        embeds[2]["footer"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("critical")
+    );
+    // The DEBG line was filtered out; nothing came twice.
+    let all: String = msgs.iter().map(|m| m.body.to_string()).collect();
+    assert!(!all.contains("debug noise"));
+    assert_eq!(all.matches("Received image 2 out of 17").count(), 1);
+    // Exactly the rule's role may be pinged, never @everyone from the text.
+    let crit = msgs
+        .iter()
+        .find(|m| m.body.to_string().contains("crashed"))
+        .unwrap();
+    assert!(crit.content.starts_with("<@&424242>"), "{}", crit.content);
+    assert_eq!(
+        crit.body["allowed_mentions"]["parse"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        crit.body["allowed_mentions"]["roles"],
+        serde_json::json!(["424242"])
+    );
+    for m in &msgs {
+        if !std::ptr::eq(m, crit) {
+            assert_eq!(m.body["allowed_mentions"]["roles"], serde_json::json!([]));
+        }
+    }
+}
+
+#[test]
+fn replay_shows_every_line_once_and_classifies() {
+    let mut env = Env::new("unused");
+    env.unset("DISCORD_WEBHOOK_URL");
+    let (status, out, err) = env.run_to_end(&["--replay", CORPUS]);
+    assert!(status.success(), "{err}");
+    let corpus = std::fs::read_to_string(CORPUS).unwrap();
+    let mut shown: Vec<String> = Vec::new();
+    let mut severities = std::collections::HashMap::new();
+    for l in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let content = v["content"].as_str().unwrap_or("");
+        assert!(content.chars().count() <= 2000);
+        shown.extend(code_block_lines(content));
+        for e in v["embeds"].as_array().into_iter().flatten() {
+            let text = code_block_lines(e["description"].as_str().unwrap());
+            let sev = e["footer"]["text"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string();
+            for t in &text {
+                severities.insert(t.clone(), sev.clone());
+            }
+            shown.extend(text);
+        }
+    }
+    let expected: Vec<String> = corpus
+        .lines()
+        .map(|l| ekos_log_monitor::format::sanitize(l.as_bytes()))
+        .collect();
+    // Shown in order, each exactly once (events ride after the lines that
+    // precede them in the same message, so compare as multisets too).
+    // Lines longer than one message come in pieces: compare the short
+    // ones as multisets, and find the long ones in the concatenation.
+    let long: Vec<&String> = expected
+        .iter()
+        .filter(|l| l.chars().count() >= 1900)
+        .collect();
+    let mut a: Vec<&String> = shown
+        .iter()
+        .filter(|piece| piece.is_empty() || !long.iter().any(|l| l.contains(piece.as_str())))
+        .collect();
+    let mut b: Vec<&String> = expected
+        .iter()
+        .filter(|l| l.chars().count() < 1900)
+        .collect();
+    a.sort();
+    b.sort();
+    assert!(
+        a == b,
+        "every line exactly once: {} shown, {} expected",
+        a.len(),
+        b.len()
+    );
+    let joined = shown.concat();
+    for long in expected.iter().filter(|l| l.chars().count() >= 1900) {
+        assert_eq!(joined.matches(long.as_str()).count(), 1);
+    }
+    let crit = corpus.lines().find(|l| l.contains(" CRIT ")).unwrap();
+    assert_eq!(severities.get(crit).map(String::as_str), Some("critical"));
+    let err_line = corpus.lines().find(|l| l.contains("[ERROR]")).unwrap();
+    assert_eq!(severities.get(err_line).map(String::as_str), Some("error"));
+    let img = corpus
+        .lines()
+        .find(|l| l.contains("Received image"))
+        .unwrap();
+    assert_eq!(severities.get(img).map(String::as_str), Some("info"));
+    let solved = corpus
+        .lines()
+        .find(|l| l.contains("Astrometric solver is successful"))
+        .unwrap();
+    assert_eq!(severities.get(solved).map(String::as_str), Some("success"));
+}
