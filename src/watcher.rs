@@ -756,17 +756,17 @@ impl Watcher {
         }
         // A missing root may have appeared (or a present one vanished).
         for i in 0..self.cfg.sources.len() {
+            let was_present = self.sources[i].present;
             let present = self.cfg.sources[i].root.is_dir();
-            if !self.sources[i].present && !present {
-                // Still missing: follow the creation of its parents.
-                self.setup_source(i, inotify, true);
+            if was_present && present {
+                continue;
             }
-            let present = self.cfg.sources[i].root.is_dir();
-            if present != self.sources[i].present {
-                if !present && self.root_vanished(i, control, out) == Flow::Stop {
-                    return Flow::Stop;
-                }
-                self.setup_source(i, inotify, true);
+            if was_present && self.root_vanished(i, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+            // Watches the root, or follows the creation of its parents.
+            self.setup_source(i, inotify, true);
+            if self.sources[i].present {
                 let now = Instant::now();
                 self.rechecks
                     .push(now + std::time::Duration::from_millis(100));
