@@ -143,6 +143,35 @@ impl Batcher {
         Some(by_last.min(front.arrived + self.timeout * 2))
     }
 
+    /// Takes up to [`format::FILE_MAX`] bytes of waiting lines as one
+    /// attachment message (a burst: fewer requests, nothing lost).
+    pub fn take_file_message(&mut self) -> Message {
+        let mut msg = Message {
+            parts: Vec::new(),
+            as_file: true,
+        };
+        let mut size = 0;
+        while let Some(front) = self.queue.front() {
+            if !msg.parts.is_empty() && size + front.text.len() + 1 > format::FILE_MAX {
+                break;
+            }
+            let e = self.queue.pop_front().expect("front exists");
+            size += e.text.len() + 1;
+            self.queued_cp -= e.cp + 1;
+            self.queued_bytes -= e.text.len();
+            msg.parts.push(Part {
+                label: e.label,
+                commit: Some((e.file, e.end)),
+                text: e.text,
+                event: e.event,
+            });
+        }
+        if self.queue.is_empty() {
+            self.last_arrival = None;
+        }
+        msg
+    }
+
     /// Packs the next message from the front of the queue. When the batch
     /// rule fired, everything waiting at that moment becomes due, so it all
     /// goes out back to back even if it takes several messages.

@@ -44,6 +44,9 @@ pub const ENV_KEYS: &[&str] = &[
     "STATE_DIRECTORY",
     "EVENTS",
     "MIN_LEVEL",
+    "ALERTS_WEBHOOK_URL",
+    "ALERTS_MIN_SEVERITY",
+    "ATTACHMENT_THRESHOLD",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
@@ -177,6 +180,12 @@ pub struct Config {
     pub max_retries: u32,
     pub state_dir: PathBuf,
     pub sources: Vec<Source>,
+    /// A second destination for events of `alerts_min_severity` and above:
+    /// (index into `webhooks`, threshold).
+    pub alerts: Option<(usize, crate::ekos::Severity)>,
+    /// Post a burst as one attached file when more than this many lines
+    /// wait (0: never).
+    pub attachment_threshold: usize,
     /// Event rules (built-in and `[[rule]]` tables).
     pub rules: std::sync::Arc<Rules>,
     /// Effective values as strings, secrets redacted, for `check`.
@@ -631,6 +640,46 @@ impl Config {
             });
         }
 
+        let attachment_threshold: usize = l.number(
+            "ATTACHMENT_THRESHOLD",
+            0,
+            "a whole number of lines (0 turns attachments off)",
+        )?;
+        let alerts = match l.get("ALERTS_WEBHOOK_URL").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(u) => {
+                let w = Webhook::parse(&u).map_err(|source| ConfigError::Webhook {
+                    key: "ALERTS_WEBHOOK_URL".into(),
+                    source,
+                })?;
+                let min = match l.get("ALERTS_MIN_SEVERITY") {
+                    None => crate::ekos::Severity::Error,
+                    Some(v) => crate::ekos::Severity::parse(&v).ok_or_else(|| {
+                        invalid(
+                            "ALERTS_MIN_SEVERITY",
+                            &v,
+                            "one of info, success, warning, error, critical",
+                        )
+                    })?,
+                };
+                let i = match webhooks.iter().position(|x| x.url() == w.url()) {
+                    Some(i) => i,
+                    None => {
+                        webhooks.push(w);
+                        webhooks.len() - 1
+                    }
+                };
+                Some((i, min))
+            }
+        };
+        effective.insert(
+            "ATTACHMENT_THRESHOLD".into(),
+            attachment_threshold.to_string(),
+        );
+        if let Some((i, min)) = alerts {
+            effective.insert("ALERTS_WEBHOOK_URL".into(), webhooks[i].to_string());
+            effective.insert("ALERTS_MIN_SEVERITY".into(), min.to_string());
+        }
         effective.insert("LOG_LEVEL".into(), log_level.to_string());
         effective.insert(
             "RATE_LIMIT_DELAY".into(),
@@ -666,6 +715,8 @@ impl Config {
             max_retries,
             state_dir,
             sources,
+            alerts,
+            attachment_threshold,
             rules,
             effective,
         })

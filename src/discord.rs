@@ -14,6 +14,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use crate::format::Payload;
 use crate::webhook::Webhook;
 
 /// What Discord said about the webhook's rate-limit bucket.
@@ -46,7 +47,7 @@ pub enum Outcome {
 
 /// Where messages go: Discord, or stdout in dry-run mode.
 pub trait Sink: Send {
-    fn post(&mut self, body: &[u8], timeout: Duration) -> Outcome;
+    fn post(&mut self, payload: &Payload, timeout: Duration) -> Outcome;
     /// The destination for log messages (token redacted).
     fn describe(&self) -> String;
 }
@@ -155,15 +156,15 @@ fn short(body: &str) -> String {
 }
 
 impl Sink for Client {
-    fn post(&mut self, body: &[u8], timeout: Duration) -> Outcome {
+    fn post(&mut self, payload: &Payload, timeout: Duration) -> Outcome {
         let result = self
             .agent
             .post(self.webhook.url())
             .config()
             .timeout_global(Some(timeout))
             .build()
-            .header("Content-Type", "application/json")
-            .send(body);
+            .header("Content-Type", &payload.content_type)
+            .send(&payload.body[..]);
         match result {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
@@ -223,10 +224,10 @@ impl DryRun {
 }
 
 impl Sink for DryRun {
-    fn post(&mut self, body: &[u8], _timeout: Duration) -> Outcome {
+    fn post(&mut self, payload: &Payload, _timeout: Duration) -> Outcome {
         let ok = self
             .out
-            .write_all(body)
+            .write_all(&payload.printable)
             .and_then(|_| self.out.write_all(b"\n"))
             .and_then(|_| self.out.flush());
         match ok {

@@ -149,6 +149,23 @@ pub struct Part {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
     pub parts: Vec<Part>,
+    /// Post the lines as one attached `.log` file with a one-line summary
+    /// instead of code blocks (a burst too big for a few messages).
+    pub as_file: bool,
+}
+
+/// The largest attachment built; Discord accepts 10 MiB per file.
+pub const FILE_MAX: usize = 8 * 1024 * 1024;
+
+/// A request body ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    pub content_type: String,
+    pub body: Vec<u8>,
+    /// One JSON line describing exactly what is posted, for `--dry-run`:
+    /// the JSON body itself, or for an upload its `payload_json` plus the
+    /// attached files' names and sizes.
+    pub printable: Vec<u8>,
 }
 
 impl Message {
@@ -164,6 +181,9 @@ impl Message {
     /// The `content` field: groups of consecutive lines from the same file,
     /// each group a code block under an optional header.
     pub fn content(&self) -> String {
+        if self.as_file {
+            return self.file_summary();
+        }
         let mut out = String::new();
         for m in self.mentions() {
             out.push_str(&m.to_string());
@@ -205,17 +225,134 @@ impl Message {
         if !content.is_empty() {
             v["content"] = content.into();
         }
-        let embeds: Vec<serde_json::Value> = self.parts.iter().filter_map(embed).collect();
+        let embeds: Vec<serde_json::Value> = if self.as_file {
+            Vec::new()
+        } else {
+            self.parts.iter().filter_map(embed).collect()
+        };
         if !embeds.is_empty() {
             v["embeds"] = embeds.into();
         }
         serde_json::to_vec(&v).expect("a JSON value always serializes")
     }
 
+    /// The request: JSON, or multipart with `payload_json` and `files[0]`
+    /// when the lines go as an attachment.
+    pub fn payload(&self) -> Payload {
+        let json = self.body();
+        if !self.as_file {
+            return Payload {
+                content_type: "application/json".into(),
+                printable: json.clone(),
+                body: json,
+            };
+        }
+        let (name, data) = self.file();
+        let mut meta: serde_json::Value = serde_json::from_slice(&json).expect("own JSON");
+        meta["attachments"] = serde_json::json!([{ "id": 0, "filename": name }]);
+        let payload_json = serde_json::to_vec(&meta).expect("JSON");
+        // A boundary that cannot occur in the data (checked, then varied).
+        let mut boundary = format!(
+            "ekos-log-monitor-{:016x}",
+            crate::checkpoint::fingerprint(&data)
+        );
+        while data
+            .windows(boundary.len())
+            .any(|w| w == boundary.as_bytes())
+        {
+            boundary.push('x');
+        }
+        let mut body = Vec::with_capacity(data.len() + payload_json.len() + 512);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"payload_json\"\r\nContent-Type: application/json\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&payload_json);
+        body.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"files[0]\"; filename=\"{name}\"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&data);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        meta["files"] = serde_json::json!([{ "name": name, "size": data.len() }]);
+        Payload {
+            content_type: format!("multipart/form-data; boundary={boundary}"),
+            body,
+            printable: serde_json::to_vec(&meta).expect("JSON"),
+        }
+    }
+
+    /// The attached file: the lines as written (fence escaping undone),
+    /// with a `==> file <==` header where the file changes, like `tail`.
+    fn file(&self) -> (String, Vec<u8>) {
+        let mut data = String::new();
+        let mut label: Option<&Arc<str>> = None;
+        for (i, p) in self.parts.iter().enumerate() {
+            if p.label.as_ref() != label || (i == 0 && p.label.is_some()) {
+                if let Some(l) = &p.label {
+                    data.push_str(&format!("==> {l} <==\n"));
+                }
+                label = p.label.as_ref();
+            }
+            data.push_str(
+                &p.text
+                    .replace("`\u{200b}`", "``")
+                    .replace("`\u{200b}`", "``"),
+            );
+            // A piece of a long line continues on the same line.
+            if p.commit.is_some() {
+                data.push('\n');
+            }
+        }
+        let base: String = match self.parts.first().and_then(|p| p.label.as_deref()) {
+            Some(l) => l
+                .rsplit('/')
+                .next()
+                .unwrap_or(l)
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect(),
+            None => "ekos".to_string(),
+        };
+        let name = if base.ends_with(".log") {
+            base
+        } else {
+            format!("{base}.log")
+        };
+        (name, data.into_bytes())
+    }
+
+    fn file_summary(&self) -> String {
+        let lines = self.parts.iter().filter(|p| p.commit.is_some()).count();
+        let events = self.parts.iter().filter(|p| p.event.is_some()).count();
+        let bytes: usize = self.parts.iter().map(|p| p.text.len() + 1).sum();
+        let mut s = format!(
+            "{lines} lines ({:.1} KiB) in the attached file",
+            bytes as f64 / 1024.0
+        );
+        if events > 0 {
+            s.push_str(&format!(", {events} of them notable"));
+        }
+        s
+    }
+
     /// The rule mentions of this message's events (at most one, so that a
     /// message never pings two groups; see [`Message::can_take_event`]).
     fn mentions(&self) -> Vec<Mention> {
         let mut v: Vec<Mention> = Vec::new();
+        if self.as_file {
+            return v;
+        }
         for m in self.parts.iter().filter_map(|p| p.event.as_ref()?.mention) {
             if !v.contains(&m) {
                 v.push(m);
@@ -270,7 +407,14 @@ impl Message {
             return None;
         }
         let tail = self.parts.split_off(self.parts.len() / 2);
-        Some((self, Message { parts: tail }))
+        let as_file = self.as_file;
+        Some((
+            self,
+            Message {
+                parts: tail,
+                as_file,
+            },
+        ))
     }
 
     pub fn lines(&self) -> usize {
@@ -364,6 +508,7 @@ mod tests {
                     event: None,
                 },
             ],
+            as_file: false,
         };
         assert_eq!(
             m.content(),
@@ -371,5 +516,38 @@ mod tests {
         );
         let body: serde_json::Value = serde_json::from_slice(&m.body()).unwrap();
         assert_eq!(body["allowed_mentions"]["parse"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_file_message_is_multipart_with_the_lines_as_written() {
+        let a: Option<Arc<str>> = Some("deploy/deploy.log".into());
+        let part = |t: &str, end| Part {
+            label: a.clone(),
+            text: escape_fence(t).into_owned(),
+            commit: Some((FileId(1), end)),
+            event: None,
+        };
+        let m = Message {
+            parts: vec![part("one ``` two", 12), part("three", 18)],
+            as_file: true,
+        };
+        let p = m.payload();
+        assert!(p.content_type.starts_with("multipart/form-data; boundary="));
+        let body = String::from_utf8(p.body).unwrap();
+        assert!(body.contains("name=\"payload_json\""));
+        assert!(body.contains("name=\"files[0]\"; filename=\"deploy.log\""));
+        assert!(body.contains("==> deploy/deploy.log <==\none ``` two\nthree\n"));
+        let printable: serde_json::Value = serde_json::from_slice(&p.printable).unwrap();
+        assert_eq!(printable["files"][0]["name"], "deploy.log");
+        assert!(
+            printable["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("2 lines")
+        );
+        assert_eq!(
+            printable["allowed_mentions"]["parse"],
+            serde_json::json!([])
+        );
     }
 }

@@ -214,6 +214,11 @@ fn test_webhook(cfg: &Config, dry_run: bool) -> ExitCode {
         "allowed_mentions": {"parse": []},
     }))
     .expect("json");
+    let body = ekos_log_monitor::format::Payload {
+        content_type: "application/json".into(),
+        printable: body.clone(),
+        body,
+    };
     let mut failed = false;
     for w in &cfg.webhooks {
         let mut sink: Box<dyn Sink> = if dry_run {

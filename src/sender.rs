@@ -9,18 +9,18 @@
 //! The thread stops reading lines while too much text waits (backpressure
 //! to the watcher), so memory stays bounded during an outage.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, never};
 
 use crate::batch::Batcher;
-use crate::checkpoint::Store;
+use crate::checkpoint::{FileId, Store};
 use crate::config::Config;
 use crate::discord::{Outcome, Sink};
-use crate::ekos::{Filter, Rules};
-use crate::format::{self, EventMode, Message};
+use crate::ekos::{Filter, Rules, Severity};
+use crate::format::{self, EventMode, Message, Part};
 use crate::service::{Control, Stats};
 use crate::watcher::Chunk;
 
@@ -66,6 +66,16 @@ pub struct Sender {
     /// Per source: which lines are posted and how.
     presentation: Vec<(Filter, EventMode)>,
     rules: Arc<Rules>,
+    /// The alerts route and its threshold, when configured.
+    alerts: Option<(usize, Severity)>,
+    attachment_threshold: usize,
+    /// Per file, the start offsets of lines whose alert copy is not
+    /// delivered yet: the checkpoint may not move past them.
+    holds: HashMap<FileId, VecDeque<u64>>,
+    /// Per file, what the logs route delivered (before clamping by holds).
+    delivered: HashMap<FileId, u64>,
+    /// Per file, the end of the last line received (a line's start).
+    last_end: HashMap<FileId, u64>,
     store: Arc<Store>,
     stats: Arc<Stats>,
     rate_limit_delay: Duration,
@@ -100,6 +110,15 @@ impl Sender {
                 .map(|s| (s.filter.clone(), s.events))
                 .collect(),
             rules: cfg.rules.clone(),
+            // An alerts webhook that also receives a source's lines would
+            // get events twice: then it is not used as a second route.
+            alerts: cfg
+                .alerts
+                .filter(|(i, _)| cfg.sources.iter().all(|s| s.route != *i)),
+            attachment_threshold: cfg.attachment_threshold,
+            holds: HashMap::new(),
+            delivered: HashMap::new(),
+            last_end: HashMap::new(),
             store,
             stats,
             rate_limit_delay: cfg.rate_limit_delay,
@@ -124,15 +143,46 @@ impl Sender {
     fn push(&mut self, chunk: Chunk, flush: bool) {
         let now = Instant::now();
         let route = chunk.route.min(self.routes.len() - 1);
-        let r = &mut self.routes[route];
         let (filter, mode) = &self.presentation[chunk.source.min(self.presentation.len() - 1)];
+        let file = chunk.file;
         for line in chunk.lines {
+            let prev = match self.last_end.get(&file) {
+                Some(e) => *e,
+                None => self.store.offset(file).unwrap_or(0),
+            };
+            // After a truncation offsets start again from 0.
+            let start = if prev > line.end { 0 } else { prev };
+            self.last_end.insert(file, line.end);
             let Some(event) = format::classify_line(&self.rules, filter, *mode, &line.text) else {
                 // Filtered out: the next posted line's offset covers it.
                 continue;
             };
-            r.batcher.push_event(
-                chunk.file,
+            if let (Some(ev), Some((ai, min))) = (&event, self.alerts) {
+                if ev.severity >= min && ai != route {
+                    let part = Part {
+                        label: chunk.label.clone(),
+                        text: format::escape_fence(&line.text).into_owned(),
+                        // For an alert copy this is the line's start: what
+                        // the hold is released by, never a commit.
+                        commit: Some((file, start)),
+                        event: Some(Box::new(ev.clone())),
+                    };
+                    let cp = part.text.chars().count();
+                    let q = &mut self.routes[ai].inflight;
+                    // The front message may be mid-retry: never grow it.
+                    let grow = q.len() > 1 && q.back().is_some_and(|m| m.can_take_event(cp, ev));
+                    match q.back_mut() {
+                        Some(last) if grow => last.parts.push(part),
+                        _ => q.push_back(Message {
+                            parts: vec![part],
+                            as_file: false,
+                        }),
+                    }
+                    self.holds.entry(file).or_default().push_back(start);
+                }
+            }
+            self.routes[route].batcher.push_event(
+                file,
                 chunk.label.clone(),
                 line.text,
                 line.end,
@@ -141,7 +191,39 @@ impl Sender {
             );
         }
         if flush {
-            r.batcher.flush_all();
+            self.routes[route].batcher.flush_all();
+        }
+    }
+
+    /// The offset the checkpoint may record for a file: what was
+    /// delivered, but never past a line whose alert is still pending.
+    fn clamp(&self, file: FileId, offset: u64) -> u64 {
+        match self.holds.get(&file).and_then(|h| h.front()) {
+            Some(h) => offset.min(*h),
+            None => offset,
+        }
+    }
+
+    /// Records what route `i` got accepted and persists the checkpoint.
+    fn commit(&mut self, i: usize, commits: Vec<(FileId, u64)>) {
+        let is_alerts = self.alerts.is_some_and(|(a, _)| a == i);
+        let mut out = Vec::new();
+        for (file, offset) in commits {
+            if is_alerts {
+                if let Some(h) = self.holds.get_mut(&file) {
+                    h.pop_front();
+                }
+                if let Some(done) = self.delivered.get(&file).copied() {
+                    out.push((file, self.clamp(file, done)));
+                }
+            } else {
+                self.delivered.insert(file, offset);
+                out.push((file, self.clamp(file, offset)));
+            }
+        }
+        if let Err(e) = self.store.commit(out) {
+            log::error!("{e}");
+            self.stats.record_error(Some(e.to_string()));
         }
     }
 
@@ -267,15 +349,20 @@ impl Sender {
             let r = &mut self.routes[i];
             match r.inflight.pop_front() {
                 Some(m) => m,
+                None if self.attachment_threshold > 0
+                    && r.batcher.len() > self.attachment_threshold =>
+                {
+                    r.batcher.take_file_message()
+                }
                 None => r.batcher.take_message(now),
             }
         };
         if msg.parts.is_empty() {
             return;
         }
-        let body = msg.body();
+        let payload = msg.payload();
         let started = Instant::now();
-        let outcome = self.routes[i].sink.post(&body, timeout);
+        let outcome = self.routes[i].sink.post(&payload, timeout);
         let done = Instant::now();
         let delay = self.rate_limit_delay;
         let max_retries = self.max_retries;
@@ -297,10 +384,8 @@ impl Sender {
                         r.next_allowed = r.next_allowed.max(done + reset);
                     }
                 }
-                if let Err(e) = self.store.commit(msg.commits()) {
-                    log::error!("{e}");
-                    self.stats.record_error(Some(e.to_string()));
-                }
+                let commits: Vec<_> = msg.commits().collect();
+                self.commit(i, commits);
                 self.stats.record_post(msg.lines());
             }
             Outcome::RateLimited {
@@ -363,9 +448,7 @@ impl Sender {
                         );
                         self.stats
                             .record_error(Some(format!("Discord rejected a line (HTTP {status})")));
-                        if let Err(e) = self.store.commit(commits) {
-                            log::error!("{e}");
-                        }
+                        self.commit(i, commits);
                     }
                 }
             }

@@ -147,18 +147,40 @@ impl log::Log for StderrLogger {
 /// Installs the journald logger when our stderr is the journal, else the
 /// stderr logger. Safe to call once per process.
 pub fn init_logging(level: log::LevelFilter) {
-    let journal = systemd_journal_logger::connected_to_journal()
-        && systemd_journal_logger::JournalLog::new()
-            .map(|j| {
-                j.with_syslog_identifier("ekos-log-monitor".into())
-                    .install()
-                    .is_ok()
-            })
-            .unwrap_or(false);
-    if !journal {
-        let _ = log::set_logger(&StderrLogger);
-    }
+    let journal = if systemd_journal_logger::connected_to_journal() {
+        systemd_journal_logger::JournalLog::new()
+            .ok()
+            .map(|j| j.with_syslog_identifier("ekos-log-monitor".into()))
+    } else {
+        None
+    };
+    let _ = match journal {
+        Some(j) => log::set_boxed_logger(Box::new(Ours(j))),
+        None => log::set_boxed_logger(Box::new(Ours(StderrLogger))),
+    };
     log::set_max_level(level);
+}
+
+/// Keeps debug records of dependencies (ureq, rustls: chatty) out.
+struct Ours<L>(L);
+
+fn ours(m: &log::Metadata) -> bool {
+    m.level() <= log::max_level()
+        && (m.level() <= log::Level::Info || m.target().starts_with("ekos_log_monitor"))
+}
+
+impl<L: log::Log> log::Log for Ours<L> {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        ours(m) && self.0.enabled(m)
+    }
+    fn log(&self, r: &log::Record) {
+        if ours(r.metadata()) {
+            self.0.log(r);
+        }
+    }
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 /// Routes SIGINT/SIGTERM (stop) and SIGHUP (reload) into `tx`.

@@ -195,3 +195,123 @@ fn replay_shows_every_line_once_and_classifies() {
         .unwrap();
     assert_eq!(severities.get(solved).map(String::as_str), Some("success"));
 }
+
+#[test]
+fn alerts_go_to_a_second_webhook_and_the_logs_channel_keeps_everything() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    let alerts = fake.webhook_url_for("999", "alerts-token");
+    env.set("BATCH_SIZE", "10")
+        .set("BATCH_TIMEOUT", "0.2")
+        .set("ALERTS_WEBHOOK_URL", &alerts)
+        .set("ALERTS_MIN_SEVERITY", "error");
+    let file = env.logs().join("2026-11-22/log_22-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let lines = vec![
+        ekos(
+            "INFO",
+            "org.kde.kstars.ekos.capture",
+            "\"Received image 1 out of 2.\"",
+        ),
+        ekos(
+            "INFO",
+            "org.kde.kstars.ekos.guide",
+            "\"Autoguiding aborted.\"",
+        ),
+        ekos(
+            "CRIT",
+            "org.kde.kstars.indi",
+            "INDI driver  \"indi_asi_ccd\"  crashed!",
+        ),
+        "plain".to_string(),
+    ];
+    append(&file, &lines);
+    let ok = fake.wait_for(Duration::from_secs(10), |m| {
+        m.iter()
+            .filter(|r| r.webhook_id == "999")
+            .map(|r| r.body["embeds"].as_array().map_or(0, |a| a.len()))
+            .sum::<usize>()
+            >= 2
+            && m.iter()
+                .any(|r| r.webhook_id != "999" && r.content.contains("plain"))
+    });
+    assert!(ok, "{}", d.stderr());
+    let msgs = fake.messages();
+    let alert_titles: Vec<String> = msgs
+        .iter()
+        .filter(|r| r.webhook_id == "999")
+        .flat_map(|r| r.body["embeds"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["title"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        alert_titles,
+        vec!["Autoguiding aborted", "INDI driver indi_asi_ccd crashed"]
+    );
+    // The logs channel has every line once: three events and one plain line.
+    let mut logs: Vec<String> = Vec::new();
+    for r in msgs.iter().filter(|r| r.webhook_id != "999") {
+        logs.extend(code_block_lines(&r.content));
+        for e in r.body["embeds"].as_array().into_iter().flatten() {
+            logs.extend(code_block_lines(e["description"].as_str().unwrap()));
+        }
+    }
+    assert_eq!(logs, lines);
+    assert!(!d.stderr().contains("alerts-token"));
+}
+
+#[test]
+fn a_burst_goes_as_one_attachment_and_nothing_is_lost() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "10")
+        .set("BATCH_TIMEOUT", "0.2")
+        .set("ATTACHMENT_THRESHOLD", "100");
+    let file = env.logs().join("2026-11-22/log_22-00-00.txt");
+    append(&file, &[]);
+    let _d = env.start(&[]);
+    let toks = support::daemon::tokens("burst", 0..3000);
+    let lines: Vec<String> = toks
+        .iter()
+        .map(|t| format!("{t} debug storm ``` {}", "y".repeat(60)))
+        .collect();
+    append(&file, &lines);
+    let all_in = |m: &[support::fake_discord::Received]| {
+        let mut text = String::new();
+        for r in m {
+            text.push_str(&r.content);
+            text.push('\n');
+            for (_, data) in &r.attachments {
+                text.push_str(&String::from_utf8_lossy(data));
+                text.push('\n');
+            }
+        }
+        support::daemon::loss_and_dups(&toks, &[text])
+    };
+    let ok = fake.wait_for(Duration::from_secs(20), |m| all_in(m).0.is_empty());
+    let m = fake.messages();
+    assert!(
+        ok,
+        "lost {} of {}; {} messages; first: {:?} {:?}",
+        all_in(&m).0.len(),
+        toks.len(),
+        m.len(),
+        m.first().map(|r| r.content.clone()),
+        m.first().and_then(|r| r.attachments.first()).map(|(n, d)| (
+            n.clone(),
+            String::from_utf8_lossy(&d[..d.len().min(200)]).into_owned()
+        ))
+    );
+    let msgs = fake.messages();
+    let (lost, dups) = all_in(&msgs);
+    assert!(lost.is_empty() && dups == 0);
+    assert!(msgs.len() <= 5, "{} requests for a burst", msgs.len());
+    let with_files: Vec<_> = msgs.iter().filter(|m| !m.attachments.is_empty()).collect();
+    assert!(!with_files.is_empty());
+    let data = String::from_utf8_lossy(&with_files[0].attachments[0].1);
+    assert!(
+        data.contains("debug storm ``` y"),
+        "fences are restored in the file"
+    );
+    assert!(with_files[0].content.contains("lines"));
+}
