@@ -204,6 +204,11 @@ impl Tailer {
     /// extends the fingerprint while the file is young.
     fn check_identity(&mut self, report: &mut ReadReport) -> io::Result<()> {
         let size = self.file.metadata()?.len();
+        if size == self.pos && self.fp.len() == FINGERPRINT_LEN.min(size as usize) {
+            // Nothing new: spare the read of the first bytes (this runs for
+            // every followed file at each rescan).
+            return Ok(());
+        }
         let head = first_bytes(&self.file, FINGERPRINT_LEN.min(size as usize))?;
         let common = head.len().min(self.fp.len());
         if size < self.pos || head[..common] != self.fp[..common] {

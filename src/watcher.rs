@@ -60,6 +60,8 @@ struct SourceState {
     warned_missing: bool,
     /// The ancestor watched while the root does not exist.
     parent_watch: Option<PathBuf>,
+    /// inotify watches the root: its files need no reading at rescans.
+    watched: bool,
 }
 
 pub struct Watcher {
@@ -223,7 +225,7 @@ impl Watcher {
                 default(timeout) => {
                     let now = Instant::now();
                     if now >= next_scan {
-                        if self.rescan(&mut inotify, &control, &out) == Flow::Stop {
+                        if self.rescan(&mut inotify, &control, &out, false) == Flow::Stop {
                             break;
                         }
                         next_scan = Instant::now() + interval;
@@ -306,7 +308,9 @@ impl Watcher {
                 return;
             }
         }
-        if let Err(e) = inotify.watch(&src.root, RecursiveMode::Recursive) {
+        let watched = inotify.watch(&src.root, RecursiveMode::Recursive);
+        self.sources[i].watched = watched.is_ok();
+        if let Err(e) = watched {
             // Typically the inotify watch limit: polling by rescans still works.
             log::warn!(
                 "cannot watch {} with inotify ({e}); new lines will only be seen every {} s (raise fs.inotify.max_user_watches)",
@@ -702,16 +706,7 @@ impl Watcher {
             }
         }
         // Retired files have been read to their end: let them go.
-        let retired: Vec<FileId> = self.retired.keys().copied().collect();
-        for id in retired {
-            let gone = self
-                .tailers
-                .get(&id)
-                .is_none_or(|t| t.pending().unwrap_or(0) == 0);
-            if gone {
-                self.release(id);
-            }
-        }
+        self.release_finished_retired();
         Flow::Go
     }
 
@@ -779,7 +774,7 @@ impl Watcher {
             }
         }
         if rescan {
-            return self.rescan(inotify, control, out);
+            return self.rescan(inotify, control, out, true);
         }
         for (p, created) in paths {
             if self.on_path(&p, created, control, out) == Flow::Stop {
@@ -1012,11 +1007,17 @@ impl Watcher {
 
     /// The periodic check: roots, new files, and every followed file read
     /// in case an event was missed.
+    ///
+    /// With `full` false (the periodic rescan) files of sources inotify
+    /// watches are not read: events cover them, and an idle daemon
+    /// following thousands of files stays idle. inotify's queue overflow
+    /// asks for a full rescan.
     fn rescan(
         &mut self,
         inotify: &mut notify::RecommendedWatcher,
         control: &Receiver<Control>,
         out: &Sender<Chunk>,
+        full: bool,
     ) -> Flow {
         for i in 0..self.cfg.sources.len() {
             let present = self.cfg.sources[i].root.is_dir();
@@ -1041,6 +1042,7 @@ impl Watcher {
         let moved: Vec<FileId> = self
             .tailers
             .values()
+            .filter(|t| full || !self.sources[t.source].watched)
             .filter(|t| match std::fs::metadata(&t.path) {
                 Ok(m) => (m.dev(), m.ino()) != (t.dev, t.ino),
                 Err(_) => true,
@@ -1053,8 +1055,44 @@ impl Watcher {
             }
             self.retire_or_release(id);
         }
-        let r = self.drain_all(control, out);
+        let r = if full {
+            self.drain_all(control, out)
+        } else {
+            self.drain_unwatched(control, out)
+        };
         self.publish_followed();
         r
+    }
+
+    /// Reads the files of sources without an inotify watch, and lets go of
+    /// retired files (renamed away) that were read to their end.
+    fn drain_unwatched(&mut self, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+        let mut ids: Vec<FileId> = self
+            .tailers
+            .values()
+            .filter(|t| !self.sources[t.source].watched || self.retired.contains_key(&t.id))
+            .map(|t| t.id)
+            .collect();
+        ids.sort();
+        for id in ids {
+            if self.drain(id, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        self.release_finished_retired();
+        Flow::Go
+    }
+
+    fn release_finished_retired(&mut self) {
+        let retired: Vec<FileId> = self.retired.keys().copied().collect();
+        for id in retired {
+            let gone = self
+                .tailers
+                .get(&id)
+                .is_none_or(|t| t.pending().unwrap_or(0) == 0);
+            if gone {
+                self.release(id);
+            }
+        }
     }
 }
