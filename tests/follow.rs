@@ -353,3 +353,52 @@ fn dry_run_prints_request_bodies_and_needs_no_webhook() {
     }
     assert_eq!(lines, vec!["dry one", "dry two"]);
 }
+
+#[test]
+fn sighup_reloads_the_configuration_and_a_bad_one_keeps_the_old() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    let a = env.dir.path().join("a");
+    let b = env.dir.path().join("b");
+    env.unset("EKOS_LOGS_DIRECTORY");
+    let source = |root: &std::path::Path| {
+        format!(
+            "[[source]]\nname = \"s\"\nroot = \"{}\"\ninclude = [\"*.log\"]\nfollow = \"all\"\n",
+            root.display()
+        )
+    };
+    append(&a.join("x.log"), &[]);
+    append(&b.join("y.log"), &[]);
+    env.write_config(&source(&a));
+    let mut d = env.start(&[]);
+    append(&a.join("x.log"), &["from a".to_string()]);
+    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 1));
+
+    std::fs::write(env.config.as_ref().unwrap(), source(&b)).unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(5), || d
+        .stderr()
+        .contains("configuration reloaded")));
+    append(&b.join("y.log"), &["from b".to_string()]);
+    assert!(
+        fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 2),
+        "{}",
+        d.stderr()
+    );
+
+    std::fs::write(env.config.as_ref().unwrap(), "follow_everything = true\n").unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(5), || d
+        .stderr()
+        .contains("reload failed, keeping the running configuration")));
+    assert!(
+        d.wait(Duration::from_millis(300)).is_none(),
+        "still running"
+    );
+    append(&b.join("y.log"), &["still b".to_string()]);
+    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 3));
+    assert_eq!(
+        delivered(&fake.messages()),
+        vec!["from a", "from b", "still b"]
+    );
+}
