@@ -372,7 +372,7 @@ fn sighup_reloads_the_configuration_and_a_bad_one_keeps_the_old() {
     env.write_config(&source(&a));
     let mut d = env.start(&[]);
     append(&a.join("x.log"), &["from a".to_string()]);
-    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 1));
+    assert!(fake.wait_for(Duration::from_secs(5), |m| !delivered(m).is_empty()));
 
     std::fs::write(env.config.as_ref().unwrap(), source(&b)).unwrap();
     d.signal(libc::SIGHUP);
