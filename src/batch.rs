@@ -143,6 +143,12 @@ impl Batcher {
         Some(by_last.min(front.arrived + self.timeout * 2))
     }
 
+    /// Whether the next line is notable (it then goes as an embed, never
+    /// into an attachment).
+    pub fn front_is_event(&self) -> bool {
+        self.queue.front().is_some_and(|e| e.event.is_some())
+    }
+
     /// Takes up to [`format::FILE_MAX`] bytes of waiting lines as one
     /// attachment message (a burst: fewer requests, nothing lost).
     pub fn take_file_message(&mut self) -> Message {
@@ -152,7 +158,10 @@ impl Batcher {
         };
         let mut size = 0;
         while let Some(front) = self.queue.front() {
-            if !msg.parts.is_empty() && size + front.text.len() + 1 > format::FILE_MAX {
+            // Events keep their embed and mention: the file stops before one.
+            if !msg.parts.is_empty()
+                && (size + front.text.len() + 1 > format::FILE_MAX || front.event.is_some())
+            {
                 break;
             }
             let e = self.queue.pop_front().expect("front exists");

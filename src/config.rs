@@ -514,6 +514,43 @@ impl Config {
             ..FilterSpec::default()
         };
 
+        const SOURCE_KEYS: &[&str] = &[
+            "name",
+            "root",
+            "include",
+            "exclude",
+            "follow",
+            "start_at",
+            "discord_webhook_url",
+            "events",
+            "min_level",
+            "include_regex",
+            "exclude_regex",
+            "modules",
+            "drop_modules",
+        ];
+        // Filter keys are flattened into the table, which serde cannot
+        // combine with deny_unknown_fields: check names by hand, so a typo
+        // (or a global key written below a [[source]] header) is reported.
+        if let Ok(tables) = l.cfg.get::<Vec<HashMap<String, config::Value>>>("source") {
+            for (n, t) in tables.iter().enumerate() {
+                let mut keys: Vec<&String> = t.keys().collect();
+                keys.sort();
+                if let Some(k) = keys
+                    .into_iter()
+                    .find(|k| !SOURCE_KEYS.contains(&k.as_str()))
+                {
+                    return Err(invalid(
+                        &format!("source[{}].{k}", n + 1),
+                        k,
+                        &format!(
+                            "one of the [[source]] keys: {} (global keys go above the first [[source]] table)",
+                            SOURCE_KEYS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
         let raw_sources: Vec<RawSource> = match l.cfg.get::<Vec<RawSource>>("source") {
             Ok(v) => v,
             Err(config::ConfigError::NotFound(_)) => Vec::new(),
@@ -521,9 +558,7 @@ impl Config {
                 return Err(invalid(
                     "source",
                     "[[source]]",
-                    &format!(
-                        "tables with keys name, root, include, exclude, follow, start_at, discord_webhook_url ({e})"
-                    ),
+                    &format!("tables with keys {} ({e})", SOURCE_KEYS.join(", ")),
                 ));
             }
         };
@@ -645,6 +680,16 @@ impl Config {
             0,
             "a whole number of lines (0 turns attachments off)",
         )?;
+        let alerts_min = match l.get("ALERTS_MIN_SEVERITY") {
+            None => crate::ekos::Severity::Error,
+            Some(v) => crate::ekos::Severity::parse(&v).ok_or_else(|| {
+                invalid(
+                    "ALERTS_MIN_SEVERITY",
+                    &v,
+                    "one of info, success, warning, error, critical",
+                )
+            })?,
+        };
         let alerts = match l.get("ALERTS_WEBHOOK_URL").filter(|v| !v.trim().is_empty()) {
             None => None,
             Some(u) => {
@@ -652,29 +697,36 @@ impl Config {
                     key: "ALERTS_WEBHOOK_URL".into(),
                     source,
                 })?;
-                let min = match l.get("ALERTS_MIN_SEVERITY") {
-                    None => crate::ekos::Severity::Error,
-                    Some(v) => crate::ekos::Severity::parse(&v).ok_or_else(|| {
-                        invalid(
-                            "ALERTS_MIN_SEVERITY",
-                            &v,
-                            "one of info, success, warning, error, critical",
-                        )
-                    })?,
-                };
-                let i = match webhooks.iter().position(|x| x.url() == w.url()) {
-                    Some(i) => i,
-                    None => {
-                        webhooks.push(w);
-                        webhooks.len() - 1
-                    }
-                };
-                Some((i, min))
+                if webhooks.iter().any(|x| x.url() == w.url()) {
+                    return Err(invalid(
+                        "ALERTS_WEBHOOK_URL",
+                        w.to_string(),
+                        "a webhook other than the one(s) receiving the log lines (events would be posted twice)",
+                    ));
+                }
+                webhooks.push(w);
+                Some((webhooks.len() - 1, alerts_min))
             }
         };
         effective.insert(
             "ATTACHMENT_THRESHOLD".into(),
             attachment_threshold.to_string(),
+        );
+        effective.insert("EVENTS".into(), format!("{events:?}").to_ascii_lowercase());
+        effective.insert(
+            "MIN_LEVEL".into(),
+            global_filter
+                .min_level
+                .clone()
+                .unwrap_or_else(|| "(everything)".into()),
+        );
+        effective.insert(
+            "RULES".into(),
+            format!(
+                "{} rules, {} of them from [[rule]] tables",
+                rules.describe().len(),
+                rule_specs.len()
+            ),
         );
         if let Some((i, min)) = alerts {
             effective.insert("ALERTS_WEBHOOK_URL".into(), webhooks[i].to_string());

@@ -127,8 +127,11 @@ pub fn classify_line(
                 mention: e.mention,
             }))
         }
-        _ if mode == EventMode::Only => None,
-        _ => Some(None),
+        // Notable but too long for an embed: posted as an ordinary line,
+        // even in events-only mode, rather than cut or dropped.
+        Some(_) => Some(None),
+        None if mode == EventMode::Only => None,
+        None => Some(None),
     }
 }
 

@@ -295,7 +295,14 @@ fn replay(cfg: &Config, path: &std::path::Path) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     while !batcher.is_empty() {
-        let msg = batcher.take_message(now);
+        let as_file = cfg.attachment_threshold > 0
+            && batcher.len() > cfg.attachment_threshold
+            && !batcher.front_is_event();
+        let msg = if as_file {
+            batcher.take_file_message()
+        } else {
+            batcher.take_message(now)
+        };
         use std::io::Write;
         if out
             .write_all(&msg.body())

@@ -31,6 +31,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How long to wait before trying a webhook Discord called unknown again.
 /// Discord bans addresses that send many invalid requests, so this is slow.
 pub const GONE_RETRY: Duration = Duration::from_secs(600);
+/// Alert copies kept while the alerts webhook does not answer; beyond,
+/// events only reach the logs channel (memory stays bounded).
+pub const MAX_PENDING_ALERTS: usize = 1000;
 /// Time allowed to post what is queued when asked to stop.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
@@ -158,7 +161,14 @@ impl Sender {
                 continue;
             };
             if let (Some(ev), Some((ai, min))) = (&event, self.alerts) {
-                if ev.severity >= min && ai != route {
+                let backlog: usize = self.routes[ai].inflight.iter().map(|m| m.parts.len()).sum();
+                if ev.severity >= min && ai != route && backlog >= MAX_PENDING_ALERTS {
+                    if backlog == MAX_PENDING_ALERTS {
+                        log::warn!(
+                            "{MAX_PENDING_ALERTS} alerts wait for the alerts webhook; more are only posted to the logs channel until it works again"
+                        );
+                    }
+                } else if ev.severity >= min && ai != route {
                     let part = Part {
                         label: chunk.label.clone(),
                         text: format::escape_fence(&line.text).into_owned(),

@@ -1008,10 +1008,9 @@ impl Watcher {
     /// The periodic check: roots, new files, and every followed file read
     /// in case an event was missed.
     ///
-    /// With `full` false (the periodic rescan) files of sources inotify
-    /// watches are not read: events cover them, and an idle daemon
-    /// following thousands of files stays idle. inotify's queue overflow
-    /// asks for a full rescan.
+    /// With `full` false (the periodic rescan), renames in sources that
+    /// inotify watches are left to events; inotify's queue overflow asks
+    /// for a full rescan.
     fn rescan(
         &mut self,
         inotify: &mut notify::RecommendedWatcher,
@@ -1055,32 +1054,12 @@ impl Watcher {
             }
             self.retire_or_release(id);
         }
-        let r = if full {
-            self.drain_all(control, out)
-        } else {
-            self.drain_unwatched(control, out)
-        };
+        // Every followed file is checked (one fstat each when unchanged):
+        // a safety net for events lost while inotify was adding watches on
+        // new directories or its queue was full.
+        let r = self.drain_all(control, out);
         self.publish_followed();
         r
-    }
-
-    /// Reads the files of sources without an inotify watch, and lets go of
-    /// retired files (renamed away) that were read to their end.
-    fn drain_unwatched(&mut self, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
-        let mut ids: Vec<FileId> = self
-            .tailers
-            .values()
-            .filter(|t| !self.sources[t.source].watched || self.retired.contains_key(&t.id))
-            .map(|t| t.id)
-            .collect();
-        ids.sort();
-        for id in ids {
-            if self.drain(id, control, out) == Flow::Stop {
-                return Flow::Stop;
-            }
-        }
-        self.release_finished_retired();
-        Flow::Go
     }
 
     fn release_finished_retired(&mut self) {

@@ -125,12 +125,21 @@ impl Webhook {
         &self.id
     }
 
-    /// Replaces every occurrence of the token in `text` by `****`.
+    /// Replaces the token in `text` by `****`: wherever it follows the
+    /// webhook id, and, for tokens long enough not to be ordinary words
+    /// (Discord's are 68 characters), wherever it appears.
     pub fn redact(&self, text: &str) -> String {
         if self.token.is_empty() {
-            text.to_string()
+            return text.to_string();
+        }
+        let out = text.replace(
+            &format!("{}/{}", self.id, self.token),
+            &format!("{}/****", self.id),
+        );
+        if self.token.len() >= 16 {
+            out.replace(&self.token, "****")
         } else {
-            text.replace(&self.token, "****")
+            out
         }
     }
 }
