@@ -6,9 +6,12 @@
 //! and looks up files it finds on disk ([`Store::claim`]); the sender moves
 //! a file's offset forward only after Discord accepted the message that
 //! carried its lines ([`Store::commit`]). Every commit rewrites the state
-//! file atomically (temporary file, fsync, rename, fsync of the directory),
-//! so a crash at any instant leaves either the old or the new checkpoint,
-//! and after a crash at most the batch in flight is posted again.
+//! file atomically (temporary file, then rename), so a crash of the process
+//! at any instant leaves either the old or the new checkpoint, and after a
+//! crash at most the batch in flight is posted again. The fsync of the file
+//! and of its directory, which guards against power loss, runs on a small
+//! background thread: a slow disk (an fsync can take half a second) never
+//! holds up the next post.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -105,6 +108,35 @@ pub struct Store {
     inner: Mutex<Inner>,
     /// `None` in dry-run mode: read the state, never write it.
     dir: Option<PathBuf>,
+    /// Wakes the thread that fsyncs what was renamed into place.
+    sync: Option<crossbeam_channel::Sender<()>>,
+}
+
+/// The state file as written: borrowed, so saving copies nothing.
+#[derive(Serialize)]
+struct StateRef<'a> {
+    version: u32,
+    sources: &'a BTreeMap<String, SourceState>,
+    files: Vec<&'a FileRecord>,
+}
+
+/// Makes renamed checkpoints durable; requests that arrive during an
+/// fsync are merged into one.
+fn spawn_syncer(dir: PathBuf) -> Option<crossbeam_channel::Sender<()>> {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("checkpoint-sync".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                let file = std::fs::File::open(dir.join(STATE_FILE)).and_then(|f| f.sync_all());
+                let d = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+                if let Err(e) = file.and(d) {
+                    log::warn!("cannot fsync checkpoint in {}: {e}", dir.display());
+                }
+            }
+        })
+        .ok()?;
+    Some(tx)
 }
 
 fn now_secs() -> u64 {
@@ -163,6 +195,11 @@ impl Store {
         Ok(Store {
             inner: Mutex::new(inner),
             dir: persist.then(|| dir.to_path_buf()),
+            sync: if persist {
+                spawn_syncer(dir.to_path_buf())
+            } else {
+                None
+            },
         })
     }
 
@@ -302,25 +339,36 @@ impl Store {
             let now = now_secs();
             let cutoff = now.saturating_sub(EXPIRY.as_secs());
             inner.files.retain(|_, s| s.live || s.rec.seen >= cutoff);
-            let mut files: Vec<&FileRecord> = inner.files.values().map(|s| &s.rec).collect();
-            files.sort_by(|a, b| (&a.source, &a.path, a.ino).cmp(&(&b.source, &b.path, b.ino)));
-            let state = serde_json::json!({
-                "version": 1,
-                "sources": &inner.sources,
-                "files": files,
-            });
-            serde_json::to_vec_pretty(&state).expect("state serializes")
+            let state = StateRef {
+                version: 1,
+                sources: &inner.sources,
+                files: inner.files.values().map(|s| &s.rec).collect(),
+            };
+            serde_json::to_vec(&state).expect("state serializes")
         };
         let path = dir.join(STATE_FILE);
         let tmp = dir.join(".checkpoint.json.tmp");
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
+            std::fs::rename(&tmp, &path)
         };
-        write().map_err(|source| CheckpointError::Write { path, source })
+        write().map_err(|source| CheckpointError::Write { path, source })?;
+        if let Some(tx) = &self.sync {
+            // Full means a sync is already pending: it will cover this too.
+            let _ = tx.try_send(());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    /// A last synchronous fsync, so a clean stop leaves a durable state.
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::File::open(dir.join(STATE_FILE)).and_then(|f| f.sync_all());
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
     }
 }
 

@@ -430,7 +430,12 @@ impl Config {
         }
         let cfg = builder.build().map_err(|e| ConfigError::Syntax {
             path: file.clone().unwrap_or_default(),
-            message: e.to_string(),
+            // One line: the TOML library draws the position over several.
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
         if let Some(path) = &file {
             check_unknown_keys(&cfg, path)?;

@@ -225,11 +225,11 @@ impl DryRun {
 
 impl Sink for DryRun {
     fn post(&mut self, payload: &Payload, _timeout: Duration) -> Outcome {
-        let ok = self
-            .out
-            .write_all(&payload.printable)
-            .and_then(|_| self.out.write_all(b"\n"))
-            .and_then(|_| self.out.flush());
+        // One write per request: body and newline together.
+        let mut line = Vec::with_capacity(payload.printable.len() + 1);
+        line.extend_from_slice(&payload.printable);
+        line.push(b'\n');
+        let ok = self.out.write_all(&line).and_then(|_| self.out.flush());
         match ok {
             Ok(()) => Outcome::Delivered(RateInfo::default()),
             Err(e) => Outcome::Retry {

@@ -76,11 +76,15 @@ pub fn scan(source: &Source, skip: impl Fn(&Path) -> bool) -> std::io::Result<Sc
                 }
                 continue;
             }
+            // Known files first: a hash lookup is cheaper than the globs.
+            if skip(&path) {
+                continue;
+            }
             let rel = path
                 .strip_prefix(&source.root)
                 .unwrap_or(&path)
                 .to_path_buf();
-            if !source.matches(&rel) || skip(&path) {
+            if !source.matches(&rel) {
                 continue;
             }
             match std::fs::metadata(&path) {

@@ -732,23 +732,33 @@ impl Trigrams {
 /// Patterns searched together in one pass.
 #[derive(Debug, Clone)]
 struct Patterns {
-    regexes: Vec<Regex>,
+    /// Compiled on first use: only rules with capture templates need one,
+    /// and only once they matched; this keeps an idle daemon small.
+    regexes: Vec<(String, std::sync::OnceLock<Regex>)>,
     set: RegexSet,
 }
 
 impl Patterns {
     fn build(patterns: &[(String, String)]) -> Result<Patterns, RuleError> {
+        // Compile each once to report a bad pattern with its rule's name.
         let regexes = patterns
             .iter()
             .map(|(rule, p)| {
-                Regex::new(p).map_err(|error| RuleError::InvalidPattern {
-                    rule: rule.clone(),
-                    error,
-                })
+                Regex::new(p)
+                    .map(|_| (p.clone(), std::sync::OnceLock::new()))
+                    .map_err(|error| RuleError::InvalidPattern {
+                        rule: rule.clone(),
+                        error,
+                    })
             })
             .collect::<Result<_, _>>()?;
         let set = RegexSet::new(patterns.iter().map(|(_, p)| p)).map_err(RuleError::RuleSet)?;
         Ok(Patterns { regexes, set })
+    }
+
+    fn regex(&self, i: usize) -> &Regex {
+        let (pattern, cell) = &self.regexes[i];
+        cell.get_or_init(|| Regex::new(pattern).expect("validated in build"))
     }
 
     /// Which patterns match; computed (allocating) only for the rare lines
@@ -939,8 +949,8 @@ impl Rules {
             Title::Device => device_title(rec),
             Title::Template(template) => {
                 let re = match rule.matcher {
-                    Matcher::User(i) => Some(&self.user.regexes[i]),
-                    Matcher::Builtin(i) => Some(&self.builtin.regexes[i]),
+                    Matcher::User(i) => Some(self.user.regex(i)),
+                    Matcher::Builtin(i) => Some(self.builtin.regex(i)),
                     Matcher::Level(_) => None,
                 };
                 expand(re, template, rec.message)

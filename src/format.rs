@@ -27,6 +27,10 @@ const ZWSP: char = '\u{200b}';
 /// shown as `␀`), so they neither vanish nor upset a client.
 pub fn sanitize(raw: &[u8]) -> String {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    // Most log lines are printable ASCII: one scan, one copy.
+    if raw.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t') {
+        return String::from_utf8(raw.to_vec()).expect("ASCII is UTF-8");
+    }
     let text = String::from_utf8_lossy(raw);
     if !text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return text.into_owned();
@@ -220,6 +224,18 @@ impl Message {
     /// The JSON request body. `allowed_mentions.parse = []` disables every
     /// ping, whatever the text contains.
     pub fn body(&self) -> Vec<u8> {
+        let plain = !self.as_file && self.parts.iter().all(|p| p.event.is_none());
+        if plain {
+            // The common case, lines only: no JSON tree, one escaping pass.
+            let content = self.content();
+            let mut out = Vec::with_capacity(content.len() + 96);
+            out.extend_from_slice(
+                br#"{"allowed_mentions":{"parse":[],"roles":[],"users":[]},"content":"#,
+            );
+            serde_json::to_writer(&mut out, &content).expect("a string serializes");
+            out.push(b'}');
+            return out;
+        }
         let mentions = self.mentions();
         let mut v = serde_json::json!({
             "allowed_mentions": ekos::Mention::allowed_mentions(mentions.first()),

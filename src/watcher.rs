@@ -81,6 +81,8 @@ pub struct Watcher {
     /// Extra looks after a directory was created: files written in it
     /// before inotify watched it sent no event.
     rechecks: Vec<Instant>,
+    /// What the status line last showed (see `publish_followed`).
+    published: Option<(usize, usize, u64)>,
 }
 
 /// Whether a file's content appeared after `t` (birth time when the file
@@ -177,6 +179,7 @@ impl Watcher {
             started: SystemTime::now(),
             ready: Some(ready),
             rechecks: Vec::new(),
+            published: None,
         }
     }
 
@@ -260,7 +263,18 @@ impl Watcher {
         }
     }
 
-    fn publish_followed(&self) {
+    fn publish_followed(&mut self) {
+        // Cheap when nothing changed: thousands of followed files make the
+        // list itself costly to build at every rescan.
+        let key = (
+            self.tailers.len(),
+            self.retired.len(),
+            self.next_publish_key(),
+        );
+        if self.published == Some(key) {
+            return;
+        }
+        self.published = Some(key);
         let mut v: Vec<String> = self
             .tailers
             .values()
@@ -269,6 +283,11 @@ impl Watcher {
             .collect();
         v.sort();
         self.stats.set_followed(v);
+    }
+
+    /// Changes whenever a file is opened (ids only grow).
+    fn next_publish_key(&self) -> u64 {
+        self.tailers.keys().map(|k| k.0).max().unwrap_or(0)
     }
 
     /// Watches a source's root (or, while it is missing, its nearest
@@ -794,18 +813,28 @@ impl Watcher {
         out: &Sender<Chunk>,
     ) -> Flow {
         let meta = std::fs::metadata(path).ok();
+        // The common case, a followed file grew: no need to look through
+        // every followed file for one that lost this name.
+        let known = meta
+            .as_ref()
+            .and_then(|m| self.by_inode.get(&(m.dev(), m.ino())))
+            .and_then(|id| self.tailers.get(id))
+            .is_some_and(|t| t.path == path);
         // Files that were known under this path but no longer are it.
-        let stale: Vec<FileId> = self
-            .tailers
-            .values()
-            .filter(|t| {
-                t.path == path
-                    && meta
-                        .as_ref()
-                        .is_none_or(|m| (m.dev(), m.ino()) != (t.dev, t.ino))
-            })
-            .map(|t| t.id)
-            .collect();
+        let stale: Vec<FileId> = if known {
+            Vec::new()
+        } else {
+            self.tailers
+                .values()
+                .filter(|t| {
+                    t.path == path
+                        && meta
+                            .as_ref()
+                            .is_none_or(|m| (m.dev(), m.ino()) != (t.dev, t.ino))
+                })
+                .map(|t| t.id)
+                .collect()
+        };
         for id in stale {
             if self.drain(id, control, out) == Flow::Stop {
                 return Flow::Stop;
@@ -1008,9 +1037,9 @@ impl Watcher {
     /// The periodic check: roots, new files, and every followed file read
     /// in case an event was missed.
     ///
-    /// With `full` false (the periodic rescan), renames in sources that
-    /// inotify watches are left to events; inotify's queue overflow asks
-    /// for a full rescan.
+    /// With `full` false (the periodic rescan), files and renames in
+    /// sources that inotify watches are left to events; inotify's queue
+    /// overflow asks for a full rescan.
     fn rescan(
         &mut self,
         inotify: &mut notify::RecommendedWatcher,
@@ -1054,12 +1083,36 @@ impl Watcher {
             }
             self.retire_or_release(id);
         }
-        // Every followed file is checked (one fstat each when unchanged):
-        // a safety net for events lost while inotify was adding watches on
-        // new directories or its queue was full.
-        let r = self.drain_all(control, out);
+        // Files under a working inotify watch are left to events, so an
+        // idle daemon following thousands of files stays idle; the others,
+        // and all of them after an inotify queue overflow, are read now.
+        let r = if full {
+            self.drain_all(control, out)
+        } else {
+            self.drain_unwatched(control, out)
+        };
         self.publish_followed();
         r
+    }
+
+    /// Reads the files of sources without an inotify watch, and retired
+    /// files (renamed away), then lets go of the retired ones read to
+    /// their end.
+    fn drain_unwatched(&mut self, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+        let mut ids: Vec<FileId> = self
+            .tailers
+            .values()
+            .filter(|t| !self.sources[t.source].watched || self.retired.contains_key(&t.id))
+            .map(|t| t.id)
+            .collect();
+        ids.sort();
+        for id in ids {
+            if self.drain(id, control, out) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        self.release_finished_retired();
+        Flow::Go
     }
 
     fn release_finished_retired(&mut self) {
