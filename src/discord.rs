@@ -50,6 +50,8 @@ pub trait Sink: Send {
     fn post(&mut self, payload: &Payload, timeout: Duration) -> Outcome;
     /// The destination for log messages (token redacted).
     fn describe(&self) -> String;
+    /// Called before the sender waits: buffered output goes out now.
+    fn idle(&mut self) {}
 }
 
 /// Minimum wait after a 429 that carries no usable rate-limit information
@@ -216,26 +218,34 @@ pub struct DryRun {
 }
 
 impl DryRun {
+    /// Buffered: a backlog is printed in large writes, and whatever is
+    /// buffered is flushed as soon as the sender has nothing more to do.
     pub fn stdout() -> DryRun {
         DryRun {
-            out: Box::new(std::io::stdout()),
+            out: Box::new(std::io::BufWriter::with_capacity(
+                256 * 1024,
+                std::io::stdout(),
+            )),
         }
     }
 }
 
 impl Sink for DryRun {
     fn post(&mut self, payload: &Payload, _timeout: Duration) -> Outcome {
-        // One write per request: body and newline together.
-        let mut line = Vec::with_capacity(payload.printable.len() + 1);
-        line.extend_from_slice(&payload.printable);
-        line.push(b'\n');
-        let ok = self.out.write_all(&line).and_then(|_| self.out.flush());
+        let ok = self
+            .out
+            .write_all(&payload.printable)
+            .and_then(|_| self.out.write_all(b"\n"));
         match ok {
             Ok(()) => Outcome::Delivered(RateInfo::default()),
             Err(e) => Outcome::Retry {
                 why: format!("cannot write to stdout: {e}"),
             },
         }
+    }
+
+    fn idle(&mut self) {
+        let _ = self.out.flush();
     }
 
     fn describe(&self) -> String {

@@ -735,7 +735,9 @@ struct Patterns {
     /// Compiled on first use: only rules with capture templates need one,
     /// and only once they matched; this keeps an idle daemon small.
     regexes: Vec<(String, std::sync::OnceLock<Regex>)>,
-    set: RegexSet,
+    /// Also built on first use: a daemon that has not seen a line yet
+    /// does not hold the compiled set.
+    set: std::sync::OnceLock<RegexSet>,
 }
 
 impl Patterns {
@@ -752,8 +754,19 @@ impl Patterns {
                     })
             })
             .collect::<Result<_, _>>()?;
-        let set = RegexSet::new(patterns.iter().map(|(_, p)| p)).map_err(RuleError::RuleSet)?;
-        Ok(Patterns { regexes, set })
+        // Checked now (a set can fail where each pattern alone does not, on
+        // size limits), kept for later.
+        RegexSet::new(patterns.iter().map(|(_, p)| p)).map_err(RuleError::RuleSet)?;
+        Ok(Patterns {
+            regexes,
+            set: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn set(&self) -> &RegexSet {
+        self.set.get_or_init(|| {
+            RegexSet::new(self.regexes.iter().map(|(p, _)| p)).expect("validated in build")
+        })
     }
 
     fn regex(&self, i: usize) -> &Regex {
@@ -764,10 +777,10 @@ impl Patterns {
     /// Which patterns match; computed (allocating) only for the rare lines
     /// that match something.
     fn hits(&self, text: &str) -> Option<regex::SetMatches> {
-        if self.regexes.is_empty() || !self.set.is_match(text) {
+        if self.regexes.is_empty() || !self.set().is_match(text) {
             return None;
         }
-        Some(self.set.matches(text))
+        Some(self.set().matches(text))
     }
 }
 

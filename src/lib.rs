@@ -210,6 +210,7 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
     );
     let stats = Arc::new(Stats::default());
     let mut pipeline = Pipeline::start(Arc::new(cfg), dry_run, stats.clone())?;
+    service::trim_memory();
     service::notify(&[NotifyState::Ready]);
     stats.publish();
 

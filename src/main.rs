@@ -228,6 +228,7 @@ fn test_webhook(cfg: &Config, dry_run: bool) -> ExitCode {
             Box::new(Client::new(Webhook::clone(w)))
         };
         let outcome = sink.post(&body, Duration::from_secs(15));
+        sink.idle();
         let dest = sink.describe();
         match outcome {
             Outcome::Delivered(_) => println!("{dest}: Discord accepted the test message"),

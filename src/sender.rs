@@ -19,8 +19,8 @@ use crate::batch::Batcher;
 use crate::checkpoint::{FileId, Store};
 use crate::config::Config;
 use crate::discord::{Outcome, Sink};
-use crate::ekos::{Filter, Rules, Severity};
-use crate::format::{self, EventMode, Message, Part};
+use crate::ekos::Severity;
+use crate::format::{self, Message, Part};
 use crate::service::{Control, Stats};
 use crate::watcher::Chunk;
 
@@ -64,11 +64,17 @@ impl Route {
     }
 }
 
+impl Drop for Sender {
+    /// Whatever a sink buffered (dry-run output) is written out.
+    fn drop(&mut self) {
+        for r in &mut self.routes {
+            r.sink.idle();
+        }
+    }
+}
+
 pub struct Sender {
     routes: Vec<Route>,
-    /// Per source: which lines are posted and how.
-    presentation: Vec<(Filter, EventMode)>,
-    rules: Arc<Rules>,
     /// The alerts route and its threshold, when configured.
     alerts: Option<(usize, Severity)>,
     attachment_threshold: usize,
@@ -107,12 +113,6 @@ impl Sender {
                     reported: false,
                 })
                 .collect(),
-            presentation: cfg
-                .sources
-                .iter()
-                .map(|s| (s.filter.clone(), s.events))
-                .collect(),
-            rules: cfg.rules.clone(),
             // An alerts webhook that also receives a source's lines would
             // get events twice: then it is not used as a second route.
             alerts: cfg
@@ -146,17 +146,19 @@ impl Sender {
     fn push(&mut self, chunk: Chunk, flush: bool) {
         let now = Instant::now();
         let route = chunk.route.min(self.routes.len() - 1);
-        let (filter, mode) = &self.presentation[chunk.source.min(self.presentation.len() - 1)];
         let file = chunk.file;
-        for line in chunk.lines {
-            let prev = match self.last_end.get(&file) {
-                Some(e) => *e,
-                None => self.store.offset(file).unwrap_or(0),
-            };
+        let mut prev = match self.last_end.get(&file) {
+            Some(e) => *e,
+            None => self.store.offset(file).unwrap_or(0),
+        };
+        if let Some(last) = chunk.lines.last() {
+            self.last_end.insert(file, last.end);
+        }
+        for (line, shown) in chunk.lines.into_iter().zip(chunk.shown) {
             // After a truncation offsets start again from 0.
             let start = if prev > line.end { 0 } else { prev };
-            self.last_end.insert(file, line.end);
-            let Some(event) = format::classify_line(&self.rules, filter, *mode, &line.text) else {
+            prev = line.end;
+            let Some(event) = shown else {
                 // Filtered out: the next posted line's offset covers it.
                 continue;
             };
@@ -217,6 +219,20 @@ impl Sender {
     /// Records what route `i` got accepted and persists the checkpoint.
     fn commit(&mut self, i: usize, commits: Vec<(FileId, u64)>) {
         let is_alerts = self.alerts.is_some_and(|(a, _)| a == i);
+        // A file's lines are in order: for the logs route only the last
+        // offset per file matters (alert copies each release one hold).
+        let commits = if is_alerts {
+            commits
+        } else {
+            let mut last: Vec<(FileId, u64)> = Vec::new();
+            for (file, offset) in commits {
+                match last.iter_mut().find(|(f, _)| *f == file) {
+                    Some(slot) => slot.1 = offset,
+                    None => last.push((file, offset)),
+                }
+            }
+            last
+        };
         let mut out = Vec::new();
         for (file, offset) in commits {
             if is_alerts {
@@ -296,6 +312,10 @@ impl Sender {
                 Some(t) => crossbeam_channel::after(t),
                 None => never(),
             };
+            for r in &mut self.routes {
+                r.sink.idle();
+            }
+            self.stats.flush_status();
             crossbeam_channel::select! {
                 recv(line_rx) -> chunk => match chunk {
                     Ok(c) => {

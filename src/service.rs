@@ -45,6 +45,9 @@ pub struct Stats {
     followed: Mutex<Vec<String>>,
     last_post: Mutex<Option<SystemTime>>,
     last_error: Mutex<Option<String>>,
+    /// When `STATUS=` was last sent, and whether it is out of date.
+    last_publish: Mutex<Option<std::time::Instant>>,
+    status_dirty: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,11 +98,32 @@ impl Stats {
         )
     }
 
-    /// Sends `STATUS=` to systemd (a no-op outside systemd).
+    /// Sends `STATUS=` to systemd (a no-op outside systemd), at most five
+    /// times a second: a backlog posts messages faster than anyone reads a
+    /// status line. What is skipped is sent by [`Stats::flush_status`].
     pub fn publish(&self) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = lock(&self.last_publish);
+            if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(200)) {
+                self.status_dirty.store(true, Ordering::Relaxed);
+                return;
+            }
+            *last = Some(now);
+        }
+        self.status_dirty.store(false, Ordering::Relaxed);
         if std::env::var_os("NOTIFY_SOCKET").is_some() {
             let line = self.status_line();
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+        }
+    }
+
+    /// Sends a status line that [`Stats::publish`] held back, if any (the
+    /// sender calls this before it waits).
+    pub fn flush_status(&self) {
+        if self.status_dirty.swap(false, Ordering::Relaxed) {
+            *lock(&self.last_publish) = None;
+            self.publish();
         }
     }
 }
@@ -250,13 +274,23 @@ pub fn raise_nofile_limit() {
     }
 }
 
-/// One malloc arena for the whole process: glibc otherwise gives each
-/// thread its own, which costs resident memory on an idle daemon for no
-/// gain (the threads rarely allocate at the same time).
+/// Two malloc arenas: glibc otherwise gives threads up to 8 per core,
+/// each costing resident memory on an idle daemon; two keep the watcher
+/// (which allocates lines) and the sender (which frees them) from
+/// contending on one lock during a backlog.
 pub fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Gives memory freed after start-up (configuration parsing, rule
+/// validation, the initial scan) back to the system.
+pub fn trim_memory() {
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

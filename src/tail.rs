@@ -258,8 +258,7 @@ impl Tailer {
             let mut start = 0;
             let base = self.pos;
             self.pos += n as u64;
-            while let Some(i) = data[start..].iter().position(|&b| b == b'\n') {
-                let end = start + i;
+            for end in memchr::memchr_iter(b'\n', data) {
                 let line_end = base + end as u64 + 1;
                 if self.partial.is_empty() {
                     out.push(Line {

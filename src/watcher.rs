@@ -23,6 +23,7 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use crate::checkpoint::{FileId, FileRecord, Store};
 use crate::config::{Config, Follow, StartAt};
 use crate::discover;
+use crate::format::{self, EventPart};
 use crate::service::{Control, Stats};
 use crate::tail::{self, Line, TailError, Tailer};
 
@@ -36,6 +37,10 @@ pub struct Chunk {
     pub route: usize,
     pub label: Option<Arc<str>>,
     pub lines: Vec<Line>,
+    /// How each line is posted (see [`format::classify_line`]): decided
+    /// here, because parsing is the costly part of the pipeline and this
+    /// spreads the work over two cores.
+    pub shown: Vec<Option<Option<EventPart>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -594,13 +599,8 @@ impl Watcher {
                 self.store.update(id, None, Some(t.fingerprint()));
             }
             if !lines.is_empty() {
-                let chunk = Chunk {
-                    file: id,
-                    source: t.source,
-                    route: self.cfg.sources[t.source].route,
-                    label: t.label.clone(),
-                    lines: std::mem::take(&mut lines),
-                };
+                let (source, label) = (t.source, t.label.clone());
+                let chunk = self.chunk(id, source, label, std::mem::take(&mut lines));
                 if self.send(chunk, control, out) == Flow::Stop {
                     return Flow::Stop;
                 }
@@ -671,15 +671,8 @@ impl Watcher {
                 path.display(),
                 p.display()
             );
-            let route = self.cfg.sources[source].route;
             for part in lines.chunks(4096) {
-                let chunk = Chunk {
-                    file: id,
-                    source,
-                    route,
-                    label: label.clone(),
-                    lines: part.to_vec(),
-                };
+                let chunk = self.chunk(id, source, label.clone(), part.to_vec());
                 if self.send(chunk, control, out) == Flow::Stop {
                     return Flow::Stop;
                 }
@@ -687,6 +680,29 @@ impl Watcher {
             break;
         }
         Flow::Go
+    }
+
+    /// Wraps lines of a file into a chunk, classifying each.
+    fn chunk(
+        &self,
+        file: FileId,
+        source: usize,
+        label: Option<Arc<str>>,
+        lines: Vec<Line>,
+    ) -> Chunk {
+        let src = &self.cfg.sources[source];
+        let shown = lines
+            .iter()
+            .map(|l| format::classify_line(&self.cfg.rules, &src.filter, src.events, &l.text))
+            .collect();
+        Chunk {
+            file,
+            source,
+            route: src.route,
+            label,
+            lines,
+            shown,
+        }
     }
 
     /// Sends a chunk, blocking while the sender is behind, but still
