@@ -88,6 +88,8 @@ pub struct Watcher {
     rechecks: Vec<Instant>,
     /// What the status line last showed (see `publish_followed`).
     published: Option<(usize, usize, u64)>,
+    /// Periodic rescans so far (some work is done only every tenth).
+    rescans: u64,
 }
 
 /// Whether a file's content appeared after `t` (birth time when the file
@@ -185,6 +187,7 @@ impl Watcher {
             ready: Some(ready),
             rechecks: Vec::new(),
             published: None,
+            rescans: 1,
         }
     }
 
@@ -1078,10 +1081,20 @@ impl Watcher {
                 self.setup_source(i, inotify, true);
                 continue;
             }
-            if self.scan_source(i, true, control, out) == Flow::Stop {
+            // A tree under a working inotify watch announces new files
+            // itself; walking thousands of files every minute would be most
+            // of an idle daemon's work (and its own directory reads wake
+            // inotify). It is still walked every tenth time, and at once
+            // after an inotify queue overflow.
+            let walk = full
+                || !self.sources[i].watched
+                || self.cfg.sources[i].follow == Follow::Newest
+                || self.rescans % 10 == 0;
+            if walk && self.scan_source(i, true, control, out) == Flow::Stop {
                 return Flow::Stop;
             }
         }
+        self.rescans += 1;
         // Files whose name now belongs to another file or to none.
         let moved: Vec<FileId> = self
             .tailers

@@ -402,3 +402,42 @@ fn sighup_reloads_the_configuration_and_a_bad_one_keeps_the_old() {
         vec!["from a", "from b", "still b"]
     );
 }
+
+#[test]
+fn two_daemons_sharing_a_webhook_honour_429s_and_lose_nothing() {
+    // Each daemon alone stays under the limit; together they exceed it, so
+    // the fake answers 429 with retry_after and both must wait and retry.
+    let fake = FakeDiscord::start();
+    let mut daemons = Vec::new();
+    let mut all = Vec::new();
+    let mut envs = Vec::new();
+    for k in 0..2 {
+        let mut env = Env::new(&fake.webhook_url());
+        env.set("BATCH_SIZE", "1").set("BATCH_TIMEOUT", "0.05");
+        let file = today_file(&env);
+        append(&file, &[]);
+        daemons.push(env.start(&[]));
+        envs.push((env, file, k));
+    }
+    for round in 0..30 {
+        for (_, file, k) in &envs {
+            let t = format!("share{k}-{round:03}");
+            append(file, std::slice::from_ref(&t));
+            all.push(t);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        fake.wait_for(Duration::from_secs(60), |m| delivered(m).len() >= all.len()),
+        "{}",
+        daemons[0].stderr()
+    );
+    let (lost, dups) = loss_and_dups(&all, &delivered(&fake.messages()));
+    assert!(lost.is_empty(), "lost {lost:?}");
+    assert_eq!(dups, 0);
+    assert!(fake.count_429() > 0, "the test must provoke 429s");
+    // A 429 is answered by waiting: never a storm of retries.
+    assert!(fake.count_429() <= 20, "{} 429s", fake.count_429());
+    let err: String = daemons.iter().map(|d| d.stderr()).collect();
+    assert!(err.contains("rate limit hit (HTTP 429)"));
+}
