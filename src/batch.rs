@@ -143,6 +143,19 @@ impl Batcher {
         Some(by_last.min(front.arrived + self.timeout * 2))
     }
 
+    /// Takes the front line whole, as a part that commits its offset.
+    fn pop_part(&mut self) -> Part {
+        let e = self.queue.pop_front().expect("front exists");
+        self.queued_cp -= e.cp + 1;
+        self.queued_bytes -= e.text.len();
+        Part {
+            label: e.label,
+            commit: Some((e.file, e.end)),
+            text: e.text,
+            event: e.event,
+        }
+    }
+
     /// Whether the next line is notable (it then goes as an embed, never
     /// into an attachment).
     pub fn front_is_event(&self) -> bool {
@@ -164,16 +177,9 @@ impl Batcher {
             {
                 break;
             }
-            let e = self.queue.pop_front().expect("front exists");
-            size += e.text.len() + 1;
-            self.queued_cp -= e.cp + 1;
-            self.queued_bytes -= e.text.len();
-            msg.parts.push(Part {
-                label: e.label,
-                commit: Some((e.file, e.end)),
-                text: e.text,
-                event: e.event,
-            });
+            let part = self.pop_part();
+            size += part.text.len() + 1;
+            msg.parts.push(part);
         }
         if self.queue.is_empty() {
             self.last_arrival = None;
@@ -199,15 +205,7 @@ impl Batcher {
                     break;
                 }
                 used += mention_cost;
-                let e = self.queue.pop_front().expect("front exists");
-                self.queued_cp -= e.cp + 1;
-                self.queued_bytes -= e.text.len();
-                msg.parts.push(Part {
-                    label: e.label,
-                    commit: Some((e.file, e.end)),
-                    text: e.text,
-                    event: e.event,
-                });
+                msg.parts.push(self.pop_part());
                 continue;
             }
             if msg.ends_with_event() {
@@ -218,15 +216,7 @@ impl Batcher {
             let cost = msg.cost_of_adding(&front.label, front.cp);
             if used + cost <= CONTENT_LIMIT {
                 used += cost;
-                let e = self.queue.pop_front().expect("front exists");
-                self.queued_cp -= e.cp + 1;
-                self.queued_bytes -= e.text.len();
-                msg.parts.push(Part {
-                    label: e.label,
-                    commit: Some((e.file, e.end)),
-                    text: e.text,
-                    event: None,
-                });
+                msg.parts.push(self.pop_part());
                 continue;
             }
             // The line does not fit. If it would fit in an empty message,

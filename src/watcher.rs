@@ -736,14 +736,24 @@ impl Watcher {
     }
 
     fn drain_all(&mut self, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
-        let mut ids: Vec<FileId> = self.tailers.keys().copied().collect();
+        let ids: Vec<FileId> = self.tailers.keys().copied().collect();
+        self.drain_then_release(ids, control, out)
+    }
+
+    /// Reads these files (oldest first), then lets go of retired files that
+    /// were read to their end.
+    fn drain_then_release(
+        &mut self,
+        mut ids: Vec<FileId>,
+        control: &Receiver<Control>,
+        out: &Sender<Chunk>,
+    ) -> Flow {
         ids.sort();
         for id in ids {
             if self.drain(id, control, out) == Flow::Stop {
                 return Flow::Stop;
             }
         }
-        // Retired files have been read to their end: let them go.
         self.release_finished_retired();
         Flow::Go
     }
@@ -1128,20 +1138,13 @@ impl Watcher {
     /// files (renamed away), then lets go of the retired ones read to
     /// their end.
     fn drain_unwatched(&mut self, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
-        let mut ids: Vec<FileId> = self
+        let ids: Vec<FileId> = self
             .tailers
             .values()
             .filter(|t| !self.sources[t.source].watched || self.retired.contains_key(&t.id))
             .map(|t| t.id)
             .collect();
-        ids.sort();
-        for id in ids {
-            if self.drain(id, control, out) == Flow::Stop {
-                return Flow::Stop;
-            }
-        }
-        self.release_finished_retired();
-        Flow::Go
+        self.drain_then_release(ids, control, out)
     }
 
     fn release_finished_retired(&mut self) {

@@ -305,7 +305,8 @@ fn a_burst_goes_as_one_attachment_and_nothing_is_lost() {
     let msgs = fake.messages();
     let (lost, dups) = all_in(&msgs);
     assert!(lost.is_empty() && dups == 0);
-    assert!(msgs.len() <= 5, "{} requests for a burst", msgs.len());
+    // Without attachments this burst takes about 150 messages.
+    assert!(msgs.len() <= 10, "{} requests for a burst", msgs.len());
     let with_files: Vec<_> = msgs.iter().filter(|m| !m.attachments.is_empty()).collect();
     assert!(!with_files.is_empty());
     let data = String::from_utf8_lossy(&with_files[0].attachments[0].1);
