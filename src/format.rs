@@ -70,6 +70,16 @@ pub fn escape_fence(text: &str) -> Cow<'_, str> {
 /// The header line naming the file a group of lines came from. Backticks
 /// in a file name are replaced so the header stays one inline code span.
 pub fn header(label: &str) -> String {
+    // A very deep path is shortened from the left: a header must leave
+    // room for lines in a 2000-code-point message.
+    let n = label.chars().count();
+    let label: String = if n > 200 {
+        std::iter::once('…')
+            .chain(label.chars().skip(n - 199))
+            .collect()
+    } else {
+        label.to_string()
+    };
     format!("`{}`\n", label.replace('`', "'"))
 }
 
@@ -637,5 +647,12 @@ mod tests {
             let back: String = serde_json::from_slice(&out).unwrap();
             assert_eq!(back, t);
         }
+    }
+
+    #[test]
+    fn a_huge_file_name_still_leaves_room_for_lines() {
+        let label: Option<Arc<str>> = Some("d/".repeat(3000).into());
+        assert!(header(label.as_deref().unwrap()).chars().count() <= 203);
+        assert!(max_piece(&label) > 1700);
     }
 }
