@@ -113,7 +113,7 @@ pub fn classify(
                 .and_then(|j| j.get("retry_after"))
                 .and_then(|v| v.as_f64())
                 .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64);
+                .map(|s| Duration::from_secs_f64(s.min(3600.0)));
             let cloudflare =
                 json.is_none() && info.remaining.is_none() && info.reset_after.is_none();
             let mut wait = from_body

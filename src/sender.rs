@@ -165,6 +165,9 @@ impl Sender {
             if let (Some(ev), Some((ai, min))) = (&event, self.alerts) {
                 let backlog: usize = self.routes[ai].inflight.iter().map(|m| m.parts.len()).sum();
                 if ev.severity >= min && ai != route && backlog >= MAX_PENDING_ALERTS {
+                    if !self.holds.is_empty() {
+                        self.drop_alert_holds();
+                    }
                     if backlog == MAX_PENDING_ALERTS {
                         log::warn!(
                             "{MAX_PENDING_ALERTS} alerts wait for the alerts webhook; more are only posted to the logs channel until it works again"
@@ -204,6 +207,31 @@ impl Sender {
         }
         if flush {
             self.routes[route].batcher.flush_all();
+        }
+    }
+
+    /// While the alerts webhook fails, alert copies stop holding the
+    /// checkpoint back: otherwise a long alerts outage followed by a
+    /// restart would re-post hours of lines to the logs channel, which has
+    /// every one of those events anyway. The copies are still retried.
+    fn release_holds_if_alerts_fail(&mut self, i: usize) {
+        if self.alerts.is_some_and(|(a, _)| a == i)
+            && self.routes[i].reported
+            && !self.holds.is_empty()
+        {
+            self.drop_alert_holds();
+        }
+    }
+
+    fn drop_alert_holds(&mut self) {
+        let files: Vec<FileId> = self.holds.keys().copied().collect();
+        self.holds.clear();
+        let out: Vec<(FileId, u64)> = files
+            .into_iter()
+            .filter_map(|f| self.delivered.get(&f).map(|d| (f, *d)))
+            .collect();
+        if let Err(e) = self.store.commit(out) {
+            log::error!("{e}");
         }
     }
 
@@ -293,6 +321,7 @@ impl Sender {
                     None => Duration::from_secs(10),
                 };
                 self.post_one(i, now, timeout);
+                self.release_holds_if_alerts_fail(i);
                 // Answer pings between posts, so a long backlog is progress.
                 while let Ok(msg) = control.try_recv() {
                     if self.on_control(msg, &mut closing) {

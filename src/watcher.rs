@@ -90,6 +90,12 @@ pub struct Watcher {
     published: Option<(usize, usize, u64)>,
     /// Periodic rescans so far (some work is done only every tenth).
     rescans: u64,
+    /// How far released files were read: if one is followed again, it
+    /// resumes there rather than at the (older) delivered offset, whose
+    /// lines are still on their way to Discord.
+    read_upto: HashMap<FileId, u64>,
+    /// Ids renewed after a truncation: old → new.
+    renamed: HashMap<FileId, FileId>,
 }
 
 /// Whether a file's content appeared after `t` (birth time when the file
@@ -188,6 +194,8 @@ impl Watcher {
             rechecks: Vec::new(),
             published: None,
             rescans: 1,
+            read_upto: HashMap::new(),
+            renamed: HashMap::new(),
         }
     }
 
@@ -514,7 +522,14 @@ impl Watcher {
         });
         let last_seen = self.store.source_last_seen(&src.name);
         let (id, start, why) = match claimed {
-            Some((id, off)) if off <= meta.len() => (Some(id), off, "checkpoint"),
+            Some((id, off)) if off <= meta.len() => {
+                let read = self
+                    .read_upto
+                    .get(&id)
+                    .copied()
+                    .filter(|r| *r <= meta.len());
+                (Some(id), read.unwrap_or(0).max(off), "checkpoint")
+            }
             Some((id, _)) => (Some(id), 0, "checkpoint beyond end: truncated"),
             None if running && newer_than(&meta, self.started) => (None, 0, "new file"),
             None if last_seen.is_some_and(|t| meta.modified().is_ok_and(|m| m > t)) => {
@@ -561,7 +576,9 @@ impl Watcher {
     }
 
     fn release(&mut self, id: FileId) {
+        let id = self.resolve(id);
         if let Some(t) = self.tailers.remove(&id) {
+            self.read_upto.insert(id, t.line_end());
             self.by_inode.remove(&(t.dev, t.ino));
             self.retired.remove(&id);
             self.store.release(id);
@@ -571,6 +588,7 @@ impl Watcher {
 
     /// Reads one file to its current end, sending its lines.
     fn drain(&mut self, id: FileId, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+        let mut id = self.resolve(id);
         let mut lines = Vec::new();
         loop {
             let Some(t) = self.tailers.get_mut(&id) else {
@@ -592,10 +610,14 @@ impl Watcher {
                 );
             }
             if let Some((old_end, old_fp)) = report.previous.take() {
-                self.store.update(id, None, Some(t.fingerprint()));
+                // Lines of the old content, and of its copy, are committed
+                // under the old id; the new content is a new file for the
+                // checkpoint, starting at 0, so that the old offset can never
+                // be taken for a position in the new content.
                 if self.recover_copy(id, old_end, &old_fp, control, out) == Flow::Stop {
                     return Flow::Stop;
                 }
+                id = self.renew_id(id);
                 continue;
             }
             if report.fingerprint_changed {
@@ -612,6 +634,47 @@ impl Watcher {
                 return Flow::Go;
             }
         }
+    }
+
+    /// Gives a followed file a new checkpoint identity (after its content
+    /// was replaced), keeping everything that refers to it consistent.
+    fn renew_id(&mut self, id: FileId) -> FileId {
+        let Some(mut t) = self.tailers.remove(&id) else {
+            return id;
+        };
+        let (fp_len, fp_hash) = t.fingerprint();
+        let new_id = self.store.track(FileRecord {
+            source: self.cfg.sources[t.source].name.clone(),
+            path: t.path.clone(),
+            dev: t.dev,
+            ino: t.ino,
+            fp_len,
+            fp_hash,
+            offset: 0,
+            seen: 0,
+        });
+        t.id = new_id;
+        self.by_inode.insert((t.dev, t.ino), new_id);
+        self.tailers.insert(new_id, t);
+        if let Some(since) = self.retired.remove(&id) {
+            self.retired.insert(new_id, since);
+        }
+        for st in self.sources.iter_mut() {
+            if st.current == Some(id) {
+                st.current = Some(new_id);
+            }
+        }
+        self.store.release(id);
+        self.renamed.insert(id, new_id);
+        new_id
+    }
+
+    /// The current id of a file that may have been renewed since.
+    fn resolve(&self, mut id: FileId) -> FileId {
+        while let Some(next) = self.renamed.get(&id) {
+            id = *next;
+        }
+        id
     }
 
     /// After a truncation, looks beside the file for a copy of its old
@@ -966,6 +1029,7 @@ impl Watcher {
     /// (we read them to their end already); renamed ones are kept a little
     /// for writers that have not reopened yet.
     fn retire_or_release(&mut self, id: FileId) {
+        let id = self.resolve(id);
         let deleted = self
             .tailers
             .get(&id)
@@ -1147,14 +1211,19 @@ impl Watcher {
         self.drain_then_release(ids, control, out)
     }
 
+    /// A retired file (renamed away, or an older file finished) is let go
+    /// once read to its end and either deleted or left alone for a while:
+    /// a writer that keeps its descriptor after a rotation (until its next
+    /// reopen) still writes to it.
     fn release_finished_retired(&mut self) {
-        let retired: Vec<FileId> = self.retired.keys().copied().collect();
-        for id in retired {
-            let gone = self
-                .tailers
-                .get(&id)
-                .is_none_or(|t| t.pending().unwrap_or(0) == 0);
-            if gone {
+        let grace = (self.cfg.file_check_interval * 2).max(std::time::Duration::from_secs(2));
+        let retired: Vec<(FileId, Instant)> = self.retired.iter().map(|(k, v)| (*k, *v)).collect();
+        for (id, since) in retired {
+            let done = self.tailers.get(&id).is_none_or(|t| {
+                t.pending().unwrap_or(0) == 0
+                    && (t.links().unwrap_or(0) == 0 || since.elapsed() >= grace)
+            });
+            if done {
                 self.release(id);
             }
         }

@@ -341,3 +341,30 @@ fn script_event_tree_every_file_and_right_attribution() {
         assert_eq!(&sorted, lines, "order within a file");
     }
 }
+
+#[test]
+fn truncation_while_lines_are_in_flight_then_a_crash_loses_nothing() {
+    let fake = fast_fake();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "5").set("BATCH_TIMEOUT", "0.1");
+    let file = env.logs().join("2026-11-22/log_20-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    // Slow answers keep the old content's lines in flight while the file
+    // is copied and truncated and new content grows past the old offset:
+    // their commits must not be taken for positions in the new content.
+    fake.set_mode(Mode::Slow(Duration::from_millis(300)));
+    let a = tokens("old", 0..20);
+    append(&file, &a);
+    std::thread::sleep(Duration::from_millis(100));
+    let lock = std::sync::Mutex::new(());
+    rotate(&file, Rotation::CopyTruncate, &lock);
+    let b = tokens("new-content-longer-than-before", 0..40);
+    append(&file, &b);
+    assert!(fake.wait_for(Duration::from_secs(10), |m| delivered(m).len() >= 20));
+    d.kill9();
+    fake.set_mode(Mode::Normal);
+    let d = env.start(&[]);
+    let all: Vec<String> = [a, b].concat();
+    assert_all_delivered(&fake, &all, 60, &d.stderr());
+}
