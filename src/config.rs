@@ -301,6 +301,24 @@ impl Layers {
         Ok(Duration::from_secs_f64(secs))
     }
 
+    /// The `[[key]]` tables of the file (none if absent); `keys` lists the
+    /// keys a table may hold, for the error message.
+    fn tables<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        keys: &str,
+    ) -> Result<Vec<T>, ConfigError> {
+        match self.cfg.get::<Vec<T>>(key) {
+            Ok(v) => Ok(v),
+            Err(config::ConfigError::NotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(invalid(
+                key,
+                format!("[[{key}]]"),
+                &format!("tables with keys {keys} ({e})"),
+            )),
+        }
+    }
+
     /// A list from TOML (an array) or from the environment (comma separated).
     fn list(&self, key: &str) -> Option<Vec<String>> {
         let k = key.to_ascii_lowercase();
@@ -486,24 +504,11 @@ impl Config {
 
         // The default destination.
         let mut webhooks: Vec<Webhook> = Vec::new();
+        // Without one, each source needs its own (checked in `route_for`).
         let default_webhook = webhook_from_layers(&l, env)?;
-        if default_webhook.is_none() && !inputs.dry_run {
-            // Only an error if some source ends up without a webhook; checked below.
-        }
 
-        let rule_specs: Vec<RuleSpec> = match l.cfg.get::<Vec<RuleSpec>>("rule") {
-            Ok(v) => v,
-            Err(config::ConfigError::NotFound(_)) => Vec::new(),
-            Err(e) => {
-                return Err(invalid(
-                    "rule",
-                    "[[rule]]",
-                    &format!(
-                        "tables with keys name, pattern, severity, title, mention, module ({e})"
-                    ),
-                ));
-            }
-        };
+        let rule_specs: Vec<RuleSpec> =
+            l.tables("rule", "name, pattern, severity, title, mention, module")?;
         let rules = std::sync::Arc::new(Rules::with_user(&rule_specs).map_err(|source| {
             ConfigError::Rule {
                 key: "rule".into(),
@@ -556,17 +561,7 @@ impl Config {
                 }
             }
         }
-        let raw_sources: Vec<RawSource> = match l.cfg.get::<Vec<RawSource>>("source") {
-            Ok(v) => v,
-            Err(config::ConfigError::NotFound(_)) => Vec::new(),
-            Err(e) => {
-                return Err(invalid(
-                    "source",
-                    "[[source]]",
-                    &format!("tables with keys {} ({e})", SOURCE_KEYS.join(", ")),
-                ));
-            }
-        };
+        let raw_sources: Vec<RawSource> = l.tables("source", &SOURCE_KEYS.join(", "))?;
 
         let mut sources = Vec::new();
         let ekos_explicit = l.get("EKOS_LOGS_DIRECTORY").is_some();
@@ -580,7 +575,7 @@ impl Config {
                 "at least one glob pattern, e.g. log_*.txt,*.log",
             ));
         }
-        let mut route_for = |w: Option<Webhook>, key: &str| -> Result<usize, ConfigError> {
+        let mut route_for = |w: Option<Webhook>| -> Result<usize, ConfigError> {
             let w = match w.or_else(|| default_webhook.clone()) {
                 Some(w) => w,
                 None if inputs.dry_run => Webhook::dry_run(),
@@ -593,7 +588,6 @@ impl Config {
                     });
                 }
             };
-            let _ = key;
             Ok(match webhooks.iter().position(|x| x.url() == w.url()) {
                 Some(i) => i,
                 None => {
@@ -617,7 +611,7 @@ impl Config {
                 exclude: Vec::new(),
                 follow: Follow::Newest,
                 start_at,
-                route: route_for(None, "DISCORD_WEBHOOK_URL")?,
+                route: route_for(None)?,
                 root_key: "EKOS_LOGS_DIRECTORY".to_string(),
                 filter: build_filter("MIN_LEVEL", &global_filter)?,
                 events,
@@ -663,7 +657,7 @@ impl Config {
                     None => start_at,
                 },
                 root: l.path(rs.root.trim(), env),
-                route: route_for(webhook, &key("discord_webhook_url"))?,
+                route: route_for(webhook)?,
                 root_key: key("root"),
                 filter: {
                     let mut spec = rs.filter.clone();

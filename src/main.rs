@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ekos_log_monitor::config::{Config, Inputs};
+use ekos_log_monitor::config::{Config, Follow, Inputs};
 use ekos_log_monitor::discord::{Client, Outcome, Sink};
 use ekos_log_monitor::{service, webhook::Webhook};
 
@@ -155,8 +155,8 @@ fn check(cfg: &Config) -> ExitCode {
             "source {}: {} files matching {} under {}",
             s.name,
             match s.follow {
-                ekos_log_monitor::config::Follow::Newest => "the newest of the",
-                ekos_log_monitor::config::Follow::All => "all",
+                Follow::Newest => "the newest of the",
+                Follow::All => "all",
             },
             pats.join(", "),
             s.root.display()
@@ -164,15 +164,13 @@ fn check(cfg: &Config) -> ExitCode {
         match ekos_log_monitor::discover::scan(s, |_| false) {
             Ok(scan) => {
                 match s.follow {
-                    ekos_log_monitor::config::Follow::Newest => {
-                        match ekos_log_monitor::discover::newest(&scan.files) {
-                            Some(f) => println!("  would follow: {}", f.path.display()),
-                            None => {
-                                println!("  would follow: no matching file yet (waiting for one)")
-                            }
+                    Follow::Newest => match ekos_log_monitor::discover::newest(&scan.files) {
+                        Some(f) => println!("  would follow: {}", f.path.display()),
+                        None => {
+                            println!("  would follow: no matching file yet (waiting for one)")
                         }
-                    }
-                    ekos_log_monitor::config::Follow::All => {
+                    },
+                    Follow::All => {
                         println!("  would follow {} files", scan.files.len());
                         for f in scan.files.iter().take(20) {
                             println!("    {}", f.path.display());

@@ -113,11 +113,8 @@ impl Sender {
                     reported: false,
                 })
                 .collect(),
-            // An alerts webhook that also receives a source's lines would
-            // get events twice: then it is not used as a second route.
-            alerts: cfg
-                .alerts
-                .filter(|(i, _)| cfg.sources.iter().all(|s| s.route != *i)),
+            // Config::load rejects an alerts webhook that also receives lines.
+            alerts: cfg.alerts,
             attachment_threshold: cfg.attachment_threshold,
             holds: HashMap::new(),
             delivered: HashMap::new(),

@@ -463,10 +463,9 @@ impl Watcher {
                 }
                 let rel = p.strip_prefix(&src.root).unwrap_or(&p).to_path_buf();
                 if let Some(id) = self.open_tailer(i, &p, &rel, false) {
-                    if self.store.offset(id).is_some() && !src.matches(&rel) {
-                        // A rotated name: read to the end, then let go.
-                        self.retired.insert(id, Instant::now());
-                    } else if src.follow == Follow::Newest {
+                    // A rotated name, or an older Ekos file: read to the end,
+                    // then let go.
+                    if !src.matches(&rel) || src.follow == Follow::Newest {
                         self.retired.insert(id, Instant::now());
                     }
                 }

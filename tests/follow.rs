@@ -7,13 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
-use support::fake_discord::{FakeDiscord, Mode, Options, Received, code_block_lines};
-
-fn delivered(msgs: &[Received]) -> Vec<String> {
-    msgs.iter()
-        .flat_map(|m| code_block_lines(&m.content))
-        .collect()
-}
+use support::fake_discord::{FakeDiscord, Mode, Options, code_block_lines, delivered};
 
 fn today_file(env: &Env) -> std::path::PathBuf {
     env.logs().join("2026-11-22").join("log_21-00-00.txt")

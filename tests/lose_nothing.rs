@@ -12,13 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::daemon::{Env, append, loss_and_dups, tokens};
-use support::fake_discord::{FakeDiscord, Mode, Options, Received, code_block_lines};
-
-fn delivered(msgs: &[Received]) -> Vec<String> {
-    msgs.iter()
-        .flat_map(|m| code_block_lines(&m.content))
-        .collect()
-}
+use support::fake_discord::{FakeDiscord, Mode, Options, delivered};
 
 fn fast_fake() -> FakeDiscord {
     FakeDiscord::start_with(Options {

@@ -1057,3 +1057,10 @@ fn unescape(s: &str) -> String {
     let escape = |i: usize| c[i] == '\u{200B}' && ((i > 0 && tick(i - 1)) || tick(i + 1));
     (0..c.len()).filter(|&i| !escape(i)).map(|i| c[i]).collect()
 }
+
+/// Every line the accepted messages carried in code blocks, in order.
+pub fn delivered(msgs: &[Received]) -> Vec<String> {
+    msgs.iter()
+        .flat_map(|m| code_block_lines(&m.content))
+        .collect()
+}
