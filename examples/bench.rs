@@ -42,6 +42,9 @@ usage: cargo run --release --example bench -- [SCENARIO...] [--runs N] [--quick]
 
 scenarios (default: all, in this order):
   latency    a line every 50 ms, BATCH_SIZE=1: write-to-Discord latency
+  slowfsync  the same with every fsync/fdatasync of the daemon delayed
+             500 ms (strace fault injection): the checkpoint's disk
+             writes must stay off the posting path
   idle       nothing written for 60 s (--quick 10 s): RSS, CPU, wakeups
   burst      20,000 lines at once (--quick 2,000) against 5 requests / 2 s
   catchup    1 GB backlog (--quick 100 MB) read from a checkpoint, --dry-run
@@ -61,14 +64,16 @@ Needs target/release/ekos-log-monitor (cargo build --release).";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
     Latency,
+    SlowFsync,
     Idle,
     Burst,
     Catchup,
     ManyFiles,
 }
 
-const ALL: [Scenario; 5] = [
+const ALL: [Scenario; 6] = [
     Scenario::Latency,
+    Scenario::SlowFsync,
     Scenario::Idle,
     Scenario::Burst,
     Scenario::Catchup,
@@ -79,6 +84,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Latency => "latency",
+            Scenario::SlowFsync => "slowfsync",
             Scenario::Idle => "idle",
             Scenario::Burst => "burst",
             Scenario::Catchup => "catchup",
@@ -670,8 +676,22 @@ impl Daemon {
 
     /// SIGTERM, then wait (SIGKILL after 30 s).
     fn stop(mut self) -> Res<ExitStatus> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        // A daemon started under strace is strace's child: it gets the
+        // SIGTERM, and strace ends when it does.
+        let pid = self.pid();
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let mut pids: Vec<u32> = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            pids.push(pid);
+        }
+        for p in pids {
+            // SAFETY: kill(2) on our own child (or its child).
+            unsafe { libc::kill(p as libc::pid_t, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = self.child.try_wait()? {
@@ -865,10 +885,25 @@ fn warm_up(c: &Collector, d: &mut Daemon, run: usize, path: impl Fn(usize) -> Pa
     Ok(())
 }
 
-fn latency(ctx: &Ctx, run: usize) -> Res<RunResult> {
+/// Every fsync and fdatasync of the traced daemon waits this long first:
+/// a slow SD card, or a disk under load. seccomp-bpf keeps every other
+/// system call untraced, so only the checkpoint's syncs are slowed.
+const SLOW_FSYNC: &[&str] = &[
+    "--seccomp-bpf",
+    "-f",
+    "-qq",
+    "-o",
+    "/dev/null",
+    "-e",
+    "trace=fsync,fdatasync",
+    "-e",
+    "inject=fsync,fdatasync:delay_enter=500000",
+];
+
+fn latency(ctx: &Ctx, run: usize, slow_fsync: bool) -> Res<RunResult> {
     let fake = FakeDiscord::start_with(no_rate_limit());
     let c = Collector::attach(&fake);
-    let mut work = Work::new(ctx, "latency")?;
+    let mut work = Work::new(ctx, if slow_fsync { "slowfsync" } else { "latency" })?;
     let file = work.ekos_file(&[line("existing-0", 100)])?;
     let env = env_with(
         work.base_env(&fake.webhook_url(), true),
@@ -878,7 +913,14 @@ fn latency(ctx: &Ctx, run: usize) -> Res<RunResult> {
             ("RATE_LIMIT_DELAY", "0"),
         ],
     );
-    let mut d = work.spawn(&ctx.bin, &env, &[], Stdio::null())?;
+    let mut d = if slow_fsync {
+        let mut args = SLOW_FSYNC.to_vec();
+        let bin = ctx.bin.display().to_string();
+        args.push(&bin);
+        work.spawn(Path::new("strace"), &env, &args, Stdio::null())?
+    } else {
+        work.spawn(&ctx.bin, &env, &[], Stdio::null())?
+    };
     d.wait_ready(Duration::from_secs(10))?;
     warm_up(&c, &mut d, run, |_| file.clone())?;
     let n = if ctx.quick { 100 } else { 500 };
@@ -1220,7 +1262,8 @@ fn manyfiles(ctx: &Ctx, run: usize) -> Res<RunResult> {
 
 fn run_one(ctx: &Ctx, sc: Scenario, run: usize) -> Res<RunResult> {
     match sc {
-        Scenario::Latency => latency(ctx, run),
+        Scenario::Latency => latency(ctx, run, false),
+        Scenario::SlowFsync => latency(ctx, run, true),
         Scenario::Idle => idle(ctx, run),
         Scenario::Burst => burst(ctx, run),
         Scenario::Catchup => catchup(ctx, run),
