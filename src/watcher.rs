@@ -516,9 +516,12 @@ impl Watcher {
         if let Some(id) = self.by_inode.get(&key) {
             return Some(*id);
         }
-        let claimed = self.store.claim(&src.name, meta.dev(), meta.ino(), |n| {
-            tail::first_bytes(&file, n).ok()
-        });
+        let claimed = self
+            .store
+            .claim(&src.name, meta.dev(), meta.ino(), |n| {
+                tail::first_bytes(&file, n).ok()
+            })
+            .map(|c| (c.id, c.offset));
         let last_seen = self.store.source_last_seen(&src.name);
         let (id, start, why) = match claimed {
             Some((id, off)) if off <= meta.len() => {
