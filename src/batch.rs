@@ -3,18 +3,74 @@
 //! The prototype's rule decides *when*: a batch goes out as soon as
 //! `BATCH_SIZE` lines wait, otherwise `BATCH_TIMEOUT` after the last line
 //! arrived (each line resets the timer), and never later than twice
-//! `BATCH_TIMEOUT` after the oldest waiting line arrived. Packing decides
-//! *what*: each message takes as many whole waiting lines as fit in
-//! Discord's 2000 code points, so a backlog drains in the fewest requests;
-//! a line longer than a message is cut into pieces, in order, never
-//! truncated. The caller passes `now` in, so tests need no clock.
+//! `BATCH_TIMEOUT` after the oldest waiting line arrived.
+//!
+//! [`Batcher::next_message`] decides *what*, in one place for the daemon
+//! and `--replay`. Normally each message takes as many whole waiting lines
+//! as fit in Discord's 2000 code points, so a backlog drains in the fewest
+//! requests; a line longer than a message is cut into pieces, in order,
+//! never truncated, and only its last piece commits its offset. Notable
+//! lines go as embeds with their mention; a line too long for its embed
+//! shows its start there and the rest follows as ordinary pieces.
+//!
+//! A *flood* is folded (see [`Fold`]): when what waits would take more than
+//! [`FOLD_AFTER`] of Discord's rate to post (a 10 MiB line, a debug storm,
+//! a backlog after an outage), it goes as one `.log` attachment with a
+//! one-line summary. Notable lines inside it keep their embed and their
+//! mention: the attachment message carries them as embeds (up to Discord's
+//! 10 embeds, 6000 characters and one mention per message; the next event
+//! that does not fit starts the next message), while the file holds every
+//! line in order. So an event at the front, middle or back of a burst is
+//! never reduced to a line in a file (issue 9, bug 11).
+//!
+//! Every message returned is non-empty and within [`crate::limits`] by
+//! construction: the first waiting part always fits an empty message
+//! (ordinary lines are cut, event embeds are sized by
+//! [`format::embed_room`]). The caller passes `now` in, so tests need no
+//! clock.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::FileId;
-use crate::format::{self, CONTENT_LIMIT, EventPart, Message, Part};
+use crate::config::Config;
+use crate::format::{self, CONTENT_LIMIT, EventPart, MENTION_COST, Message, Part};
+use crate::limits;
+
+/// Fold what waits into an attachment when posting it as messages would
+/// take longer than this at the route's rate.
+pub const FOLD_AFTER: Duration = Duration::from_secs(60);
+/// Longest text kept as one queue entry; a longer line is cut into pieces
+/// of this size (as the tailer does), so one entry always fits a file.
+pub const PIECE_BYTES: usize = crate::tail::MAX_LINE;
+
+/// When the waiting lines go as one attachment instead of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    /// Never (`attachment_threshold = 0`, the prototype's behaviour).
+    Never,
+    /// When more than this many lines (or pieces of long lines) wait
+    /// (a positive `attachment_threshold`).
+    Lines(usize),
+    /// When the messages needed, posted one per `min_gap`, would take more
+    /// than [`FOLD_AFTER`] (the default).
+    Time { min_gap: Duration },
+}
+
+impl Fold {
+    /// The configured rule: `attachment_threshold` unset (or `auto`) folds
+    /// by time at the slower of `rate_limit_delay` and Discord's bucket.
+    pub fn from_config(cfg: &Config) -> Fold {
+        match cfg.attachment_threshold {
+            None => Fold::Time {
+                min_gap: limits::min_gap(cfg.rate_limit_delay),
+            },
+            Some(0) => Fold::Never,
+            Some(n) => Fold::Lines(n),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -24,6 +80,8 @@ struct Entry {
     text: String,
     cp: usize,
     end: u64,
+    /// This entry ends its line: taking it commits `end`.
+    last: bool,
     seq: u64,
     arrived: Instant,
     event: Option<Box<EventPart>>,
@@ -34,26 +92,41 @@ pub struct Batcher {
     queue: VecDeque<Entry>,
     batch_size: usize,
     timeout: Duration,
+    fold: Fold,
     next_seq: u64,
     /// Every entry with `seq < flush_before` is due now.
     flush_before: u64,
     last_arrival: Option<Instant>,
     queued_cp: usize,
     queued_bytes: usize,
+    queued_events: usize,
 }
 
 impl Batcher {
+    /// A batcher that never folds (see [`Batcher::folding`]).
     pub fn new(batch_size: usize, timeout: Duration) -> Batcher {
         Batcher {
             queue: VecDeque::new(),
             batch_size: batch_size.max(1),
             timeout,
+            fold: Fold::Never,
             next_seq: 0,
             flush_before: 0,
             last_arrival: None,
             queued_cp: 0,
             queued_bytes: 0,
+            queued_events: 0,
         }
+    }
+
+    /// The batcher of one route as configured: batch rule and folding.
+    pub fn from_config(cfg: &Config) -> Batcher {
+        Batcher::new(cfg.batch_size, cfg.batch_timeout).folding(Fold::from_config(cfg))
+    }
+
+    pub fn folding(mut self, fold: Fold) -> Batcher {
+        self.fold = fold;
+        self
     }
 
     /// Queues one sanitized line that ends at byte offset `end` of `file`.
@@ -68,7 +141,9 @@ impl Batcher {
         self.push_event(file, label, text, end, now, None);
     }
 
-    /// Queues a line that is shown as an embed when `event` is set.
+    /// Queues a line that is shown as an embed when `event` is set. A line
+    /// longer than its embed, or than [`PIECE_BYTES`], is queued as pieces
+    /// now; only the last piece commits `end`.
     pub fn push_event(
         &mut self,
         file: FileId,
@@ -79,22 +154,68 @@ impl Batcher {
         event: Option<EventPart>,
     ) {
         // Most lines hold no double backtick: keep their allocation.
-        let text = match format::escape_fence(&text) {
+        let mut text = match format::escape_fence(&text) {
             std::borrow::Cow::Borrowed(_) => text,
             std::borrow::Cow::Owned(escaped) => escaped,
         };
-        let cp = text.chars().count();
+        if let Some(mut ev) = event {
+            let cp = limits::chars(&text);
+            let (whole, cut) = format::embed_room(&ev);
+            let (head, rest) = if cp <= whole {
+                (text, None)
+            } else {
+                let at = format::cut_at(&text, cut);
+                let rest = text.split_off(at);
+                ev.more = limits::chars(&rest);
+                (text, Some(rest))
+            };
+            let last = rest.is_none();
+            self.push_entry(file, &label, head, end, last, now, Some(Box::new(ev)));
+            match rest {
+                Some(r) => text = r,
+                None => return,
+            }
+        }
+        while text.len() > PIECE_BYTES {
+            let mut at = PIECE_BYTES;
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            if text[..at].ends_with('`') && text[at..].starts_with('\u{200b}') {
+                at -= 1;
+            }
+            let rest = text.split_off(at);
+            self.push_entry(file, &label, text, end, false, now, None);
+            text = rest;
+        }
+        self.push_entry(file, &label, text, end, true, now, None);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_entry(
+        &mut self,
+        file: FileId,
+        label: &Option<Arc<str>>,
+        text: String,
+        end: u64,
+        last: bool,
+        now: Instant,
+        event: Option<Box<EventPart>>,
+    ) {
+        let cp = limits::chars(&text);
         self.queued_cp += cp + 1;
         self.queued_bytes += text.len();
+        self.queued_events += usize::from(event.is_some());
         self.queue.push_back(Entry {
             file,
-            label,
+            label: label.clone(),
             text,
             cp,
             end,
+            last,
             seq: self.next_seq,
             arrived: now,
-            event: event.map(Box::new),
+            event,
         });
         self.next_seq += 1;
         self.last_arrival = Some(now);
@@ -104,6 +225,7 @@ impl Batcher {
         self.queue.is_empty()
     }
 
+    /// Entries waiting (lines, and pieces of long lines).
     pub fn len(&self) -> usize {
         self.queue.len()
     }
@@ -143,64 +265,108 @@ impl Batcher {
         Some(by_last.min(front.arrived + self.timeout * 2))
     }
 
-    /// Takes the front line whole, as a part that commits its offset.
+    /// About how many messages what waits needs when not folded: its text
+    /// in full messages, plus one per event (a line after an event starts
+    /// a new message).
+    pub fn estimated_messages(&self) -> usize {
+        self.queued_cp.div_ceil(CONTENT_LIMIT) + self.queued_events
+    }
+
+    /// Whether what waits goes as an attachment (see [`Fold`]).
+    pub fn should_fold(&self) -> bool {
+        match self.fold {
+            Fold::Never => false,
+            Fold::Lines(n) => self.queue.len() > n,
+            Fold::Time { min_gap } => {
+                min_gap.saturating_mul(self.estimated_messages().try_into().unwrap_or(u32::MAX))
+                    > FOLD_AFTER
+            }
+        }
+    }
+
+    /// The next message to post, if one is due: the whole decision of what
+    /// goes next (batch rule, folding, packing). Never an empty message.
+    pub fn next_message(&mut self, now: Instant) -> Option<Message> {
+        if !self.is_ready(now) {
+            return None;
+        }
+        if self.rule_fires(now) {
+            // Everything waiting at this moment is due: it all goes out
+            // back to back even if it takes several messages.
+            self.flush_all();
+        }
+        let msg = if self.should_fold() {
+            self.take_file_message()
+        } else {
+            self.take_message()
+        };
+        if self.queue.is_empty() {
+            self.last_arrival = None;
+        }
+        debug_assert!(!msg.parts.is_empty(), "the packer made an empty message");
+        Some(msg)
+    }
+
+    /// Takes the front entry whole.
     fn pop_part(&mut self) -> Part {
         let e = self.queue.pop_front().expect("front exists");
         self.queued_cp -= e.cp + 1;
         self.queued_bytes -= e.text.len();
+        self.queued_events -= usize::from(e.event.is_some());
         Part {
             label: e.label,
-            commit: Some((e.file, e.end)),
+            commit: e.last.then_some((e.file, e.end)),
             text: e.text,
             event: e.event,
         }
     }
 
-    /// Whether the next line is notable (it then goes as an embed, never
-    /// into an attachment).
-    pub fn front_is_event(&self) -> bool {
-        self.queue.front().is_some_and(|e| e.event.is_some())
-    }
-
     /// Takes up to [`format::FILE_MAX`] bytes of waiting lines as one
-    /// attachment message (a burst: fewer requests, nothing lost).
-    pub fn take_file_message(&mut self) -> Message {
+    /// attachment message; events ride along as embeds while the message
+    /// has room for them, else the chunk ends before the next one.
+    fn take_file_message(&mut self) -> Message {
         let mut msg = Message {
             parts: Vec::new(),
             as_file: true,
         };
         let mut size = 0;
         while let Some(front) = self.queue.front() {
-            // Events keep their embed and mention: the file stops before one.
-            if !msg.parts.is_empty()
-                && (size + front.text.len() + 1 > format::FILE_MAX || front.event.is_some())
-            {
-                break;
+            let cost = format::file_cost(
+                msg.parts.last().map(|p| &p.label),
+                &front.label,
+                front.text.len(),
+            );
+            if !msg.parts.is_empty() {
+                if size + cost > format::FILE_MAX {
+                    break;
+                }
+                if let Some(ev) = &front.event {
+                    if !msg.can_take_event(front.cp, ev) {
+                        break;
+                    }
+                }
             }
+            size += cost;
             let part = self.pop_part();
-            size += part.text.len() + 1;
             msg.parts.push(part);
-        }
-        if self.queue.is_empty() {
-            self.last_arrival = None;
         }
         msg
     }
 
-    /// Packs the next message from the front of the queue. When the batch
-    /// rule fired, everything waiting at that moment becomes due, so it all
-    /// goes out back to back even if it takes several messages.
-    pub fn take_message(&mut self, now: Instant) -> Message {
-        if self.rule_fires(now) {
-            self.flush_all();
-        }
+    /// Packs the next message of code blocks and embeds from the front of
+    /// the queue.
+    fn take_message(&mut self) -> Message {
         let mut msg = Message::default();
         let mut used = 0;
         while let Some(front) = self.queue.front_mut() {
             if let Some(ev) = &front.event {
-                // Events ride as embeds after the code block; a mention
+                // Events ride as embeds after the code block; the mention
                 // costs a few code points of content.
-                let mention_cost = if ev.mention.is_some() { 32 } else { 0 };
+                let mention_cost = if ev.mention.is_some() {
+                    MENTION_COST
+                } else {
+                    0
+                };
                 if !msg.can_take_event(front.cp, ev) || used + mention_cost > CONTENT_LIMIT {
                     break;
                 }
@@ -225,22 +391,19 @@ impl Batcher {
             if !msg.parts.is_empty() && front.cp <= room_when_empty {
                 break;
             }
-            let room = CONTENT_LIMIT - used;
             let overhead = msg.cost_of_adding(&front.label, 0);
-            if room <= overhead {
+            let room = CONTENT_LIMIT.saturating_sub(used + overhead);
+            let split_at = format::cut_at(&front.text, room);
+            if split_at == 0 {
+                // Only when lines already fill this message: an empty one
+                // has room for more than a thousand code points.
                 break;
             }
-            let take = room - overhead;
-            let split_at = front
-                .text
-                .char_indices()
-                .nth(take)
-                .map(|(i, _)| i)
-                .unwrap_or(front.text.len());
             let piece: String = front.text[..split_at].to_string();
+            let taken = limits::chars(&piece);
             front.text.drain(..split_at);
-            front.cp -= take;
-            self.queued_cp -= take;
+            front.cp -= taken;
+            self.queued_cp -= taken;
             self.queued_bytes -= piece.len();
             msg.parts.push(Part {
                 label: front.label.clone(),
@@ -249,9 +412,6 @@ impl Batcher {
                 event: None,
             });
             break;
-        }
-        if self.queue.is_empty() {
-            self.last_arrival = None;
         }
         msg
     }
@@ -269,9 +429,11 @@ mod tests {
     fn drain(b: &mut Batcher, now: Instant) -> Vec<Message> {
         b.flush_all();
         let mut out = Vec::new();
-        while b.is_ready(now) {
-            out.push(b.take_message(now));
+        while let Some(m) = b.next_message(now) {
+            assert!(out.len() < 1_000_000, "the packer does not progress");
+            out.push(m);
         }
+        assert!(b.is_empty());
         out
     }
 
@@ -289,7 +451,7 @@ mod tests {
             b.push(FileId(1), None, "x".into(), i, now);
         }
         assert!(b.is_ready(now));
-        let m = b.take_message(now);
+        let m = b.next_message(now).unwrap();
         assert_eq!(m.lines(), 10);
         assert!(b.is_empty());
     }
