@@ -929,6 +929,20 @@ mod tests {
     }
 
     #[test]
+    fn attachment_threshold_is_auto_unless_a_number() {
+        let t = |v: Option<&str>| {
+            let mut env = vec![("DISCORD_WEBHOOK_URL", URL)];
+            env.extend(v.map(|v| ("ATTACHMENT_THRESHOLD", v)));
+            load(None, &env).map(|c| c.attachment_threshold)
+        };
+        assert_eq!(t(None).unwrap(), None);
+        assert_eq!(t(Some("auto")).unwrap(), None);
+        assert_eq!(t(Some("0")).unwrap(), Some(0));
+        assert_eq!(t(Some("200")).unwrap(), Some(200));
+        assert!(t(Some("lots")).is_err());
+    }
+
+    #[test]
     fn missing_webhook_is_an_error_unless_dry_run() {
         let e = load(None, &[]).unwrap_err().to_string();
         assert!(e.starts_with("DISCORD_WEBHOOK_URL is not set"), "{e}");
