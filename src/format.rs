@@ -757,6 +757,7 @@ pub fn max_piece(label: &Option<Arc<str>>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ekos::Mention;
 
     #[test]
     fn sanitize_keeps_text_readable() {
@@ -863,5 +864,104 @@ mod tests {
         let label: Option<Arc<str>> = Some("d/".repeat(3000).into());
         assert!(header(label.as_deref().unwrap()).chars().count() <= 203);
         assert!(max_piece(&label) > 1700);
+    }
+
+    proptest::proptest! {
+        /// Escaping is exactly undone, and pieces cut with [`cut_at`]
+        /// unescape on their own to the same text.
+        #[test]
+        fn fence_escaping_round_trips(text in "[`\u{200b}a]{0,40}", max in 0usize..50) {
+            let e = escape_fence(&text);
+            proptest::prop_assert!(!e.contains("``"));
+            proptest::prop_assert_eq!(unescape_fence(&e), text.as_str());
+            let at = cut_at(&e, max);
+            proptest::prop_assert!(e[..at].chars().count() <= max);
+            let joined = format!("{}{}", unescape_fence(&e[..at]), unescape_fence(&e[at..]));
+            proptest::prop_assert_eq!(joined, text);
+        }
+    }
+
+    fn ev(title: &str, footer: &str, mention: Option<Mention>) -> Box<EventPart> {
+        Box::new(EventPart {
+            severity: Severity::Critical,
+            title: title.into(),
+            footer: Some(footer.into()),
+            mention,
+            more: 0,
+        })
+    }
+
+    fn json(m: &Message) -> serde_json::Value {
+        let p = m.payload();
+        serde_json::from_slice(&p.printable).unwrap()
+    }
+
+    /// A message built outside the packer (the sender's alert copies) is
+    /// still within the limits: each field is capped when rendered, and a
+    /// line longer than its embed says how much is not shown.
+    #[test]
+    fn an_alert_copy_of_a_huge_line_is_capped_with_a_marker() {
+        let m = Message {
+            parts: vec![Part {
+                label: None,
+                text: "z".repeat(60_000),
+                event: Some(ev(
+                    &"t".repeat(400),
+                    &"f".repeat(5000),
+                    Some(Mention::Role(3)),
+                )),
+                commit: Some((FileId(1), 0)),
+            }],
+            as_file: false,
+        };
+        let v = json(&m);
+        assert_eq!(limits::check(&v), Ok(()));
+        let e = &v["embeds"][0];
+        assert_eq!(limits::chars(e["title"].as_str().unwrap()), limits::TITLE);
+        assert_eq!(
+            limits::chars(e["footer"]["text"].as_str().unwrap()),
+            limits::FOOTER
+        );
+        let d = e["description"].as_str().unwrap();
+        let shown = d.matches('z').count();
+        assert!(d.ends_with(&format!("… ({} more characters not shown)", 60_000 - shown)));
+        assert!(v["content"].as_str().unwrap().starts_with("<@&3>"));
+        // Ten of them are not ten times 6000: the packer's check says no.
+        assert!(!m.can_take_event(60_000, &ev("t", "f", None)));
+        assert!(Message::default().can_take_event(60_000, &ev("t", "f", None)));
+    }
+
+    #[test]
+    fn a_file_summary_names_files_lines_time_span_and_events() {
+        let a: Option<Arc<str>> = Some("2026-11-22/log_22-00-00.txt".into());
+        let line = |t: &str, event: Option<Box<EventPart>>| Part {
+            label: a.clone(),
+            text: format!("[2026-11-22T{t} UTC INFO ][org.kde.kstars] - x"),
+            event,
+            commit: Some((FileId(1), 1)),
+        };
+        let m = Message {
+            parts: vec![
+                line("22:00:01.000", None),
+                line("22:00:02.000", Some(ev("E", "f", Some(Mention::User(4))))),
+                line("22:03:12.930", None),
+            ],
+            as_file: true,
+        };
+        let v = json(&m);
+        assert_eq!(limits::check(&v), Ok(()));
+        let c = v["content"].as_str().unwrap();
+        assert!(c.starts_with("<@4> 3 lines ("), "{c}");
+        assert!(c.contains("from `2026-11-22/log_22-00-00.txt`"), "{c}");
+        assert!(
+            c.contains("2026-11-22T22:00:01.000 UTC to 2026-11-22T22:03:12.930 UTC"),
+            "{c}"
+        );
+        assert!(
+            c.ends_with("in the attached file, 1 notable line shown below"),
+            "{c}"
+        );
+        assert_eq!(v["embeds"][0]["title"], "E");
+        assert_eq!(v["files"][0]["name"], "log_22-00-00.txt.log");
     }
 }
