@@ -184,8 +184,9 @@ pub struct Config {
     /// (index into `webhooks`, threshold).
     pub alerts: Option<(usize, crate::ekos::Severity)>,
     /// Post a burst as one attached file when more than this many lines
-    /// wait (0: never).
-    pub attachment_threshold: usize,
+    /// wait (0: never); `None` (the default, `auto`): when posting what
+    /// waits would take more than about a minute (see `batch::Fold`).
+    pub attachment_threshold: Option<usize>,
     /// Event rules (built-in and `[[rule]]` tables).
     pub rules: std::sync::Arc<Rules>,
     /// Effective values as strings, secrets redacted, for `check`.
@@ -674,11 +675,14 @@ impl Config {
             });
         }
 
-        let attachment_threshold: usize = l.number(
-            "ATTACHMENT_THRESHOLD",
-            0,
-            "a whole number of lines (0 turns attachments off)",
-        )?;
+        let attachment_threshold: Option<usize> = match l.get("ATTACHMENT_THRESHOLD") {
+            Some(v) if !v.trim().eq_ignore_ascii_case("auto") => Some(l.number(
+                "ATTACHMENT_THRESHOLD",
+                0,
+                "auto, or a whole number of lines (0 turns attachments off)",
+            )?),
+            _ => None,
+        };
         let alerts_min = match l.get("ALERTS_MIN_SEVERITY") {
             None => crate::ekos::Severity::Error,
             Some(v) => crate::ekos::Severity::parse(&v).ok_or_else(|| {
@@ -709,7 +713,7 @@ impl Config {
         };
         effective.insert(
             "ATTACHMENT_THRESHOLD".into(),
-            attachment_threshold.to_string(),
+            attachment_threshold.map_or("auto".into(), |n| n.to_string()),
         );
         effective.insert("EVENTS".into(), format!("{events:?}").to_ascii_lowercase());
         effective.insert(
@@ -922,6 +926,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("unknown key `batch_sise`"), "{e}");
+    }
+
+    #[test]
+    fn attachment_threshold_is_auto_unless_a_number() {
+        let t = |v: Option<&str>| {
+            let mut env = vec![("DISCORD_WEBHOOK_URL", URL)];
+            env.extend(v.map(|v| ("ATTACHMENT_THRESHOLD", v)));
+            load(None, &env).map(|c| c.attachment_threshold)
+        };
+        assert_eq!(t(None).unwrap(), None);
+        assert_eq!(t(Some("auto")).unwrap(), None);
+        assert_eq!(t(Some("0")).unwrap(), Some(0));
+        assert_eq!(t(Some("200")).unwrap(), Some(200));
+        assert!(t(Some("lots")).is_err());
     }
 
     #[test]

@@ -5,17 +5,20 @@
 //! a raw line into text that displays as written (control characters become
 //! their visible Unicode "control pictures"), and [`escape_fence`] keeps a
 //! line from closing the code block it is shown in. [`Message`] renders the
-//! packed lines into `content` and the JSON body, always with
+//! packed lines into `content`, event embeds and the JSON body, always with
 //! `allowed_mentions` set so that nothing in a log line can ping anyone.
+//! Every field is sized through [`crate::limits`]: a rendered message is
+//! within Discord's limits whatever the lines, modules and rules hold.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::checkpoint::FileId;
 use crate::ekos::{self, Filter, Mention, Rules, Severity};
+use crate::limits;
 
 /// Discord's limit on `content`, in Unicode code points.
-pub const CONTENT_LIMIT: usize = 2000;
+pub const CONTENT_LIMIT: usize = limits::CONTENT;
 
 const FENCE_OPEN: &str = "```\n";
 const FENCE_CLOSE: &str = "\n```";
@@ -49,22 +52,56 @@ pub fn sanitize(raw: &[u8]) -> String {
         .collect()
 }
 
-/// Inserts a zero-width space between adjacent backticks, so a log line can
-/// never contain the ```` ``` ```` that would end its code block.
+/// Inserts a zero-width space after a backtick that is followed by another
+/// backtick, so a log line can never contain the ```` ``` ```` that would
+/// end its code block. A zero-width space that already follows a backtick
+/// gets one too, so that [`unescape_fence`] gives back the line exactly.
 pub fn escape_fence(text: &str) -> Cow<'_, str> {
-    if !text.contains("``") {
+    let b = text.as_bytes();
+    let needs = b.windows(2).any(|w| w == b"``") || text.contains("`\u{200b}");
+    if !needs {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     let mut prev_tick = false;
     for c in text.chars() {
-        if c == '`' && prev_tick {
+        if prev_tick && (c == '`' || c == ZWSP) {
             out.push(ZWSP);
         }
         prev_tick = c == '`';
         out.push(c);
     }
     Cow::Owned(out)
+}
+
+/// Undoes [`escape_fence`]: drops the zero-width space after each backtick.
+pub fn unescape_fence(text: &str) -> Cow<'_, str> {
+    if !text.contains("`\u{200b}") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut prev_tick = false;
+    for c in text.chars() {
+        if !(prev_tick && c == ZWSP) {
+            out.push(c);
+        }
+        prev_tick = c == '`';
+    }
+    Cow::Owned(out)
+}
+
+/// The byte index at which to cut `text` so that the first piece holds at
+/// most `max` code points. The cut never falls between a backtick and the
+/// zero-width space escaping it, so each piece unescapes on its own; it may
+/// then hold one code point less (or, with `max` = 1, none).
+pub fn cut_at(text: &str, max: usize) -> usize {
+    let Some((i, c)) = text.char_indices().nth(max) else {
+        return text.len();
+    };
+    if c == ZWSP && text[..i].ends_with('`') {
+        return i - 1;
+    }
+    i
 }
 
 /// The header line naming the file a group of lines came from. Backticks
@@ -103,17 +140,15 @@ pub struct EventPart {
     /// Module and time, when the line had them.
     pub footer: Option<String>,
     pub mention: Option<Mention>,
+    /// Code points of the line that did not fit in the embed: they follow
+    /// as ordinary line pieces (the embed says so). Set by the packer.
+    pub more: usize,
 }
-
-/// Longest line shown as an embed description; a longer notable line is
-/// posted as an ordinary line rather than cut.
-pub const EMBED_TEXT_MAX: usize = 3900;
-const EMBEDS_PER_MESSAGE: usize = 10;
-const EMBED_TOTAL_MAX: usize = 6000;
 
 /// Decides how one line is posted: `None` drops it (filtered out, or an
 /// ordinary line in events-only mode), `Some(None)` is an ordinary line,
-/// `Some(Some(e))` an event.
+/// `Some(Some(e))` an event. An event keeps its embed and mention however
+/// long its line: what does not fit the embed follows as ordinary pieces.
 pub fn classify_line(
     rules: &Rules,
     filter: &Filter,
@@ -130,28 +165,35 @@ pub fn classify_line(
         return None;
     }
     match ev {
-        Some(e) if text.chars().count() <= EMBED_TEXT_MAX => {
+        Some(e) => {
             // The severity is spelled out too, not only shown as a colour.
             let mut footer = e.severity.as_str().to_string();
             for part in [rec.module, rec.time].into_iter().flatten() {
                 footer.push_str(" · ");
                 footer.push_str(part);
             }
-            let footer = Some(footer);
             Some(Some(EventPart {
                 severity: e.severity,
-                title: e.title.chars().take(250).collect(),
-                footer,
+                title: limits::cap(&e.title, limits::TITLE).into_owned(),
+                footer: Some(limits::cap(&footer, FOOTER_MAX).into_owned()),
                 mention: e.mention,
+                more: 0,
             }))
         }
-        // Notable but too long for an embed: posted as an ordinary line,
-        // even in events-only mode, rather than cut or dropped.
-        Some(_) => Some(None),
         None if mode == EventMode::Only => None,
         None => Some(None),
     }
 }
+
+/// Footers are capped well below Discord's 2,048: a footer is a module
+/// name and a time, and its room is taken from the line in the embed.
+const FOOTER_MAX: usize = 256;
+/// In an attachment message the whole line is in the file: an embed shows
+/// only its start, so that ten of them fit in one message.
+const FILE_EMBED_DESCRIPTION: usize = 600;
+/// Content code points reserved for the one mention of a message
+/// (`<@&18446744073709551615> ` is 25) and the newline after it.
+pub const MENTION_COST: usize = 32;
 
 /// One line (or one piece of a line too long for a message) in a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,12 +213,13 @@ pub struct Part {
 pub struct Message {
     pub parts: Vec<Part>,
     /// Post the lines as one attached `.log` file with a one-line summary
-    /// instead of code blocks (a burst too big for a few messages).
+    /// instead of code blocks (a flood too big for a minute of posting).
+    /// Events still get their embeds and their mention.
     pub as_file: bool,
 }
 
-/// The largest attachment built; Discord accepts 10 MiB per file.
-pub const FILE_MAX: usize = 8 * 1024 * 1024;
+/// The largest attachment built.
+pub const FILE_MAX: usize = limits::FILE_BYTES;
 
 /// A request body ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,10 +232,105 @@ pub struct Payload {
     pub printable: Vec<u8>,
 }
 
+/// What an event's embed shows, every field within its limit and the sum
+/// within [`limits::EMBED_TOTAL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EmbedText {
+    title: String,
+    description: String,
+    footer: Option<String>,
+}
+
+impl EmbedText {
+    fn chars(&self) -> usize {
+        limits::chars(&self.title)
+            + limits::chars(&self.description)
+            + self.footer.as_deref().map_or(0, limits::chars)
+    }
+}
+
+const DESC_FENCES: usize = FENCE_OPEN.len() + FENCE_CLOSE.len();
+/// Room for the longest marker after a shortened embed line,
+/// `\n… (N more characters not shown, M in the next message)` with
+/// 20-digit numbers.
+const MARKER_MAX: usize = 100;
+
+/// The description room of an event's embed (fences included).
+fn description_max(ev: &EventPart, in_file: bool) -> usize {
+    let title = limits::chars(&limits::cap(&ev.title, limits::TITLE));
+    let footer = ev
+        .footer
+        .as_deref()
+        .map_or(0, |f| limits::chars(&limits::cap(f, limits::FOOTER)));
+    let max = limits::DESCRIPTION.min(limits::EMBED_TOTAL - title - footer);
+    if in_file {
+        max.min(FILE_EMBED_DESCRIPTION)
+    } else {
+        max
+    }
+}
+
+/// How many code points of an event's line its embed shows in an ordinary
+/// message: `(whole, cut)`. A line of at most `whole` code points is shown
+/// whole; a longer one shows its first `cut` and a marker, and the rest
+/// must follow as ordinary pieces (see [`EventPart::more`]).
+pub fn embed_room(ev: &EventPart) -> (usize, usize) {
+    let max = description_max(ev, false);
+    (max - DESC_FENCES, max - DESC_FENCES - MARKER_MAX)
+}
+
+/// The embed of an event part (`None` for an ordinary line): the line in a
+/// code block like ordinary lines, cut with a visible marker when it does
+/// not fit (in an attachment message the file has it whole).
+fn embed_text(p: &Part, in_file: bool) -> Option<EmbedText> {
+    let ev = p.event.as_ref()?;
+    let max = description_max(ev, in_file);
+    let cp = limits::chars(&p.text);
+    let whole_fits = cp + DESC_FENCES <= max;
+    let description = if whole_fits && (ev.more == 0 || in_file) {
+        format!("{FENCE_OPEN}{}{FENCE_CLOSE}", p.text)
+    } else {
+        let room = (max - DESC_FENCES - MARKER_MAX).min(cp);
+        let shown = &p.text[..cut_at(&p.text, room)];
+        let dropped = cp - limits::chars(shown);
+        let more = ev.more;
+        let marker = if in_file {
+            "… (the whole line is in the attached file)".to_string()
+        } else if dropped == 0 {
+            format!("… ({more} more characters in the next message)")
+        } else if more == 0 {
+            format!("… ({dropped} more characters not shown)")
+        } else {
+            format!("… ({dropped} more characters not shown, {more} in the next message)")
+        };
+        format!("{FENCE_OPEN}{shown}{FENCE_CLOSE}\n{marker}")
+    };
+    Some(EmbedText {
+        title: limits::cap(&ev.title, limits::TITLE).into_owned(),
+        description,
+        footer: ev
+            .footer
+            .as_deref()
+            .map(|f| limits::cap(f, limits::FOOTER).into_owned()),
+    })
+}
+
+/// An upper bound of [`embed_text`]'s size for a line of `text_cp` code
+/// points, without building it.
+fn embed_cost(text_cp: usize, ev: &EventPart, in_file: bool) -> usize {
+    let title = limits::chars(&limits::cap(&ev.title, limits::TITLE));
+    let footer = ev
+        .footer
+        .as_deref()
+        .map_or(0, |f| limits::chars(&limits::cap(f, limits::FOOTER)));
+    let max = description_max(ev, in_file);
+    title + footer + max.min(text_cp + DESC_FENCES + MARKER_MAX)
+}
+
 impl Message {
     /// Code points that `parts` occupy once rendered; see [`Message::content`].
     pub fn cost_of_adding(&self, label: &Option<Arc<str>>, cp: usize) -> usize {
-        match self.parts.last() {
+        match self.parts.iter().rev().find(|p| p.event.is_none()) {
             Some(last) if &last.label == label => cp + 1,
             Some(_) => cp + 1 + group_overhead(label),
             None => cp + group_overhead(label),
@@ -200,15 +338,18 @@ impl Message {
     }
 
     /// The `content` field: groups of consecutive lines from the same file,
-    /// each group a code block under an optional header.
+    /// each group a code block under an optional header; for an attachment,
+    /// a one-line summary. A rule's mention comes first.
     pub fn content(&self) -> String {
-        if self.as_file {
-            return self.file_summary();
-        }
         let mut out = String::new();
         for m in self.mentions() {
             out.push_str(&m.to_string());
             out.push(' ');
+        }
+        if self.as_file {
+            let room = CONTENT_LIMIT - limits::chars(&out);
+            out.push_str(&limits::cap(&self.file_summary(), room));
+            return out;
         }
         let lines: Vec<&Part> = self.parts.iter().filter(|p| p.event.is_none()).collect();
         let mut i = 0;
@@ -258,11 +399,22 @@ impl Message {
         if !content.is_empty() {
             v["content"] = content.into();
         }
-        let embeds: Vec<serde_json::Value> = if self.as_file {
-            Vec::new()
-        } else {
-            self.parts.iter().filter_map(embed).collect()
-        };
+        let embeds: Vec<serde_json::Value> = self
+            .parts
+            .iter()
+            .filter_map(|p| {
+                let e = embed_text(p, self.as_file)?;
+                let mut j = serde_json::json!({
+                    "title": e.title,
+                    "description": e.description,
+                    "color": p.event.as_ref()?.severity.color(),
+                });
+                if let Some(f) = e.footer {
+                    j["footer"] = serde_json::json!({ "text": f });
+                }
+                Some(j)
+            })
+            .collect();
         if !embeds.is_empty() {
             v["embeds"] = embeds.into();
         }
@@ -274,6 +426,8 @@ impl Message {
     pub fn payload(&self) -> Payload {
         let json = self.body();
         if !self.as_file {
+            #[cfg(debug_assertions)]
+            debug_check(&json);
             return Payload {
                 content_type: "application/json".into(),
                 printable: json.clone(),
@@ -312,10 +466,13 @@ impl Message {
         body.extend_from_slice(&data);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
         meta["files"] = serde_json::json!([{ "name": name, "size": data.len() }]);
+        let printable = serde_json::to_vec(&meta).expect("JSON");
+        #[cfg(debug_assertions)]
+        debug_check(&printable);
         Payload {
             content_type: format!("multipart/form-data; boundary={boundary}"),
             body,
-            printable: serde_json::to_vec(&meta).expect("JSON"),
+            printable,
         }
     }
 
@@ -327,15 +484,11 @@ impl Message {
         for (i, p) in self.parts.iter().enumerate() {
             if p.label.as_ref() != label || (i == 0 && p.label.is_some()) {
                 if let Some(l) = &p.label {
-                    data.push_str(&format!("==> {l} <==\n"));
+                    data.push_str(&file_header(l));
                 }
                 label = p.label.as_ref();
             }
-            data.push_str(
-                &p.text
-                    .replace("`\u{200b}`", "``")
-                    .replace("`\u{200b}`", "``"),
-            );
+            data.push_str(&unescape_fence(&p.text));
             // A piece of a long line continues on the same line.
             if p.commit.is_some() {
                 data.push('\n');
@@ -347,6 +500,7 @@ impl Message {
                 .next()
                 .unwrap_or(l)
                 .chars()
+                .take(100)
                 .map(|c| {
                     if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
                         c
@@ -365,16 +519,52 @@ impl Message {
         (name, data.into_bytes())
     }
 
+    /// One line: how many lines, from which files, over what time, and how
+    /// many of them are shown as embeds below.
     fn file_summary(&self) -> String {
         let lines = self.parts.iter().filter(|p| p.commit.is_some()).count();
         let events = self.parts.iter().filter(|p| p.event.is_some()).count();
         let bytes: usize = self.parts.iter().map(|p| p.text.len() + 1).sum();
         let mut s = format!(
-            "{lines} lines ({:.1} KiB) in the attached file",
+            "{lines} {} ({:.1} KiB)",
+            if lines == 1 { "line" } else { "lines" },
             bytes as f64 / 1024.0
         );
+        let mut files: Vec<&str> = Vec::new();
+        for l in self.parts.iter().filter_map(|p| p.label.as_deref()) {
+            if !files.contains(&l) {
+                files.push(l);
+            }
+        }
+        if !files.is_empty() {
+            let names: Vec<String> = files
+                .iter()
+                .take(3)
+                .map(|f| limits::cap(&f.replace('`', "'"), 80).into_owned())
+                .collect();
+            s.push_str(&format!(" from `{}`", names.join("`, `")));
+            if files.len() > 3 {
+                s.push_str(&format!(" and {} more files", files.len() - 3));
+            }
+        }
+        let time = |p: &Part| {
+            ekos::parse(&p.text)
+                .time
+                .map(|t| limits::cap(t, 40).into_owned())
+        };
+        let first = self.parts.iter().take(50).find_map(time);
+        let last = self.parts.iter().rev().take(50).find_map(time);
+        match (first, last) {
+            (Some(a), Some(b)) if a != b => s.push_str(&format!(", {a} to {b}")),
+            (Some(a), _) => s.push_str(&format!(", {a}")),
+            _ => {}
+        }
+        s.push_str(" in the attached file");
         if events > 0 {
-            s.push_str(&format!(", {events} of them notable"));
+            s.push_str(&format!(
+                ", {events} notable {} shown below",
+                if events == 1 { "line" } else { "lines" }
+            ));
         }
         s
     }
@@ -383,9 +573,6 @@ impl Message {
     /// message never pings two groups; see [`Message::can_take_event`]).
     fn mentions(&self) -> Vec<Mention> {
         let mut v: Vec<Mention> = Vec::new();
-        if self.as_file {
-            return v;
-        }
         for m in self.parts.iter().filter_map(|p| p.event.as_ref()?.mention) {
             if !v.contains(&m) {
                 v.push(m);
@@ -394,32 +581,26 @@ impl Message {
         v
     }
 
-    /// Whether one more event fits: embeds come after the code block, so
-    /// an event may follow lines but no line may follow an event; at most
-    /// 10 embeds and 6000 characters of embeds; one mention per message.
+    /// Whether one more event with a line of `text_cp` code points fits:
+    /// embeds come after the code block, so an event may follow lines but
+    /// no line may follow an event; at most 10 embeds and 6000 characters
+    /// of embeds; one mention per message. An empty message takes any
+    /// event (its embed alone is within the limits by construction).
     pub fn can_take_event(&self, text_cp: usize, ev: &EventPart) -> bool {
-        let events: Vec<&EventPart> = self
-            .parts
-            .iter()
-            .filter_map(|p| p.event.as_deref())
-            .collect();
-        let total: usize = self
-            .parts
-            .iter()
-            .filter(|p| p.event.is_some())
-            .map(embed_chars)
-            .sum();
+        let mut embeds = 0;
+        let mut total = 0;
+        for p in &self.parts {
+            if let Some(e) = embed_text(p, self.as_file) {
+                embeds += 1;
+                total += e.chars();
+            }
+        }
         let mention_ok = match ev.mention {
             None => true,
             Some(m) => self.mentions().iter().all(|x| *x == m),
         };
-        events.len() < EMBEDS_PER_MESSAGE
-            && total
-                + ev.title.chars().count()
-                + text_cp
-                + ev.footer.as_ref().map_or(0, |f| f.chars().count())
-                + 8
-                <= EMBED_TOTAL_MAX
+        embeds < limits::EMBEDS
+            && total + embed_cost(text_cp, ev, self.as_file) <= limits::EMBED_TOTAL
             && mention_ok
     }
 
@@ -450,8 +631,39 @@ impl Message {
         ))
     }
 
+    /// For a message Discord rejected for its content that cannot be split
+    /// further: the same lines as a `.log` attachment whose summary says
+    /// so, with the same commits. The embeds are left out (they may be
+    /// what Discord refused; the file has their lines whole). `None` when
+    /// the message already is a plain attachment.
+    pub fn fallback(self) -> Option<Message> {
+        if self.as_file && self.parts.iter().all(|p| p.event.is_none()) {
+            return None;
+        }
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|p| Part { event: None, ..p })
+            .collect();
+        Some(Message {
+            parts,
+            as_file: true,
+        })
+    }
+
     pub fn lines(&self) -> usize {
         self.parts.len()
+    }
+}
+
+/// Debug builds check every payload against Discord's limits before it
+/// leaves: the tests that drive the real binary then catch any renderer
+/// that breaks one.
+#[cfg(debug_assertions)]
+fn debug_check(json: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(json).expect("own JSON");
+    if let Err(e) = limits::check(&v) {
+        panic!("a payload breaks Discord's limits: {e}");
     }
 }
 
@@ -505,27 +717,24 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn embed_chars(p: &Part) -> usize {
-    let ev = p.event.as_ref().expect("an event part");
-    ev.title.chars().count()
-        + p.text.chars().count()
-        + ev.footer.as_ref().map_or(0, |f| f.chars().count())
-        + 8
+/// The `==> file <==` line before a file's lines in an attachment.
+fn file_header(label: &str) -> String {
+    format!("==> {label} <==\n")
 }
 
-/// The embed of an event part (`None` for an ordinary line). The line is
-/// shown whole in the description, in a code block like ordinary lines.
-fn embed(p: &Part) -> Option<serde_json::Value> {
-    let ev = p.event.as_ref()?;
-    let mut e = serde_json::json!({
-        "title": ev.title,
-        "description": format!("```\n{}\n```", p.text),
-        "color": ev.severity.color(),
-    });
-    if let Some(f) = &ev.footer {
-        e["footer"] = serde_json::json!({ "text": f });
-    }
-    Some(e)
+/// Bytes an attachment needs for a part of `text_bytes` bytes of `label`
+/// after parts of `prev` (an upper bound: the fence escaping is counted).
+pub fn file_cost(
+    prev: Option<&Option<Arc<str>>>,
+    label: &Option<Arc<str>>,
+    text_bytes: usize,
+) -> usize {
+    let header = match (prev, label) {
+        (Some(p), _) if p == label => 0,
+        (_, Some(l)) => file_header(l).len(),
+        (_, None) => 0,
+    };
+    header + text_bytes + 1
 }
 
 /// Code points a code block costs besides its lines: header, both fences
@@ -548,6 +757,7 @@ pub fn max_piece(label: &Option<Arc<str>>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ekos::Mention;
 
     #[test]
     fn sanitize_keeps_text_readable() {
@@ -654,5 +864,104 @@ mod tests {
         let label: Option<Arc<str>> = Some("d/".repeat(3000).into());
         assert!(header(label.as_deref().unwrap()).chars().count() <= 203);
         assert!(max_piece(&label) > 1700);
+    }
+
+    proptest::proptest! {
+        /// Escaping is exactly undone, and pieces cut with [`cut_at`]
+        /// unescape on their own to the same text.
+        #[test]
+        fn fence_escaping_round_trips(text in "[`\u{200b}a]{0,40}", max in 0usize..50) {
+            let e = escape_fence(&text);
+            proptest::prop_assert!(!e.contains("``"));
+            proptest::prop_assert_eq!(unescape_fence(&e), text.as_str());
+            let at = cut_at(&e, max);
+            proptest::prop_assert!(e[..at].chars().count() <= max);
+            let joined = format!("{}{}", unescape_fence(&e[..at]), unescape_fence(&e[at..]));
+            proptest::prop_assert_eq!(joined, text);
+        }
+    }
+
+    fn ev(title: &str, footer: &str, mention: Option<Mention>) -> Box<EventPart> {
+        Box::new(EventPart {
+            severity: Severity::Critical,
+            title: title.into(),
+            footer: Some(footer.into()),
+            mention,
+            more: 0,
+        })
+    }
+
+    fn json(m: &Message) -> serde_json::Value {
+        let p = m.payload();
+        serde_json::from_slice(&p.printable).unwrap()
+    }
+
+    /// A message built outside the packer (the sender's alert copies) is
+    /// still within the limits: each field is capped when rendered, and a
+    /// line longer than its embed says how much is not shown.
+    #[test]
+    fn an_alert_copy_of_a_huge_line_is_capped_with_a_marker() {
+        let m = Message {
+            parts: vec![Part {
+                label: None,
+                text: "z".repeat(60_000),
+                event: Some(ev(
+                    &"t".repeat(400),
+                    &"f".repeat(5000),
+                    Some(Mention::Role(3)),
+                )),
+                commit: Some((FileId(1), 0)),
+            }],
+            as_file: false,
+        };
+        let v = json(&m);
+        assert_eq!(limits::check(&v), Ok(()));
+        let e = &v["embeds"][0];
+        assert_eq!(limits::chars(e["title"].as_str().unwrap()), limits::TITLE);
+        assert_eq!(
+            limits::chars(e["footer"]["text"].as_str().unwrap()),
+            limits::FOOTER
+        );
+        let d = e["description"].as_str().unwrap();
+        let shown = d.matches('z').count();
+        assert!(d.ends_with(&format!("… ({} more characters not shown)", 60_000 - shown)));
+        assert!(v["content"].as_str().unwrap().starts_with("<@&3>"));
+        // Ten of them are not ten times 6000: the packer's check says no.
+        assert!(!m.can_take_event(60_000, &ev("t", "f", None)));
+        assert!(Message::default().can_take_event(60_000, &ev("t", "f", None)));
+    }
+
+    #[test]
+    fn a_file_summary_names_files_lines_time_span_and_events() {
+        let a: Option<Arc<str>> = Some("2026-11-22/log_22-00-00.txt".into());
+        let line = |t: &str, event: Option<Box<EventPart>>| Part {
+            label: a.clone(),
+            text: format!("[2026-11-22T{t} UTC INFO ][org.kde.kstars] - x"),
+            event,
+            commit: Some((FileId(1), 1)),
+        };
+        let m = Message {
+            parts: vec![
+                line("22:00:01.000", None),
+                line("22:00:02.000", Some(ev("E", "f", Some(Mention::User(4))))),
+                line("22:03:12.930", None),
+            ],
+            as_file: true,
+        };
+        let v = json(&m);
+        assert_eq!(limits::check(&v), Ok(()));
+        let c = v["content"].as_str().unwrap();
+        assert!(c.starts_with("<@4> 3 lines ("), "{c}");
+        assert!(c.contains("from `2026-11-22/log_22-00-00.txt`"), "{c}");
+        assert!(
+            c.contains("2026-11-22T22:00:01.000 UTC to 2026-11-22T22:03:12.930 UTC"),
+            "{c}"
+        );
+        assert!(
+            c.ends_with("in the attached file, 1 notable line shown below"),
+            "{c}"
+        );
+        assert_eq!(v["embeds"][0]["title"], "E");
+        assert_eq!(v["files"][0]["name"], "log_22-00-00.txt.log");
     }
 }

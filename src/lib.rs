@@ -21,6 +21,7 @@ pub mod discord;
 pub mod discover;
 pub mod ekos;
 pub mod format;
+pub mod limits;
 pub mod sender;
 pub mod service;
 pub mod tail;

@@ -278,7 +278,9 @@ fn replay(cfg: &Config, path: &std::path::Path) -> ExitCode {
         return ExitCode::from(1);
     };
     let now = std::time::Instant::now();
-    let mut batcher = Batcher::new(cfg.batch_size, cfg.batch_timeout);
+    // The daemon's own decision (batching, packing, folding), fed the
+    // whole file as a backlog.
+    let mut batcher = Batcher::from_config(cfg);
     let mut offset = 0u64;
     let mut lines = bytes.split(|&b| b == b'\n').peekable();
     while let Some(raw) = lines.next() {
@@ -294,18 +296,10 @@ fn replay(cfg: &Config, path: &std::path::Path) -> ExitCode {
     batcher.flush_all();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    while !batcher.is_empty() {
-        let as_file = cfg.attachment_threshold > 0
-            && batcher.len() > cfg.attachment_threshold
-            && !batcher.front_is_event();
-        let msg = if as_file {
-            batcher.take_file_message()
-        } else {
-            batcher.take_message(now)
-        };
+    while let Some(msg) = batcher.next_message(now) {
         use std::io::Write;
         if out
-            .write_all(&msg.body())
+            .write_all(&msg.payload().printable)
             .and_then(|_| out.write_all(b"\n"))
             .is_err()
         {

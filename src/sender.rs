@@ -77,7 +77,6 @@ pub struct Sender {
     routes: Vec<Route>,
     /// The alerts route and its threshold, when configured.
     alerts: Option<(usize, Severity)>,
-    attachment_threshold: usize,
     /// Per file, the start offsets of lines whose alert copy is not
     /// delivered yet: the checkpoint may not move past them.
     holds: HashMap<FileId, VecDeque<u64>>,
@@ -106,7 +105,7 @@ impl Sender {
                 .into_iter()
                 .map(|sink| Route {
                     sink,
-                    batcher: Batcher::new(cfg.batch_size, cfg.batch_timeout),
+                    batcher: Batcher::from_config(cfg),
                     inflight: VecDeque::new(),
                     next_allowed: now,
                     failures: 0,
@@ -115,7 +114,6 @@ impl Sender {
                 .collect(),
             // Config::load rejects an alerts webhook that also receives lines.
             alerts: cfg.alerts,
-            attachment_threshold: cfg.attachment_threshold,
             holds: HashMap::new(),
             delivered: HashMap::new(),
             last_end: HashMap::new(),
@@ -403,14 +401,13 @@ impl Sender {
     fn post_one(&mut self, i: usize, now: Instant, timeout: Duration) {
         let msg = {
             let r = &mut self.routes[i];
-            match r.inflight.pop_front() {
+            match r
+                .inflight
+                .pop_front()
+                .or_else(|| r.batcher.next_message(now))
+            {
                 Some(m) => m,
-                None if self.attachment_threshold > 0
-                    && r.batcher.len() > self.attachment_threshold =>
-                {
-                    r.batcher.take_file_message()
-                }
-                None => r.batcher.take_message(now),
+                None => return,
             }
         };
         if msg.parts.is_empty() {

@@ -316,3 +316,87 @@ fn a_burst_goes_as_one_attachment_and_nothing_is_lost() {
     );
     assert!(with_files[0].content.contains("lines"));
 }
+
+/// Issue 9 bug 1: a CRIT line of about 3,750 code points whose module is
+/// very long used to make an embed over 6,000 characters; the packer then
+/// returned an empty message and the sender spun on it forever.
+#[test]
+fn a_long_crit_line_with_a_long_module_is_posted_and_the_next_line_follows() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "10").set("BATCH_TIMEOUT", "0.2");
+    let file = env.logs().join("2026-11-22/log_22-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let head = format!(
+        "[2026-11-22T22:00:00.000 UTC CRIT ][{}] - ",
+        "m".repeat(2500)
+    );
+    let crit = format!("{head}{}", "z".repeat(3750 - head.chars().count()));
+    append(&file, &[crit, "after-the-crit-line".into()]);
+    let ok = fake.wait_for(Duration::from_secs(10), |m| {
+        m.iter().any(|r| r.content.contains("after-the-crit-line"))
+    });
+    assert!(ok, "{}", d.stderr());
+    let msgs = fake.messages();
+    assert_eq!(msgs[0].body["embeds"].as_array().map(Vec::len), Some(1));
+    let zs: usize = msgs
+        .iter()
+        .map(|r| {
+            let embeds = r.body["embeds"].as_array().cloned().unwrap_or_default();
+            r.content.matches('z').count()
+                + embeds
+                    .iter()
+                    .map(|e| e["description"].as_str().unwrap().matches('z').count())
+                    .sum::<usize>()
+        })
+        .sum();
+    assert_eq!(zs, 3750 - head.chars().count(), "the line came out whole");
+    assert!(!d.stderr().contains("rejected"), "{}", d.stderr());
+}
+
+/// Issue 9 bug 12: a 10 MiB line used to become about 5,000 messages over
+/// 90 minutes at the default rate. Folded, it is a handful of uploads and
+/// the next line follows within seconds.
+#[test]
+fn a_10_mib_line_is_a_handful_of_uploads_and_the_next_line_follows() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "10")
+        .set("BATCH_TIMEOUT", "0.2")
+        .set("RATE_LIMIT_DELAY", "1.0");
+    let file = env.logs().join("2026-11-22/log_22-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let big = "x".repeat(10 * 1024 * 1024);
+    let started = std::time::Instant::now();
+    append(&file, &[big, "after-the-big-line".into()]);
+    let has_next = |m: &[support::fake_discord::Received]| {
+        m.iter().any(|r| {
+            r.content.contains("after-the-big-line")
+                || r.attachments
+                    .iter()
+                    .any(|(_, data)| String::from_utf8_lossy(data).contains("after-the-big-line"))
+        })
+    };
+    let ok = fake.wait_for(Duration::from_secs(60), has_next);
+    let msgs = fake.messages();
+    assert!(ok, "{} messages so far\n{}", msgs.len(), d.stderr());
+    let xs: usize = msgs
+        .iter()
+        .map(|r| {
+            r.content.matches('x').count()
+                + r.attachments
+                    .iter()
+                    .map(|(_, data)| data.iter().filter(|&&b| b == b'x').count())
+                    .sum::<usize>()
+        })
+        .sum();
+    assert!(xs >= 10 * 1024 * 1024, "{xs} x delivered");
+    eprintln!(
+        "a 10 MiB line: {} requests, the next line after {:.1} s",
+        msgs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(msgs.len() <= 12, "{} requests", msgs.len());
+}
