@@ -453,6 +453,24 @@ impl Message {
     pub fn lines(&self) -> usize {
         self.parts.len()
     }
+
+    /// For a message Discord rejected that cannot be split further: the
+    /// same line(s) as a `.log` attachment with a one-line note, so that
+    /// nothing is skipped; `None` if it already is an attachment.
+    pub fn fallback(self) -> Option<Message> {
+        if self.as_file {
+            return None;
+        }
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|p| Part { event: None, ..p })
+            .collect();
+        Some(Message {
+            parts,
+            as_file: true,
+        })
+    }
 }
 
 /// Appends `s` as a JSON string. Runs that need no escaping are copied

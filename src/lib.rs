@@ -71,8 +71,9 @@ struct Pipeline {
     exited: Receiver<&'static str>,
 }
 
-/// Capacity of the watcher → sender channel, in chunks (each at most
-/// [`tail::READ_CHUNK`] of text): small, so an outage cannot pile up memory.
+/// Capacity of each route's watcher → sender channel, in chunks (each at
+/// most [`tail::READ_CHUNK`] of text): small, so an outage cannot pile up
+/// memory.
 const LINE_CHANNEL: usize = 8;
 
 impl Pipeline {
@@ -89,7 +90,9 @@ impl Pipeline {
                 }
             })
             .collect();
-        let (line_tx, line_rx) = bounded(LINE_CHANNEL);
+        // One channel per route, so a stopped webhook fills only its own.
+        let (line_tx, line_rx): (Vec<_>, Vec<_>) =
+            sinks.iter().map(|_| bounded(LINE_CHANNEL)).unzip();
         let (wctl_tx, wctl_rx) = bounded(16);
         let (sctl_tx, sctl_rx) = bounded(16);
         let (exit_tx, exit_rx) = bounded(2);
@@ -103,7 +106,7 @@ impl Pipeline {
                 let _guard = guard;
                 w.run(wctl_rx, line_tx)
             })?;
-        let s = sender::Sender::new(&cfg, sinks, store, stats);
+        let s = sender::Sender::new(&cfg, sinks, store, stats)?;
         let guard = ExitGuard("sender", exit_tx);
         let sender = std::thread::Builder::new()
             .name("sender".into())
