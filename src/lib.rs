@@ -1,10 +1,12 @@
 //! ekos-log-monitor follows log files and posts their new lines to a
 //! Discord channel through a webhook.
 //!
-//! Data flows one way, through two threads joined by bounded channels:
+//! Data flows one way, through two threads joined by bounded channels
+//! (one per route, i.e. per webhook), and a poster thread per route that
+//! makes the blocking POST:
 //!
 //! ```text
-//! inotify ─► notify callback ─► watcher ─(Chunk)─► sender ─► Discord
+//! inotify ─► notify callback ─► watcher ─(Chunk)─► sender ─► post-<n> ─► Discord
 //!            (forwards only)    discover, tail     batch, pack, rate-limit,
 //!                               rotation, offsets  retry; commit checkpoint
 //! ```
