@@ -611,3 +611,75 @@ fn the_watcher_ending_closes_the_sender_after_posting() {
     assert_eq!(h.world.accepted_lines(0), ["zero"]);
     assert_eq!(h.world.accepted_lines(1), ["one"]);
 }
+
+/// Seeded random answers on two routes (accepted, 5xx, 429, a proxy's
+/// 400, a 408, a size 400 for messages over a random number of lines, an
+/// AutoMod 400 for marked lines as code blocks): every line is accepted
+/// exactly once, in order, on its own route, a marked line alone as an
+/// attachment, and each file is committed to its end.
+#[test]
+fn random_answers_deliver_every_line_once_in_order() {
+    for seed in 1..=8u64 {
+        let scripts: Vec<Script> = (0..2u64)
+            .map(|route| -> Script {
+                let mut rng = xorshift_jitter(seed * 31 + route);
+                let max_lines = 1 + (rng() * 16.0) as usize % 8;
+                Box::new(move |r: &Req| {
+                    if !r.file && r.lines.iter().any(|l| l.contains("BAD")) {
+                        return Reply::Answer(
+                            400,
+                            r#"{"code": 200000, "message": "AutoMod"}"#.into(),
+                        );
+                    }
+                    if r.lines.len() > max_lines {
+                        return Reply::Answer(413, String::new());
+                    }
+                    // rng() is in [0.5, 1): spread it over [0, 1).
+                    let x = (rng() - 0.5) * 2.0;
+                    match (x * 20.0) as u32 {
+                        0 => Reply::Answer(502, String::new()),
+                        1 => Reply::Answer(429, r#"{"retry_after": 0.005}"#.into()),
+                        2 => Reply::Answer(400, "<html>proxy</html>".into()),
+                        3 => Reply::Answer(408, String::new()),
+                        _ => ok(),
+                    }
+                })
+            })
+            .collect();
+        let mut s = settings();
+        s.batch_size = 5;
+        let mut h = start(scripts, s);
+        let mut rng = xorshift_jitter(seed);
+        let mut want: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+        for i in 0..60 {
+            let route = usize::from(rng() < 0.75);
+            let n = 1 + (rng() * 10.0) as usize % 4;
+            let lines: Vec<String> = (0..n)
+                .map(|k| {
+                    let bad = if rng() < 0.55 { "BAD " } else { "" };
+                    format!("{bad}s{seed}-r{route}-{i}-{k}")
+                })
+                .collect();
+            want[route].extend(lines.iter().cloned());
+            h.send(route, &refs(&lines));
+        }
+        for route in 0..2 {
+            assert!(
+                wait_until(Duration::from_secs(20), || h
+                    .world
+                    .accepted_lines(route)
+                    .len()
+                    >= want[route].len()),
+                "seed {seed} route {route}: {:?}",
+                h.world.accepted_lines(route)
+            );
+            assert_eq!(h.world.accepted_lines(route), want[route], "seed {seed}");
+            assert!(wait_until(LONG, || h.offset(route) == h.files[route].1));
+            let accepted = h.world.accepted.lock().unwrap();
+            for r in accepted.iter().filter(|r| r.route == route) {
+                let bad = r.lines.iter().any(|l| l.contains("BAD"));
+                assert!(!bad || (r.file && r.lines.len() == 1), "seed {seed}: {r:?}");
+            }
+        }
+    }
+}
