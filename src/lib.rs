@@ -75,8 +75,9 @@ struct Pipeline {
 
 /// Capacity of each route's watcher → sender channel, in chunks (each at
 /// most [`tail::READ_CHUNK`] of text): small, so an outage cannot pile up
-/// memory.
-const LINE_CHANNEL: usize = 8;
+/// memory (with the sender's [`sender::ROUTE_BUDGET`], about 2 MiB per
+/// webhook).
+const LINE_CHANNEL: usize = 4;
 
 impl Pipeline {
     fn start(cfg: Arc<Config>, dry_run: bool, stats: Arc<Stats>) -> Result<Pipeline, RunError> {
