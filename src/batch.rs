@@ -985,13 +985,13 @@ mod tests {
         assert_eq!(msgs.len(), 2);
         let (_, commits) = audit(&msgs);
         assert_eq!(commits.len(), pieces);
-        // As the sender takes it, with at most 2 MiB waiting: a message
+        // As the sender takes it, with at most a route's budget waiting: a message
         // is taken each time the queue is full.
         let mut b = Batcher::new(10, Duration::from_secs(30)).folding(fold);
         let mut next = 0;
         let mut count = 0;
         while next < pieces || !b.is_empty() {
-            while next < pieces && b.queued_bytes() < crate::sender::MAX_QUEUED_BYTES {
+            while next < pieces && b.queued_bytes() < crate::sender::ROUTE_BUDGET {
                 b.push(
                     FileId(1),
                     None,
@@ -1008,7 +1008,9 @@ mod tests {
             checked(&m);
             count += 1;
         }
-        assert!(count <= 6, "{count} messages");
+        // One attachment per budget's worth: 10 MiB / 1 MiB, plus the
+        // piece that crosses the budget's edge.
+        assert!(count <= 11, "{count} messages");
         // Without folding (attachment_threshold = 0) it is the prototype's
         // one message per 2000 code points.
         let mut b = Batcher::new(10, Duration::from_secs(30));

@@ -1,10 +1,12 @@
 //! ekos-log-monitor follows log files and posts their new lines to a
 //! Discord channel through a webhook.
 //!
-//! Data flows one way, through two threads joined by bounded channels:
+//! Data flows one way, through two threads joined by bounded channels
+//! (one per route, i.e. per webhook), and a poster thread per route that
+//! makes the blocking POST:
 //!
 //! ```text
-//! inotify ─► notify callback ─► watcher ─(Chunk)─► sender ─► Discord
+//! inotify ─► notify callback ─► watcher ─(Chunk)─► sender ─► post-<n> ─► Discord
 //!            (forwards only)    discover, tail     batch, pack, rate-limit,
 //!                               rotation, offsets  retry; commit checkpoint
 //! ```
@@ -72,9 +74,11 @@ struct Pipeline {
     exited: Receiver<&'static str>,
 }
 
-/// Capacity of the watcher → sender channel, in chunks (each at most
-/// [`tail::READ_CHUNK`] of text): small, so an outage cannot pile up memory.
-const LINE_CHANNEL: usize = 8;
+/// Capacity of each route's watcher → sender channel, in chunks (each at
+/// most [`tail::READ_CHUNK`] of text): small, so an outage cannot pile up
+/// memory (with the sender's [`sender::ROUTE_BUDGET`], about 2 MiB per
+/// webhook).
+const LINE_CHANNEL: usize = 4;
 
 impl Pipeline {
     fn start(cfg: Arc<Config>, dry_run: bool, stats: Arc<Stats>) -> Result<Pipeline, RunError> {
@@ -90,7 +94,9 @@ impl Pipeline {
                 }
             })
             .collect();
-        let (line_tx, line_rx) = bounded(LINE_CHANNEL);
+        // One channel per route, so a stopped webhook fills only its own.
+        let (line_tx, line_rx): (Vec<_>, Vec<_>) =
+            sinks.iter().map(|_| bounded(LINE_CHANNEL)).unzip();
         let (wctl_tx, wctl_rx) = bounded(16);
         let (sctl_tx, sctl_rx) = bounded(16);
         let (exit_tx, exit_rx) = bounded(2);
@@ -104,7 +110,12 @@ impl Pipeline {
                 let _guard = guard;
                 w.run(wctl_rx, line_tx)
             })?;
-        let s = sender::Sender::new(&cfg, sinks, store, stats);
+        // While the checkpoint cannot be written, nothing new is posted:
+        // what Discord accepts then could not be recorded, and would be
+        // posted again after a restart.
+        let trouble = store.clone();
+        let s =
+            sender::Sender::new(&cfg, sinks, store, stats)?.pause_while(move || trouble.trouble());
         let guard = ExitGuard("sender", exit_tx);
         let sender = std::thread::Builder::new()
             .name("sender".into())

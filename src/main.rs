@@ -245,10 +245,10 @@ fn test_webhook(cfg: &Config, dry_run: bool) -> ExitCode {
                 failed = true;
                 println!("{dest}: Discord rejected the message (HTTP {status}): {why}")
             }
-            Outcome::Gone { status, why } => {
+            Outcome::Stop { status, why } => {
                 failed = true;
                 println!(
-                    "{dest}: Discord does not know this webhook (HTTP {status}: {why}); check the id and token in DISCORD_WEBHOOK_URL"
+                    "{dest}: Discord refuses every message to this webhook (HTTP {status}: {why}); check the id and token in DISCORD_WEBHOOK_URL, and that its channel is a text channel"
                 )
             }
         }

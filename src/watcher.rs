@@ -36,6 +36,10 @@ pub struct Chunk {
     /// Index of the destination webhook.
     pub route: usize,
     pub label: Option<Arc<str>>,
+    /// Byte offset where the first line begins (each later line begins
+    /// where the one before ends): the sender needs a line's start for the
+    /// checkpoint and must not ask the store for it.
+    pub start: u64,
     pub lines: Vec<Line>,
     /// How each line is posted (see [`format::classify_line`]): decided
     /// here, because parsing is the costly part of the pipeline and this
@@ -201,7 +205,11 @@ impl Watcher {
 
     /// The actor loop: set up, report ready, read the backlog, then react
     /// to inotify events, rescans and control messages until told to stop.
-    pub fn run(mut self, control: Receiver<Control>, out: Sender<Chunk>) -> Result<(), WatchError> {
+    pub fn run(
+        mut self,
+        control: Receiver<Control>,
+        out: Vec<Sender<Chunk>>,
+    ) -> Result<(), WatchError> {
         let (ev_tx, ev_rx) = bounded::<notify::Result<notify::Event>>(4096);
         let mut inotify = notify::recommended_watcher(move |res| {
             // Only forward: all work happens on the watcher thread.
@@ -589,13 +597,14 @@ impl Watcher {
     }
 
     /// Reads one file to its current end, sending its lines.
-    fn drain(&mut self, id: FileId, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+    fn drain(&mut self, id: FileId, control: &Receiver<Control>, out: &[Sender<Chunk>]) -> Flow {
         let mut id = self.resolve(id);
         let mut lines = Vec::new();
         loop {
             let Some(t) = self.tailers.get_mut(&id) else {
                 return Flow::Go;
             };
+            let start = t.line_end();
             let mut report = match t.read(&mut self.buf, &mut lines, tail::READ_CHUNK) {
                 Ok(r) => r,
                 Err(e) => {
@@ -627,7 +636,7 @@ impl Watcher {
             }
             if !lines.is_empty() {
                 let (source, label) = (t.source, t.label.clone());
-                let chunk = self.chunk(id, source, label, std::mem::take(&mut lines));
+                let chunk = self.chunk(id, source, label, start, std::mem::take(&mut lines));
                 if self.send(chunk, control, out) == Flow::Stop {
                     return Flow::Stop;
                 }
@@ -689,7 +698,7 @@ impl Watcher {
         old_end: u64,
         old_fp: &[u8],
         control: &Receiver<Control>,
-        out: &Sender<Chunk>,
+        out: &[Sender<Chunk>],
     ) -> Flow {
         let Some(t) = self.tailers.get(&id) else {
             return Flow::Go;
@@ -739,8 +748,10 @@ impl Watcher {
                 path.display(),
                 p.display()
             );
+            let mut start = old_end;
             for part in lines.chunks(4096) {
-                let chunk = self.chunk(id, source, label.clone(), part.to_vec());
+                let chunk = self.chunk(id, source, label.clone(), start, part.to_vec());
+                start = part.last().map_or(start, |l| l.end);
                 if self.send(chunk, control, out) == Flow::Stop {
                     return Flow::Stop;
                 }
@@ -756,6 +767,7 @@ impl Watcher {
         file: FileId,
         source: usize,
         label: Option<Arc<str>>,
+        start: u64,
         lines: Vec<Line>,
     ) -> Chunk {
         let src = &self.cfg.sources[source];
@@ -768,6 +780,7 @@ impl Watcher {
             source,
             route: src.route,
             label,
+            start,
             lines,
             shown,
         }
@@ -775,7 +788,11 @@ impl Watcher {
 
     /// Sends a chunk, blocking while the sender is behind, but still
     /// answering pings and stop requests.
-    fn send(&self, chunk: Chunk, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+    fn send(&self, chunk: Chunk, control: &Receiver<Control>, out: &[Sender<Chunk>]) -> Flow {
+        // One channel per route (the sender keeps routes apart).
+        let Some(out) = out.get(chunk.route).or(out.last()) else {
+            return Flow::Stop;
+        };
         let chunk = match out.try_send(chunk) {
             Ok(()) => return Flow::Go,
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Flow::Stop,
@@ -800,7 +817,7 @@ impl Watcher {
         }
     }
 
-    fn drain_all(&mut self, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+    fn drain_all(&mut self, control: &Receiver<Control>, out: &[Sender<Chunk>]) -> Flow {
         let ids: Vec<FileId> = self.tailers.keys().copied().collect();
         self.drain_then_release(ids, control, out)
     }
@@ -811,7 +828,7 @@ impl Watcher {
         &mut self,
         mut ids: Vec<FileId>,
         control: &Receiver<Control>,
-        out: &Sender<Chunk>,
+        out: &[Sender<Chunk>],
     ) -> Flow {
         ids.sort();
         for id in ids {
@@ -835,7 +852,7 @@ impl Watcher {
         events: Vec<notify::Result<notify::Event>>,
         inotify: &mut notify::RecommendedWatcher,
         control: &Receiver<Control>,
-        out: &Sender<Chunk>,
+        out: &[Sender<Chunk>],
     ) -> Flow {
         let mut paths: Vec<(PathBuf, bool)> = Vec::new();
         let mut rescan = false;
@@ -904,7 +921,7 @@ impl Watcher {
         path: &Path,
         created: bool,
         control: &Receiver<Control>,
-        out: &Sender<Chunk>,
+        out: &[Sender<Chunk>],
     ) -> Flow {
         let meta = std::fs::metadata(path).ok();
         // The common case, a followed file grew: no need to look through
@@ -1008,7 +1025,7 @@ impl Watcher {
         path: &Path,
         rel: &Path,
         control: &Receiver<Control>,
-        out: &Sender<Chunk>,
+        out: &[Sender<Chunk>],
     ) -> Flow {
         if let Some(old) = self.sources[i].current.take() {
             if self.drain(old, control, out) == Flow::Stop {
@@ -1053,7 +1070,7 @@ impl Watcher {
         &mut self,
         i: usize,
         control: &Receiver<Control>,
-        out: &Sender<Chunk>,
+        out: &[Sender<Chunk>],
     ) -> Flow {
         log::warn!(
             "logs directory {} disappeared; waiting for it to come back",
@@ -1084,7 +1101,7 @@ impl Watcher {
         i: usize,
         running: bool,
         control: &Receiver<Control>,
-        out: &Sender<Chunk>,
+        out: &[Sender<Chunk>],
     ) -> Flow {
         let src = self.cfg.sources[i].clone();
         let known: HashSet<PathBuf> = self
@@ -1139,7 +1156,7 @@ impl Watcher {
         &mut self,
         inotify: &mut notify::RecommendedWatcher,
         control: &Receiver<Control>,
-        out: &Sender<Chunk>,
+        out: &[Sender<Chunk>],
         full: bool,
     ) -> Flow {
         for i in 0..self.cfg.sources.len() {
@@ -1203,7 +1220,7 @@ impl Watcher {
     /// Reads the files of sources without an inotify watch, and retired
     /// files (renamed away), then lets go of the retired ones read to
     /// their end.
-    fn drain_unwatched(&mut self, control: &Receiver<Control>, out: &Sender<Chunk>) -> Flow {
+    fn drain_unwatched(&mut self, control: &Receiver<Control>, out: &[Sender<Chunk>]) -> Flow {
         let ids: Vec<FileId> = self
             .tailers
             .values()

@@ -435,3 +435,28 @@ fn two_daemons_sharing_a_webhook_honour_429s_and_lose_nothing() {
     let err: String = daemons.iter().map(|d| d.stderr()).collect();
     assert!(err.contains("rate limit hit (HTTP 429)"));
 }
+
+#[test]
+fn sigterm_during_a_post_that_never_answers_exits_within_10_s_and_keeps_the_line() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    let file = today_file(&env);
+    append(&file, &[]);
+    let d = env.start(&[]);
+    fake.set_mode(Mode::Slow(Duration::from_secs(3600)));
+    append(&file, &tokens("hung", 0..1));
+    assert!(fake.wait_for_requests(1, Duration::from_secs(5)));
+    let (status, took, err) = d.stop();
+    assert!(status.success(), "{err}");
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+    eprintln!("stop with a POST that never answers took {took:?}");
+    // The abandoned POST's line was not committed: the next start posts it.
+    fake.set_mode(Mode::Normal);
+    let d = env.start(&[]);
+    assert!(
+        fake.wait_for(Duration::from_secs(10), |m| delivered(m)
+            == tokens("hung", 0..1)),
+        "{}",
+        d.stderr()
+    );
+}

@@ -1,0 +1,566 @@
+//! The sender thread: batches lines, posts messages, honours Discord's
+//! limits, and commits the checkpoint once Discord accepted a message.
+//!
+//! There is one route per webhook, each with its own bounded line channel,
+//! batcher, queue of messages and [`Route`] state, so a dead or slow
+//! webhook holds back only its own sources. The actor loop here is thin:
+//! it moves chunks into batchers, asks each route's [`Route`] when it may
+//! send, hands the message to the route's poster thread (`post-<n>`, which
+//! makes the blocking POST), and applies the [`Decision`] taken on the
+//! answer; [`Commits`] says which offsets are safe to commit. The loop
+//! itself never blocks on HTTP, so pings, stop and the other routes go on
+//! while a POST hangs, and on stop a POST in flight is simply abandoned
+//! (its lines stay uncommitted and are posted again at the next start).
+//! A message that was not accepted is kept and retried, never dropped; a
+//! line Discord refuses for its content goes again as an attachment.
+
+mod commits;
+mod route;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, never};
+
+use crate::batch::{Batcher, Fold};
+use crate::checkpoint::Store;
+use crate::config::Config;
+use crate::discord::{Outcome, Sink};
+use crate::ekos::Severity;
+use crate::format::{self, Message, Part, Payload};
+use crate::service::{Control, Stats};
+use crate::watcher::Chunk;
+
+pub use commits::Commits;
+pub use route::{Decision, Jitter, MAX_BACKOFF, Next, Route, STOP_RETRY, Shape, xorshift_jitter};
+
+/// Text one route may hold in its batcher before the sender stops taking
+/// that route's chunks (backpressure to the watcher for its files only).
+pub const ROUTE_BUDGET: usize = 1024 * 1024;
+/// Alert copies kept while the alerts webhook does not answer; beyond,
+/// events only reach the logs channel (memory stays bounded).
+pub const MAX_PENDING_ALERTS: usize = 1000;
+/// Time allowed to post what is queued when asked to stop; a POST still
+/// in flight then is abandoned.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How long one POST may take before it counts as a network error.
+pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the sender looks again whether the state can be written,
+/// while it cannot.
+const PAUSE_CHECK: Duration = Duration::from_secs(1);
+
+/// The settings the sender uses, taken from the [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub rate_limit_delay: Duration,
+    pub max_retries: u32,
+    /// When waiting lines go as one attachment.
+    pub fold: Fold,
+    /// The alerts route and its threshold, when configured.
+    pub alerts: Option<(usize, Severity)>,
+    /// Time allowed to post what is queued when asked to stop.
+    pub grace: Duration,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Settings {
+        Settings {
+            batch_size: cfg.batch_size,
+            batch_timeout: cfg.batch_timeout,
+            rate_limit_delay: cfg.rate_limit_delay,
+            max_retries: cfg.max_retries,
+            fold: Fold::from_config(cfg),
+            // Config::load rejects an alerts webhook that also receives lines.
+            alerts: cfg.alerts,
+            grace: SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Who makes a route's POST.
+enum Poster {
+    /// A thread that makes the blocking POST and answers on the results
+    /// channel, so a hanging webhook holds up nobody else.
+    Thread(crossbeam_channel::Sender<Payload>),
+    /// A sink that answers at once (dry run) is called on the sender
+    /// thread: no thread hop per message in a catch-up.
+    Inline(Box<dyn Sink>),
+}
+
+/// One route: its lines, its messages and its delivery state.
+struct Lane {
+    route: Route,
+    batcher: Batcher,
+    /// Messages taken from the batcher (or alert copies) not accepted yet,
+    /// oldest first; while the route is busy the front one is in flight.
+    queue: VecDeque<Message>,
+    poster: Poster,
+}
+
+impl Lane {
+    fn has_work(&self, now: Instant) -> bool {
+        !self.queue.is_empty() || self.batcher.is_ready(now)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.batcher.is_empty()
+    }
+
+    /// When this route next has something to do, if anything.
+    fn wake_at(&self, now: Instant) -> Option<Instant> {
+        let at = self.route.next_at()?;
+        let due = if self.has_work(now) {
+            Some(now)
+        } else {
+            self.batcher.deadline()
+        };
+        due.map(|d| d.max(at))
+    }
+}
+
+/// Whether the state cannot be written (BRIEF interface 2:
+/// `Store::trouble`); while it says so, no new POST starts.
+pub type Pause = Box<dyn Fn() -> Option<String> + Send>;
+
+pub struct Sender {
+    lanes: Vec<Lane>,
+    results: Receiver<(usize, Outcome)>,
+    alerts: Option<(usize, Severity)>,
+    commits: Commits,
+    store: Arc<Store>,
+    stats: Arc<Stats>,
+    pause: Pause,
+    grace: Duration,
+    /// The alerts backlog is full and that was logged.
+    alerts_full: bool,
+}
+
+impl Drop for Sender {
+    /// Whatever a sink buffered (dry-run output) is written out.
+    fn drop(&mut self) {
+        for lane in &mut self.lanes {
+            if let Poster::Inline(sink) = &mut lane.poster {
+                sink.idle();
+            }
+        }
+    }
+}
+
+/// The poster thread of route `i`: one POST at a time, each answer on
+/// `results`. It ends when the sender drops its job channel; a POST that
+/// hangs then is abandoned with the thread.
+fn poster(
+    i: usize,
+    mut sink: Box<dyn Sink>,
+    jobs: Receiver<Payload>,
+    results: crossbeam_channel::Sender<(usize, Outcome)>,
+) {
+    for payload in jobs {
+        let outcome = sink.post(&payload, POST_TIMEOUT);
+        if results.send((i, outcome)).is_err() {
+            break;
+        }
+    }
+}
+
+impl Sender {
+    /// `sinks` holds one sink per `cfg.webhooks` entry (or one dry-run sink).
+    pub fn new(
+        cfg: &Config,
+        sinks: Vec<Box<dyn Sink>>,
+        store: Arc<Store>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Sender> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        Sender::with_settings(Settings::from_config(cfg), sinks, store, stats, |i| {
+            xorshift_jitter(
+                seed.wrapping_add(i as u64)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            )
+        })
+    }
+
+    /// Like [`Sender::new`], with the jitter of each route given (tests).
+    /// Starts a poster thread `post-<n>` per sink that may block.
+    pub fn with_settings(
+        s: Settings,
+        sinks: Vec<Box<dyn Sink>>,
+        store: Arc<Store>,
+        stats: Arc<Stats>,
+        mut jitter: impl FnMut(usize) -> Jitter,
+    ) -> std::io::Result<Sender> {
+        let now = Instant::now();
+        let (results_tx, results) = crossbeam_channel::unbounded();
+        let mut lanes = Vec::new();
+        for (i, sink) in sinks.into_iter().enumerate() {
+            let name = sink.describe();
+            let poster = if sink.answers_at_once() {
+                Poster::Inline(sink)
+            } else {
+                // One job at a time: the route never has two in flight.
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let results_tx = results_tx.clone();
+                std::thread::Builder::new()
+                    .name(format!("post-{i}"))
+                    .spawn(move || poster(i, sink, rx, results_tx))?;
+                Poster::Thread(tx)
+            };
+            lanes.push(Lane {
+                route: Route::new(name, s.rate_limit_delay, s.max_retries, now, jitter(i)),
+                batcher: Batcher::new(s.batch_size, s.batch_timeout).folding(s.fold),
+                queue: VecDeque::new(),
+                poster,
+            });
+        }
+        Ok(Sender {
+            lanes,
+            results,
+            alerts: s.alerts,
+            commits: Commits::default(),
+            store,
+            stats,
+            pause: Box::new(|| None),
+            alerts_full: false,
+            grace: s.grace,
+        })
+    }
+
+    /// Stops new POSTs while `pause` returns a reason (the state cannot be
+    /// written: BRIEF interface 2, `Store::trouble`), so duplicates after
+    /// a restart stay bounded by what was in flight.
+    pub fn pause_while(mut self, pause: impl Fn() -> Option<String> + Send + 'static) -> Sender {
+        self.pause = Box::new(pause);
+        self
+    }
+
+    fn idle(&self) -> bool {
+        self.lanes.iter().all(Lane::is_empty)
+    }
+
+    /// Takes the lines of a chunk from route `route`'s channel.
+    fn push(&mut self, chunk: Chunk, route: usize, flush: bool) {
+        let now = Instant::now();
+        let file = chunk.file;
+        // Each line begins where the one before ends.
+        let mut next_start = chunk.start;
+        for (line, shown) in chunk.lines.into_iter().zip(chunk.shown) {
+            let start = next_start;
+            next_start = line.end;
+            let Some(event) = shown else {
+                // Filtered out: the next posted line's offset covers it.
+                continue;
+            };
+            if let (Some(ev), Some((ai, min))) = (&event, self.alerts) {
+                if ev.severity >= min && ai != route && ai < self.lanes.len() {
+                    self.alert_copy(ai, file, start, chunk.label.clone(), &line.text, ev);
+                }
+            }
+            self.lanes[route].batcher.push_event(
+                file,
+                chunk.label.clone(),
+                line.text,
+                line.end,
+                now,
+                event,
+            );
+        }
+        if flush {
+            self.lanes[route].batcher.flush_all();
+        }
+    }
+
+    /// Queues a copy of a notable line for the alerts route, holding the
+    /// checkpoint at the line's start until the copy is accepted.
+    fn alert_copy(
+        &mut self,
+        ai: usize,
+        file: crate::checkpoint::FileId,
+        start: u64,
+        label: Option<Arc<str>>,
+        text: &str,
+        ev: &format::EventPart,
+    ) {
+        let backlog: usize = self.lanes[ai].queue.iter().map(|m| m.parts.len()).sum();
+        if backlog >= MAX_PENDING_ALERTS {
+            if self.commits.has_holds() {
+                let out = self.commits.drop_holds();
+                self.commit(out);
+            }
+            if !self.alerts_full {
+                self.alerts_full = true;
+                log::warn!(
+                    "{MAX_PENDING_ALERTS} alerts wait for the alerts webhook; more are only posted to the logs channel until it works again"
+                );
+            }
+            return;
+        }
+        self.alerts_full = false;
+        let part = Part {
+            label,
+            text: format::escape_fence(text).into_owned(),
+            // For an alert copy this is the line's start: what the hold
+            // is released by, never a commit.
+            commit: Some((file, start)),
+            event: Some(Box::new(ev.clone())),
+        };
+        let cp = part.text.chars().count();
+        let q = &mut self.lanes[ai].queue;
+        // The front message may be in flight or mid-retry: never grow it.
+        let grow = q.len() > 1 && q.back().is_some_and(|m| m.can_take_event(cp, ev));
+        match q.back_mut() {
+            Some(last) if grow => last.parts.push(part),
+            _ => q.push_back(Message {
+                parts: vec![part],
+                as_file: false,
+            }),
+        }
+        self.commits.hold(file, start);
+    }
+
+    fn commit(&mut self, out: Vec<(crate::checkpoint::FileId, u64)>) {
+        if out.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.commit(out) {
+            log::error!("{e}");
+            self.stats.record_error(Some(e.to_string()));
+        }
+    }
+
+    /// Starts the next POST of route `i`; returns the answer at once for
+    /// an inline sink.
+    fn dispatch(&mut self, i: usize, now: Instant) -> Option<Outcome> {
+        let lane = &mut self.lanes[i];
+        if lane.queue.is_empty() {
+            let msg = lane.batcher.next_message(now)?;
+            lane.queue.push_back(msg);
+        }
+        let payload = lane.queue.front()?.payload();
+        lane.route.sent(now);
+        match &mut lane.poster {
+            Poster::Inline(sink) => Some(sink.post(&payload, POST_TIMEOUT)),
+            Poster::Thread(jobs) => {
+                if jobs.try_send(payload).is_err() {
+                    // The poster thread is gone (it panicked): say so
+                    // like a network error, and try again later.
+                    return Some(Outcome::Retry {
+                        why: "the poster thread ended".into(),
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    /// Applies Discord's answer to route `i`'s message in flight.
+    fn answered(&mut self, i: usize, outcome: Outcome) {
+        let now = Instant::now();
+        let is_alerts = self.alerts.is_some_and(|(a, _)| a == i);
+        let lane = &mut self.lanes[i];
+        let Some(msg) = lane.queue.pop_front() else {
+            return;
+        };
+        let shape = Shape::of(&msg);
+        let mut d = lane.route.answer(&outcome, shape, now);
+        match d.next {
+            Next::Commit => {
+                let lines = msg.lines();
+                let out = if is_alerts {
+                    self.commits.alerts_delivered(msg.commits())
+                } else {
+                    self.commits.delivered(msg.commits())
+                };
+                self.commit(out);
+                self.stats.record_post(lines);
+            }
+            Next::Again | Next::Stopped => lane.queue.push_front(msg),
+            Next::Split => match msg.split() {
+                Some((a, b)) => {
+                    lane.queue.push_front(b);
+                    lane.queue.push_front(a);
+                }
+                None => unreachable!("Shape::Several has two parts"),
+            },
+            Next::Fallback => match msg.clone().fallback() {
+                Some(f) => lane.queue.push_front(f),
+                None => {
+                    let (status, why) = match &outcome {
+                        Outcome::Rejected { status, why } => (*status, why.as_str()),
+                        _ => (0, ""),
+                    };
+                    // Nothing simpler exists: keep it, stop the route.
+                    d = lane.route.stuck(status, why, now);
+                    lane.queue.push_front(msg);
+                }
+            },
+        }
+        if let Some((level, text)) = d.log {
+            log::log!(level, "{text}");
+        }
+        if let Some(status) = d.status {
+            self.stats.record_error(status);
+        }
+        // While the alerts webhook fails, alert copies stop holding the
+        // checkpoint back: otherwise a long alerts outage followed by a
+        // restart would re-post hours of lines to the logs channel, which
+        // has every one of those events anyway. The copies are retried.
+        if is_alerts && self.lanes[i].route.troubled() && self.commits.has_holds() {
+            let out = self.commits.drop_holds();
+            self.commit(out);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for lane in &mut self.lanes {
+            lane.batcher.flush_all();
+        }
+    }
+
+    /// Returns true when the loop must end now.
+    fn on_control(&mut self, msg: Control, closing: &mut Option<Instant>) -> bool {
+        let grace = self.grace;
+        match msg {
+            Control::Ping(n) => {
+                self.stats
+                    .sender_pong
+                    .store(n, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            Control::Shutdown => {
+                if closing.is_none() {
+                    *closing = Some(Instant::now() + grace);
+                    self.flush_all();
+                }
+                false
+            }
+            Control::Abort => true,
+        }
+    }
+
+    /// The actor loop. `lines[i]` carries route `i`'s chunks. Returns when
+    /// every line channel is closed and everything was posted, when the
+    /// shutdown grace time ran out (a POST in flight is abandoned), or at
+    /// once on `Abort`.
+    pub fn run(mut self, lines: Vec<Receiver<Chunk>>, control: Receiver<Control>) {
+        let results = self.results.clone();
+        let mut open: Vec<bool> = (0..lines.len()).map(|i| i < self.lanes.len()).collect();
+        let mut closing: Option<Instant> = None;
+        if !open.contains(&true) {
+            closing = Some(Instant::now() + self.grace);
+        }
+        loop {
+            let now = Instant::now();
+            if let Some(deadline) = closing {
+                if !open.contains(&true) && self.idle() {
+                    return;
+                }
+                if now >= deadline {
+                    if !self.idle() {
+                        log::warn!(
+                            "stopping with lines not yet posted; they will be posted at the next start"
+                        );
+                    }
+                    return;
+                }
+            }
+            // Start a POST on every route that may; an inline sink answers
+            // at once, then the loop goes round to take the next message.
+            let paused = (self.pause)().is_some();
+            let mut answered_inline = false;
+            if !paused {
+                for i in 0..self.lanes.len() {
+                    if self.lanes[i].route.ready(now) && self.lanes[i].has_work(now) {
+                        if let Some(outcome) = self.dispatch(i, now) {
+                            self.answered(i, outcome);
+                            answered_inline = true;
+                        }
+                    }
+                }
+            }
+            if answered_inline {
+                // Answer pings between posts, so a long backlog is progress.
+                while let Ok(msg) = control.try_recv() {
+                    if self.on_control(msg, &mut closing) {
+                        return;
+                    }
+                }
+                continue;
+            }
+            let mut wake = self.lanes.iter().filter_map(|l| l.wake_at(now)).min();
+            if paused {
+                wake = Some(now + PAUSE_CHECK);
+            }
+            if let Some(d) = closing {
+                wake = Some(wake.map_or(d, |w| w.min(d)));
+            }
+            let timer = match wake {
+                Some(w) => crossbeam_channel::after(w.saturating_duration_since(now)),
+                None => never(),
+            };
+            for lane in &mut self.lanes {
+                if let Poster::Inline(sink) = &mut lane.poster {
+                    sink.idle();
+                }
+            }
+            self.stats.flush_status();
+
+            let mut sel = Select::new();
+            // Only routes under their budget take lines.
+            let mut line_ops: Vec<(usize, usize)> = Vec::new();
+            for (i, rx) in lines.iter().enumerate() {
+                if open[i] && self.lanes[i].batcher.queued_bytes() < ROUTE_BUDGET {
+                    line_ops.push((sel.recv(rx), i));
+                }
+            }
+            let ctl_op = sel.recv(&control);
+            let res_op = sel.recv(&results);
+            let timer_op = sel.recv(&timer);
+            let op = sel.select();
+            let index = op.index();
+            if index == ctl_op {
+                let msg = op.recv(&control).unwrap_or(Control::Abort);
+                if self.on_control(msg, &mut closing) {
+                    return;
+                }
+            } else if index == res_op {
+                if let Ok((i, outcome)) = op.recv(&results) {
+                    self.answered(i, outcome);
+                }
+                while let Ok((i, outcome)) = results.try_recv() {
+                    self.answered(i, outcome);
+                }
+            } else if index == timer_op {
+                let _ = op.recv(&timer);
+            } else if let Some(&(_, i)) = line_ops.iter().find(|(o, _)| *o == index) {
+                match op.recv(&lines[i]) {
+                    Ok(c) => {
+                        self.push(c, i, closing.is_some());
+                        // Take what else is queued without another wake-up.
+                        while self.lanes[i].batcher.queued_bytes() < ROUTE_BUDGET {
+                            match lines[i].try_recv() {
+                                Ok(c) => self.push(c, i, closing.is_some()),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        open[i] = false;
+                        if !open.contains(&true) && closing.is_none() {
+                            // The watcher ended on its own: post and stop.
+                            closing = Some(Instant::now() + self.grace);
+                            self.flush_all();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

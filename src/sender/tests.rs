@@ -1,0 +1,690 @@
+//! Actor tests: `Sender::run` on a thread, driven over in-memory channels,
+//! with a scripted fake sink per route (answers, hangs); no network.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender as Tx, bounded};
+
+use super::*;
+use crate::checkpoint::{FileId, FileRecord};
+use crate::discord::{RateInfo, classify};
+use crate::tail::Line;
+
+/// One request as the fake saw it.
+#[derive(Debug, Clone)]
+struct Req {
+    route: usize,
+    /// Sent as an attachment.
+    file: bool,
+    lines: Vec<String>,
+}
+
+enum Reply {
+    /// Status and body, classified like a real answer.
+    Answer(u16, String),
+    /// Block until the test releases (or ends), then answer.
+    Hang(u16, String),
+}
+
+fn ok() -> Reply {
+    Reply::Answer(204, String::new())
+}
+
+type Script = Box<dyn FnMut(&Req) -> Reply + Send>;
+
+#[derive(Default)]
+struct World {
+    requests: Mutex<Vec<Req>>,
+    accepted: Mutex<Vec<Req>>,
+}
+
+impl World {
+    fn requests(&self, route: usize) -> Vec<Req> {
+        let all = self.requests.lock().unwrap();
+        all.iter().filter(|r| r.route == route).cloned().collect()
+    }
+
+    fn accepted_lines(&self, route: usize) -> Vec<String> {
+        let all = self.accepted.lock().unwrap();
+        all.iter()
+            .filter(|r| r.route == route)
+            .flat_map(|r| r.lines.clone())
+            .collect()
+    }
+}
+
+struct Fake {
+    route: usize,
+    script: Script,
+    world: Arc<World>,
+    release: Receiver<()>,
+}
+
+/// The lines a payload carries: code-block lines of the content, or the
+/// attached file's lines.
+fn decode(p: &Payload) -> (bool, Vec<String>) {
+    if p.content_type.starts_with("multipart/") {
+        let body = String::from_utf8_lossy(&p.body).into_owned();
+        let at = body.find("filename=").expect("a file part");
+        let data_start = at + body[at..].find("\r\n\r\n").unwrap() + 4;
+        let data_end = data_start + body[data_start..].find("\r\n--").unwrap();
+        let lines = body[data_start..data_end]
+            .lines()
+            .filter(|l| !l.starts_with("==> "))
+            .map(String::from)
+            .collect();
+        return (true, lines);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+    let content = v["content"].as_str().unwrap_or("");
+    let lines = content
+        .lines()
+        .filter(|l| !l.starts_with("```"))
+        .map(|l| l.replace('\u{200b}', ""))
+        .collect();
+    (false, lines)
+}
+
+impl Sink for Fake {
+    fn post(&mut self, payload: &Payload, _timeout: Duration) -> Outcome {
+        let (file, lines) = decode(payload);
+        let req = Req {
+            route: self.route,
+            file,
+            lines,
+        };
+        self.world.requests.lock().unwrap().push(req.clone());
+        let (status, body) = match (self.script)(&req) {
+            Reply::Answer(s, b) => (s, b),
+            Reply::Hang(s, b) => {
+                let _ = self.release.recv();
+                (s, b)
+            }
+        };
+        let outcome = classify(status, RateInfo::default(), None, &body);
+        if matches!(outcome, Outcome::Delivered(_)) {
+            self.world.accepted.lock().unwrap().push(req);
+        }
+        outcome
+    }
+
+    fn describe(&self) -> String {
+        format!("fake-{}", self.route)
+    }
+}
+
+struct Harness {
+    world: Arc<World>,
+    store: Arc<Store>,
+    stats: Arc<Stats>,
+    lines: Vec<Tx<Chunk>>,
+    ctl: Tx<Control>,
+    release: Tx<()>,
+    /// One file per route, and where its next line starts.
+    files: Vec<(FileId, u64)>,
+    thread: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn settings() -> Settings {
+    Settings {
+        batch_size: 1000,
+        batch_timeout: Duration::ZERO,
+        rate_limit_delay: Duration::ZERO,
+        max_retries: 3,
+        fold: Fold::Never,
+        alerts: None,
+        grace: Duration::from_millis(300),
+    }
+}
+
+fn start(scripts: Vec<Script>, s: Settings) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), false).unwrap());
+    let stats = Arc::new(Stats::default());
+    let world = Arc::new(World::default());
+    let (release, release_rx) = bounded(0);
+    let mut files = Vec::new();
+    let sinks: Vec<Box<dyn Sink>> = scripts
+        .into_iter()
+        .enumerate()
+        .map(|(route, script)| -> Box<dyn Sink> {
+            files.push((
+                store.track(FileRecord {
+                    source: "s".into(),
+                    path: format!("/logs/{route}.log").into(),
+                    dev: 1,
+                    ino: route as u64 + 1,
+                    fp_len: 0,
+                    fp_hash: 0,
+                    offset: 0,
+                    seen: 0,
+                }),
+                0,
+            ));
+            Box::new(Fake {
+                route,
+                script,
+                world: world.clone(),
+                release: release_rx.clone(),
+            })
+        })
+        .collect();
+    // Tiny backoffs: 10 ms, 20 ms, 40 ms...
+    let sender = Sender::with_settings(s, sinks, store.clone(), stats.clone(), |_| {
+        Box::new(|| 0.01)
+    })
+    .unwrap();
+    let (tx, rx): (Vec<_>, Vec<_>) = files.iter().map(|_| bounded(8)).unzip();
+    let (ctl, ctl_rx) = bounded(16);
+    let thread = std::thread::spawn(move || sender.run(rx, ctl_rx));
+    Harness {
+        world,
+        store,
+        stats,
+        lines: tx,
+        ctl,
+        release,
+        files,
+        thread: Some(thread),
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    /// Lines for route `route`'s file, as the watcher would read them.
+    fn chunk(&mut self, route: usize, texts: &[&str]) -> Chunk {
+        let (file, start) = self.files[route];
+        let mut end = start;
+        let lines: Vec<Line> = texts
+            .iter()
+            .map(|t| {
+                end += t.len() as u64 + 1;
+                Line {
+                    text: t.to_string(),
+                    end,
+                }
+            })
+            .collect();
+        self.files[route].1 = end;
+        Chunk {
+            file,
+            source: 0,
+            route,
+            label: None,
+            start,
+            shown: lines.iter().map(|_| Some(None)).collect(),
+            lines,
+        }
+    }
+
+    fn send(&mut self, route: usize, texts: &[&str]) {
+        let c = self.chunk(route, texts);
+        self.lines[route].send(c).unwrap();
+    }
+
+    fn offset(&self, route: usize) -> u64 {
+        self.store.offset(self.files[route].0).unwrap()
+    }
+
+    /// Asks to stop, and closes the line channels as the watcher does
+    /// when it stops; waits for `run` to return; how long it took.
+    fn shutdown(&mut self) -> Duration {
+        let t = Instant::now();
+        self.ctl.send(Control::Shutdown).unwrap();
+        self.lines.clear();
+        let h = self.thread.take().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || h.is_finished()),
+            "run did not return"
+        );
+        h.join().unwrap();
+        t.elapsed()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.ctl.send(Control::Abort);
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passed.
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cond()
+}
+
+const LONG: Duration = Duration::from_secs(5);
+
+fn texts(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_404_route_does_not_stop_another_routes_lines() {
+    let mut h = start(
+        vec![
+            Box::new(|_: &Req| Reply::Answer(404, r#"{"code":10015}"#.into())),
+            Box::new(|_: &Req| ok()),
+        ],
+        settings(),
+    );
+    // Route 0 stops; its channel fills up (backpressure on its files only).
+    let big = "x".repeat(200 * 1024);
+    let mut filled = false;
+    for _ in 0..200 {
+        let c = h.chunk(0, &[&big, &big]);
+        if h.lines[0]
+            .send_timeout(c, Duration::from_millis(200))
+            .is_err()
+        {
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "route 0 keeps taking lines beyond its budget");
+    let want = texts("healthy", 10);
+    for t in &want {
+        h.send(1, &[t]);
+    }
+    assert!(wait_until(LONG, || h.world.accepted_lines(1) == want));
+    // Accepted by the fake just before the sender hears of it.
+    assert!(wait_until(LONG, || h.offset(1) == h.files[1].1));
+    assert_eq!(h.offset(0), 0, "nothing of the stopped route is committed");
+    assert_eq!(
+        h.world.requests(0).len(),
+        1,
+        "stopped: one request, then a long pause"
+    );
+}
+
+#[test]
+fn a_hanging_post_does_not_stop_another_route_nor_pings() {
+    let mut h = start(
+        vec![
+            Box::new(|_: &Req| Reply::Hang(204, String::new())),
+            Box::new(|_: &Req| ok()),
+        ],
+        settings(),
+    );
+    h.send(0, &["stuck"]);
+    assert!(wait_until(LONG, || h.world.requests(0).len() == 1));
+    let want = texts("free", 20);
+    for t in &want {
+        h.send(1, &[t]);
+    }
+    assert!(wait_until(LONG, || h.world.accepted_lines(1) == want));
+    h.ctl.send(Control::Ping(7)).unwrap();
+    assert!(wait_until(LONG, || h
+        .stats
+        .sender_pong
+        .load(Ordering::Relaxed)
+        == 7));
+    assert_eq!(h.offset(0), 0);
+    // Released, the hung POST is accepted and committed.
+    h.release.send(()).unwrap();
+    assert!(wait_until(LONG, || h.offset(0) == h.files[0].1));
+}
+
+#[test]
+fn shutdown_with_a_hanging_post_returns_within_the_grace() {
+    let mut h = start(
+        vec![
+            Box::new(|_: &Req| Reply::Hang(204, String::new())),
+            Box::new(|_: &Req| ok()),
+        ],
+        settings(),
+    );
+    h.send(0, &["in flight"]);
+    h.send(1, &["fine"]);
+    assert!(wait_until(LONG, || h.world.requests(0).len() == 1
+        && h.offset(1) == h.files[1].1));
+    let took = h.shutdown();
+    let grace = settings().grace;
+    assert!(took >= grace, "gave up before the grace: {took:?}");
+    assert!(took < grace + Duration::from_millis(1500), "{took:?}");
+    assert_eq!(
+        h.offset(0),
+        0,
+        "the abandoned POST's lines stay uncommitted"
+    );
+}
+
+#[test]
+fn shutdown_posts_what_is_queued_then_returns_at_once() {
+    let mut s = settings();
+    s.batch_timeout = Duration::from_secs(30);
+    s.grace = Duration::from_secs(5);
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s);
+    h.send(0, &["a", "b", "c"]);
+    // Not due for 30 s; a stop posts it at once and returns when done.
+    assert!(!wait_until(Duration::from_millis(100), || !h
+        .world
+        .requests(0)
+        .is_empty()));
+    let took = h.shutdown();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(h.world.accepted_lines(0), ["a", "b", "c"]);
+    assert_eq!(h.offset(0), h.files[0].1);
+}
+
+#[test]
+fn a_400_not_about_the_body_is_retried_unchanged_and_never_commits() {
+    let answers = Arc::new(Mutex::new(VecDeque::from([
+        (400, "<html><body>400 Bad Request</body></html>".to_string()),
+        (
+            400,
+            r#"{"message": "400: Bad Request", "code": 0}"#.to_string(),
+        ),
+        (409, "{}".to_string()),
+        (408, String::new()),
+    ])));
+    let offsets = Arc::new(Mutex::new(Vec::new()));
+    let mut h = start(
+        vec![Box::new({
+            let answers = answers.clone();
+            move |_: &Req| match answers.lock().unwrap().pop_front() {
+                Some((s, b)) => Reply::Answer(s, b),
+                None => ok(),
+            }
+        })],
+        settings(),
+    );
+    let want = texts("line", 5);
+    h.send(0, &refs(&want));
+    let store = h.store.clone();
+    let file = h.files[0].0;
+    assert!(wait_until(LONG, || {
+        offsets.lock().unwrap().push(store.offset(file).unwrap());
+        h.world.accepted_lines(0) == want
+    }));
+    let reqs = h.world.requests(0);
+    assert_eq!(reqs.len(), 5);
+    assert!(reqs.iter().all(|r| r.lines == want && !r.file), "{reqs:?}");
+    assert!(wait_until(LONG, || h.offset(0) == h.files[0].1));
+    // Before the acceptance nothing was committed.
+    let seen = offsets.lock().unwrap();
+    assert!(seen.iter().all(|o| *o == 0 || *o == h.files[0].1));
+}
+
+#[test]
+fn a_400_about_size_splits_until_it_fits() {
+    // Discord's answer for content over its limit, here: over 2 lines.
+    let too_long = r#"{"code": 50035, "message": "Invalid Form Body", "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]}}}"#;
+    let mut h = start(
+        vec![Box::new(move |r: &Req| {
+            if r.lines.len() > 2 {
+                Reply::Answer(400, too_long.into())
+            } else {
+                ok()
+            }
+        })],
+        settings(),
+    );
+    let want = texts("part", 11);
+    h.send(0, &refs(&want));
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() >= want.len()));
+    assert_eq!(h.world.accepted_lines(0), want, "every line once, in order");
+    assert!(wait_until(LONG, || h.offset(0) == h.files[0].1));
+    let reqs = h.world.requests(0);
+    assert!(reqs.iter().all(|r| !r.file), "no line needed an attachment");
+}
+
+#[test]
+fn a_line_rejected_for_its_content_goes_as_an_attachment_and_commits_after() {
+    let automod = r#"{"code": 200000, "message": "Message was blocked by automatic moderation"}"#;
+    let mut h = start(
+        vec![Box::new(move |r: &Req| {
+            let bad = r.lines.iter().any(|l| l.contains("BADWORD"));
+            match (bad, r.file) {
+                (true, false) => Reply::Answer(400, automod.into()),
+                // The attachment is accepted only once the test says so.
+                (true, true) => Reply::Hang(200, "{}".into()),
+                _ => ok(),
+            }
+        })],
+        settings(),
+    );
+    h.send(0, &["before one", "before two"]);
+    assert!(wait_until(LONG, || h.offset(0) == h.files[0].1));
+    let bad_start = h.files[0].1;
+    h.send(0, &["BADWORD here", "after"]);
+    assert!(wait_until(LONG, || h
+        .world
+        .requests(0)
+        .iter()
+        .any(|r| r.file)));
+    // In flight as an attachment: not committed past the line's start.
+    assert_eq!(h.offset(0), bad_start);
+    assert!(!h.world.accepted_lines(0).contains(&"after".to_string()));
+    h.release.send(()).unwrap();
+    assert!(wait_until(LONG, || h.offset(0) == h.files[0].1));
+    assert_eq!(
+        h.world.accepted_lines(0),
+        ["before one", "before two", "BADWORD here", "after"]
+    );
+    let files: Vec<Req> = h.world.requests(0).into_iter().filter(|r| r.file).collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].lines, ["BADWORD here"]);
+}
+
+#[test]
+fn a_line_refused_even_as_an_attachment_stops_the_route_uncommitted() {
+    let automod = r#"{"code": 200000, "message": "Message was blocked by automatic moderation"}"#;
+    let mut h = start(
+        vec![
+            Box::new(move |r: &Req| {
+                if r.lines.iter().any(|l| l.contains("BADWORD")) {
+                    Reply::Answer(400, automod.into())
+                } else {
+                    ok()
+                }
+            }),
+            Box::new(|_: &Req| ok()),
+        ],
+        settings(),
+    );
+    h.send(0, &["first", "BADWORD", "later"]);
+    assert!(wait_until(LONG, || h
+        .world
+        .requests(0)
+        .iter()
+        .any(|r| r.file)));
+    assert!(wait_until(LONG, || h.world.accepted_lines(0) == ["first"]));
+    assert!(wait_until(LONG, || h.offset(0) == "first\n".len() as u64));
+    let n = h.world.requests(0).len();
+    // The other route goes on; this one waits ten minutes, uncommitted
+    // past "first".
+    h.send(1, &["other"]);
+    assert!(wait_until(LONG, || h.offset(1) == h.files[1].1));
+    assert_eq!(h.world.requests(0).len(), n);
+    assert_eq!(h.offset(0), "first\n".len() as u64);
+}
+
+#[test]
+fn alert_copies_hold_the_checkpoint_until_accepted() {
+    use crate::ekos::Severity;
+    use crate::format::EventPart;
+    let mut s = settings();
+    s.alerts = Some((1, Severity::Warning));
+    let mut h = start(
+        vec![
+            Box::new(|_: &Req| ok()),
+            Box::new(|_: &Req| Reply::Hang(204, String::new())),
+        ],
+        s,
+    );
+    let mut c = h.chunk(0, &["plain", "ALERT", "after"]);
+    c.shown[1] = Some(Some(EventPart {
+        severity: Severity::Error,
+        title: "Guiding failed".into(),
+        footer: None,
+        mention: None,
+        more: 0,
+    }));
+    h.lines[0].send(c).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted.lock().unwrap().len()
+        >= 2
+        && h.world.requests(1).len() == 1));
+    // Lines route delivered everything; the alert copy hangs: the
+    // checkpoint stays at the alert line's start.
+    assert!(wait_until(LONG, || h.offset(0) == "plain\n".len() as u64));
+    assert!(!wait_until(Duration::from_millis(100), || h.offset(0)
+        > "plain\n".len() as u64));
+    h.release.send(()).unwrap();
+    assert!(wait_until(LONG, || h.offset(0) == h.files[0].1));
+}
+
+#[test]
+fn no_post_starts_while_the_state_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), false).unwrap());
+    let world = Arc::new(World::default());
+    let (_release, release_rx) = bounded(0);
+    let sink = Box::new(Fake {
+        route: 0,
+        script: Box::new(|_: &Req| ok()),
+        world: world.clone(),
+        release: release_rx,
+    });
+    let trouble = Arc::new(Mutex::new(Some("disk full".to_string())));
+    let t = trouble.clone();
+    let sender = Sender::with_settings(
+        settings(),
+        vec![sink],
+        store,
+        Arc::new(Stats::default()),
+        |_| Box::new(|| 0.5),
+    )
+    .unwrap()
+    .pause_while(move || t.lock().unwrap().clone());
+    let (tx, rx) = bounded(8);
+    let (ctl, ctl_rx) = bounded(4);
+    let th = std::thread::spawn(move || sender.run(vec![rx], ctl_rx));
+    let line = Line {
+        text: "held".into(),
+        end: 5,
+    };
+    tx.send(Chunk {
+        file: FileId(0),
+        source: 0,
+        route: 0,
+        label: None,
+        start: 0,
+        lines: vec![line],
+        shown: vec![Some(None)],
+    })
+    .unwrap();
+    assert!(!wait_until(Duration::from_millis(300), || !world
+        .requests
+        .lock()
+        .unwrap()
+        .is_empty()));
+    *trouble.lock().unwrap() = None;
+    assert!(wait_until(LONG, || world.accepted_lines(0) == ["held"]));
+    ctl.send(Control::Abort).unwrap();
+    th.join().unwrap();
+}
+
+#[test]
+fn the_watcher_ending_closes_the_sender_after_posting() {
+    let mut s = settings();
+    s.batch_timeout = Duration::from_secs(30);
+    s.grace = Duration::from_secs(5);
+    let mut h = start(vec![Box::new(|_: &Req| ok()), Box::new(|_: &Req| ok())], s);
+    h.send(0, &["zero"]);
+    h.send(1, &["one"]);
+    let t = Instant::now();
+    h.lines.clear();
+    let th = h.thread.take().unwrap();
+    assert!(wait_until(LONG, || th.is_finished()));
+    th.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(h.world.accepted_lines(0), ["zero"]);
+    assert_eq!(h.world.accepted_lines(1), ["one"]);
+}
+
+/// Seeded random answers on two routes (accepted, 5xx, 429, a proxy's
+/// 400, a 408, a size 400 for messages over a random number of lines, an
+/// AutoMod 400 for marked lines as code blocks): every line is accepted
+/// exactly once, in order, on its own route, a marked line alone as an
+/// attachment, and each file is committed to its end.
+#[test]
+fn random_answers_deliver_every_line_once_in_order() {
+    for seed in 1..=8u64 {
+        let scripts: Vec<Script> = (0..2u64)
+            .map(|route| -> Script {
+                let mut rng = xorshift_jitter(seed * 31 + route);
+                let max_lines = 1 + (rng() * 16.0) as usize % 8;
+                Box::new(move |r: &Req| {
+                    if !r.file && r.lines.iter().any(|l| l.contains("BAD")) {
+                        return Reply::Answer(
+                            400,
+                            r#"{"code": 200000, "message": "AutoMod"}"#.into(),
+                        );
+                    }
+                    if r.lines.len() > max_lines {
+                        return Reply::Answer(413, String::new());
+                    }
+                    // rng() is in [0.5, 1): spread it over [0, 1).
+                    let x = (rng() - 0.5) * 2.0;
+                    match (x * 20.0) as u32 {
+                        0 => Reply::Answer(502, String::new()),
+                        1 => Reply::Answer(429, r#"{"retry_after": 0.005}"#.into()),
+                        2 => Reply::Answer(400, "<html>proxy</html>".into()),
+                        3 => Reply::Answer(408, String::new()),
+                        _ => ok(),
+                    }
+                })
+            })
+            .collect();
+        let mut s = settings();
+        s.batch_size = 5;
+        let mut h = start(scripts, s);
+        let mut rng = xorshift_jitter(seed);
+        let mut want: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+        for i in 0..60 {
+            let route = usize::from(rng() < 0.75);
+            let n = 1 + (rng() * 10.0) as usize % 4;
+            let lines: Vec<String> = (0..n)
+                .map(|k| {
+                    let bad = if rng() < 0.55 { "BAD " } else { "" };
+                    format!("{bad}s{seed}-r{route}-{i}-{k}")
+                })
+                .collect();
+            want[route].extend(lines.iter().cloned());
+            h.send(route, &refs(&lines));
+        }
+        for (route, want) in want.iter().enumerate() {
+            assert!(
+                wait_until(Duration::from_secs(20), || h
+                    .world
+                    .accepted_lines(route)
+                    .len()
+                    >= want.len()),
+                "seed {seed} route {route}: {:?}",
+                h.world.accepted_lines(route)
+            );
+            assert_eq!(&h.world.accepted_lines(route), want, "seed {seed}");
+            assert!(wait_until(LONG, || h.offset(route) == h.files[route].1));
+            let accepted = h.world.accepted.lock().unwrap();
+            for r in accepted.iter().filter(|r| r.route == route) {
+                let bad = r.lines.iter().any(|l| l.contains("BAD"));
+                assert!(!bad || (r.file && r.lines.len() == 1), "seed {seed}: {r:?}");
+            }
+        }
+    }
+}
