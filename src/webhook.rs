@@ -177,6 +177,10 @@ pub fn redact_secrets(text: &str) -> String {
         let end = rest[i..]
             .find(|c: char| c.is_whitespace() || "\"'`<>()[]{}|\\^".contains(c))
             .map_or(rest.len(), |j| i + j);
+        // Sentence punctuation after a URL is not part of it.
+        let end = i + rest[i..end]
+            .trim_end_matches([':', ',', '.', ';', '!', '?'])
+            .len();
         out.push_str(&rest[..start]);
         out.push_str(&redact_guess(&rest[start..end]));
         rest = &rest[end..];
