@@ -644,7 +644,7 @@ impl Run {
             (
                 6,
                 Action::HookFaults {
-                    hook: r.pick(&[HOOK_A, HOOK_B]),
+                    hook: if r.chance(50) { HOOK_A } else { HOOK_B },
                     faults: (0..r.range(1, 3))
                         .map(|_| {
                             r.pick(&[
@@ -670,7 +670,7 @@ impl Run {
             (
                 3,
                 Action::HookDown {
-                    hook: r.pick(&[HOOK_A, HOOK_B]),
+                    hook: if r.chance(50) { HOOK_A } else { HOOK_B },
                     fault: r
                         .pick(&[
                             Fault::not_found(),
