@@ -417,6 +417,9 @@ struct Run {
     /// Times of kills and reloads: lines first delivered shortly before
     /// may come again.
     unsaved: Vec<Instant>,
+    /// Periods of a full state disk: what was accepted just before the
+    /// daemon noticed is not recorded until the disk has room.
+    full: Vec<(Instant, Option<Instant>)>,
     /// Active faults and the step at which each clears.
     outage_until: Option<usize>,
     hook_down: Option<(&'static str, usize)>,
@@ -492,6 +495,7 @@ impl Run {
             tmpfs,
             junk: None,
             unsaved: Vec::new(),
+            full: Vec::new(),
             outage_until: None,
             hook_down: None,
             disk_full_until: None,
@@ -819,6 +823,9 @@ impl Run {
             if let Some(j) = self.junk.take() {
                 let _ = std::fs::remove_file(j);
             }
+            if let Some(p) = self.full.last_mut() {
+                p.1 = Some(Instant::now());
+            }
             self.note("  disk freed".into());
         }
     }
@@ -961,7 +968,15 @@ impl Run {
                     self.outage_until = Some(n + steps);
                 }
             }
-            Action::HookFaults { hook, faults } => self.fake.push_faults(hook, faults),
+            Action::HookFaults { hook, faults } => {
+                // At most one burst at a time: a longer run of failures
+                // is a longer outage, whose backoff may exceed the deadline.
+                if self.fake.queued_faults(hook) == 0 {
+                    self.fake.push_faults(hook, faults);
+                } else {
+                    self.note("  skipped: faults still queued".into());
+                }
+            }
             Action::HookDown { hook, fault, steps } => {
                 if self.hook_down.is_none() {
                     self.fake.set_hook_fault(hook, Some(fault));
@@ -971,6 +986,7 @@ impl Run {
             Action::DiskFull { steps } => {
                 if let (Some(fs), None) = (&self.tmpfs, &self.disk_full_until) {
                     self.junk = Some(fs.fill());
+                    self.full.push((Instant::now(), None));
                     self.disk_full_until = Some(n + steps);
                 } else if self.tmpfs.is_none() {
                     self.note("  skipped: no tmpfs (not root?)".into());
@@ -1098,10 +1114,16 @@ impl Run {
                         continue;
                     }
                     let first = d[0].1;
-                    let explained = self
-                        .unsaved
-                        .iter()
-                        .any(|&k| first <= k && k.duration_since(first) <= IN_FLIGHT);
+                    let near =
+                        |a: Instant, b: Instant| a.max(b).duration_since(a.min(b)) <= IN_FLIGHT;
+                    let explained = self.unsaved.iter().any(|&k| {
+                        // In flight at a kill or reload, or accepted around
+                        // the moment the disk filled up before one.
+                        (first <= k && near(first, k))
+                            || self.full.iter().any(|&(f, g)| {
+                                near(first, f) && k >= f && g.is_none_or(|g| k <= g + IN_FLIGHT)
+                            })
+                    });
                     if !explained {
                         dups += d.len() - 1;
                         example.get_or_insert(marker(s, i, 0));
@@ -1215,8 +1237,17 @@ fn random_fault_sequences_lose_nothing_and_never_wedge() {
             run.violations.len()
         );
         if !run.violations.is_empty() {
+            // Keep the daemon's logs for the post-mortem.
+            let keep = std::env::temp_dir().join(format!("ekos-faults-seed{seed}"));
+            let _ = std::fs::create_dir_all(&keep);
+            for e in std::fs::read_dir(run.env.dir.path()).unwrap().flatten() {
+                if e.file_name().to_string_lossy().starts_with("daemon-") {
+                    let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+                }
+            }
             failures.push(format!(
-                "seed {seed} (rerun: FAULTS_SEED={seed} FAULTS_STEPS={steps} cargo test --test faults):\n- {}\n  actions:\n    {}",
+                "seed {seed} (rerun: FAULTS_SEED={seed} FAULTS_STEPS={steps} cargo test --test faults; daemon logs in {}):\n- {}\n  actions:\n    {}",
+                keep.display(),
                 run.violations.join("\n- "),
                 run.log.join("\n    ")
             ));
