@@ -751,13 +751,15 @@ impl Run {
             let hooks_wanted: Vec<&str> = [HOOK_A, HOOK_B].into_iter().collect();
             // Only a webhook with undelivered lines makes requests.
             let ok = wait_until(Duration::from_secs(40), || {
-                hooks_wanted.iter().all(|h| fake.queued_faults(h) == 0)
-                    || self
-                        .ledger
-                        .lock()
-                        .unwrap()
-                        .missing(&self.streams, &|_| true)
-                        .is_empty()
+                hooks_wanted.iter().all(|h| {
+                    fake.queued_faults(h) == 0
+                        || self
+                            .ledger
+                            .lock()
+                            .unwrap()
+                            .missing(&self.streams, &|st: &Stream| st.hook == *h)
+                            .is_empty()
+                })
             });
             if !ok {
                 let m = self
