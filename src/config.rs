@@ -10,6 +10,13 @@
 //! stops loading with one message that names the key, the value and what is
 //! expected. Relative paths resolve against the config file's directory, so a
 //! test can point everything at a temporary directory.
+//!
+//! Error messages never carry a secret: the configuration holds webhook URLs
+//! whose path is a credential, and these messages go to the terminal, the
+//! journal and (after a failed reload, in short) `STATUS=`, which any local
+//! user can read. A TOML syntax error is reported by file, line, column and
+//! key, without the source line the TOML library quotes; values quoted in
+//! other errors go through [`redact_secrets`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -20,7 +27,7 @@ use serde::Deserialize;
 
 use crate::ekos::{Filter, FilterSpec, RuleError, RuleSpec, Rules};
 use crate::format::EventMode;
-use crate::webhook::{Webhook, WebhookError};
+use crate::webhook::{Webhook, WebhookError, redact_secrets};
 
 /// Where the packaged service keeps its configuration.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ekos-log-monitor/config.toml";
@@ -51,6 +58,26 @@ pub const ENV_KEYS: &[&str] = &[
 
 /// Keys that may appear in the TOML file besides the scalar ones.
 const TABLE_KEYS: &[&str] = &["source", "rule"];
+
+/// Keys of a `[[source]]` table.
+const SOURCE_KEYS: &[&str] = &[
+    "name",
+    "root",
+    "include",
+    "exclude",
+    "follow",
+    "start_at",
+    "discord_webhook_url",
+    "events",
+    "min_level",
+    "include_regex",
+    "exclude_regex",
+    "modules",
+    "drop_modules",
+];
+
+/// Keys of a `[[rule]]` table.
+const RULE_KEYS: &[&str] = &["name", "pattern", "severity", "title", "mention", "module"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -99,12 +126,90 @@ pub enum ConfigError {
     MissingRoot { key: String, path: PathBuf },
 }
 
+/// A bad value. Everything quoted is scrubbed: a value may be a webhook URL
+/// pasted into the wrong key, and `expected` may quote a library's message.
 fn invalid(key: &str, value: impl fmt::Display, expected: &str) -> ConfigError {
     ConfigError::Invalid {
-        key: key.to_string(),
-        value: value.to_string(),
-        expected: expected.to_string(),
+        key: redact_secrets(key),
+        value: redact_secrets(&value.to_string()),
+        expected: redact_secrets(expected),
     }
+}
+
+/// Longest description of a syntax error kept from the TOML library.
+const SYNTAX_MESSAGE_MAX: usize = 200;
+
+/// One line for a TOML syntax error: `line L, column C, key `k`: what is
+/// wrong`, from the TOML library's message (which draws the offending source
+/// line over several lines) and the file's text. No source text is kept:
+/// the key is named only when it is one of ours, the library's own words
+/// are scrubbed and capped.
+fn syntax_message(error: &str, text: &str) -> String {
+    // The snippet the library draws: `  |`, `2 | a = "...`, `  |   ^^^`.
+    let is_snippet = |l: &str| {
+        let t = l
+            .trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit());
+        t.trim_start().starts_with('|')
+    };
+    let position = error.lines().next().and_then(|first| {
+        let rest = &first[first.find("line ")? + "line ".len()..];
+        let (line, rest) = rest.split_once(',')?;
+        let col = rest.trim_start().strip_prefix("column ")?;
+        let col: String = col.chars().take_while(char::is_ascii_digit).collect();
+        Some((
+            line.trim().parse::<usize>().ok()?,
+            col.parse::<usize>().ok()?,
+        ))
+    });
+    let what: Vec<&str> = error
+        .lines()
+        .skip(usize::from(position.is_some()))
+        .filter(|l| !is_snippet(l) && !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let mut what = redact_secrets(&what.join("; "));
+    if what.is_empty() {
+        what = "syntax error".into();
+    }
+    if what.chars().count() > SYNTAX_MESSAGE_MAX {
+        what = what.chars().take(SYNTAX_MESSAGE_MAX).collect::<String>() + "...";
+    }
+    match position {
+        Some((line, col)) => {
+            let key = text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .and_then(known_key_of_line)
+                .map(|k| format!(", key `{k}`"))
+                .unwrap_or_default();
+            format!("line {line}, column {col}{key}: {what}")
+        }
+        None => what,
+    }
+}
+
+/// The key a TOML line sets (`key = ...`) or the table it opens
+/// (`[[source]]`), if it is one this program knows: a name we print cannot
+/// be a secret the user wrote.
+fn known_key_of_line(line: &str) -> Option<String> {
+    let t = line.trim();
+    let name = match t.strip_prefix('[') {
+        Some(h) => h.trim_start_matches('[').split(']').next()?,
+        None => t.split('=').next()?,
+    };
+    let name = name.trim().trim_matches(['"', '\'']);
+    ENV_KEYS
+        .iter()
+        .map(|k| k.to_ascii_lowercase())
+        .chain(
+            TABLE_KEYS
+                .iter()
+                .chain(SOURCE_KEYS)
+                .chain(RULE_KEYS)
+                .map(|k| k.to_string()),
+        )
+        .find(|k| k == name)
 }
 
 /// Whether a file that exists when the daemon first sees it is read from its
@@ -430,8 +535,10 @@ impl Config {
         };
         let mut builder = config::Config::builder();
         let mut base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        // Kept to name the key of a syntax error's line.
+        let mut text = String::new();
         if let Some(path) = &file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
@@ -449,12 +556,7 @@ impl Config {
         }
         let cfg = builder.build().map_err(|e| ConfigError::Syntax {
             path: file.clone().unwrap_or_default(),
-            // One line: the TOML library draws the position over several.
-            message: e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
+            message: syntax_message(&e.to_string(), &text),
         })?;
         if let Some(path) = &file {
             check_unknown_keys(&cfg, path)?;
@@ -508,8 +610,7 @@ impl Config {
         // Without one, each source needs its own (checked in `route_for`).
         let default_webhook = webhook_from_layers(&l, env)?;
 
-        let rule_specs: Vec<RuleSpec> =
-            l.tables("rule", "name, pattern, severity, title, mention, module")?;
+        let rule_specs: Vec<RuleSpec> = l.tables("rule", &RULE_KEYS.join(", "))?;
         let rules = std::sync::Arc::new(Rules::with_user(&rule_specs).map_err(|source| {
             ConfigError::Rule {
                 key: "rule".into(),
@@ -525,21 +626,6 @@ impl Config {
             ..FilterSpec::default()
         };
 
-        const SOURCE_KEYS: &[&str] = &[
-            "name",
-            "root",
-            "include",
-            "exclude",
-            "follow",
-            "start_at",
-            "discord_webhook_url",
-            "events",
-            "min_level",
-            "include_regex",
-            "exclude_regex",
-            "modules",
-            "drop_modules",
-        ];
         // Filter keys are flattened into the table, which serde cannot
         // combine with deny_unknown_fields: check names by hand, so a typo
         // (or a global key written below a [[source]] header) is reported.
@@ -837,7 +923,7 @@ fn check_unknown_keys(cfg: &config::Config, path: &Path) -> Result<(), ConfigErr
     for key in keys {
         if !known.iter().any(|k| k == key) {
             return Err(ConfigError::UnknownKey {
-                key: key.clone(),
+                key: redact_secrets(key),
                 path: path.to_path_buf(),
                 known: known.join(", "),
             });
@@ -984,5 +1070,186 @@ follow = "all"
                 ("C".to_string(), "x".to_string())
             ]
         );
+    }
+
+    /// A real-looking webhook: 18-digit id, 68-character token.
+    const TOKEN: &str = "Zx9-Qw8_Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm-MnBvCxZ_LkJhGfDsAqWeRtYuIo1";
+    fn real_url() -> String {
+        assert_eq!(TOKEN.len(), 68);
+        format!("https://discord.com/api/webhooks/123456789012345678/{TOKEN}")
+    }
+
+    /// The message carries neither the token nor any sizeable piece of it.
+    fn assert_no_token(e: &str) {
+        assert!(!e.contains('\n'), "more than one line: {e}");
+        for w in TOKEN.as_bytes().windows(12) {
+            let piece = std::str::from_utf8(w).unwrap();
+            assert!(!e.contains(piece), "token piece {piece:?} in: {e}");
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_position_and_key_but_never_the_token() {
+        let url = real_url();
+        // (file, line, key named in the message, if the line sets a known key)
+        let cases: Vec<(String, usize, Option<&str>)> = vec![
+            // Unterminated basic string.
+            (
+                format!("batch_size = 3\ndiscord_webhook_url = \"{url}\nbatch_timeout = 1\n"),
+                2,
+                Some("discord_webhook_url"),
+            ),
+            // Unterminated literal string.
+            (
+                format!("discord_webhook_url = '{url}\n"),
+                1,
+                Some("discord_webhook_url"),
+            ),
+            // Unterminated multi-line string: reported at the end of the file.
+            (
+                format!("discord_webhook_url = \"\"\"{url}\nmore\n"),
+                2,
+                None,
+            ),
+            // Duplicate key.
+            (
+                format!("discord_webhook_url = \"{url}\"\ndiscord_webhook_url = \"{url}\"\n"),
+                2,
+                Some("discord_webhook_url"),
+            ),
+            // Stray character after the value.
+            (
+                format!("discord_webhook_url = \"{url}\" x\n"),
+                1,
+                Some("discord_webhook_url"),
+            ),
+            // Unquoted value.
+            (
+                format!("discord_webhook_url = {url}\n"),
+                1,
+                Some("discord_webhook_url"),
+            ),
+            // Bad escape inside the string.
+            (
+                format!("discord_webhook_url = \"\\q{url}\"\n"),
+                1,
+                Some("discord_webhook_url"),
+            ),
+            // A [[source]] webhook, then a table redefined.
+            (
+                format!("[[source]]\nroot = \"x\"\ndiscord_webhook_url = \"{url}\"\n[source]\n"),
+                4,
+                Some("source"),
+            ),
+            // A stray character at the start of a line.
+            (
+                format!("discord_webhook_url = \"{url}\"\n$ {url}\n"),
+                2,
+                None,
+            ),
+        ];
+        for (toml, line, key) in cases {
+            let e = load(Some(&toml), &[]).unwrap_err();
+            assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+            let e = e.to_string();
+            assert_no_token(&e);
+            assert!(e.contains("config.toml is not valid TOML: "), "{e}");
+            assert!(
+                e.contains(&format!("line {line}, column ")),
+                "{toml:?}: {e}"
+            );
+            if let Some(k) = key {
+                assert!(e.contains(&format!("key `{k}`")), "{toml:?}: {e}");
+            }
+            assert!(!e.contains("discord.com"), "{e}");
+        }
+    }
+
+    #[test]
+    fn other_errors_quoting_values_hide_the_token() {
+        let url = real_url();
+        let files = [
+            // A quoted key that is the URL.
+            format!("\"{url}\" = 1\n"),
+            // The URL where tables are expected.
+            format!("source = \"{url}\"\n"),
+            format!("rule = \"{url}\"\n"),
+            // The URL in a key that expects something else.
+            format!("batch_size = \"{url}\"\n"),
+            format!("start_at = \"{url}\"\n"),
+            format!("[[source]]\nroot = \"x\"\nfollow = \"{url}\"\n"),
+            format!("[[source]]\nroot = \"x\"\ndiscord_webhook_url = \"{url}x/y\"\n"),
+            format!("[[source]]\nroot = \"x\"\nurl = \"{url}\"\n"),
+        ];
+        for f in files {
+            let e = load(Some(&f), &[("DISCORD_WEBHOOK_URL", URL)])
+                .unwrap_err()
+                .to_string();
+            assert_no_token(&e);
+        }
+        // Environment values in the wrong key, or mangled.
+        for (k, v) in [
+            ("BATCH_SIZE", url.clone()),
+            ("START_AT", url.clone()),
+            ("EKOS_LOG_PATTERNS", format!("[{url}")),
+            ("DISCORD_WEBHOOK_URL", format!("\"{url}")),
+            ("DISCORD_WEBHOOK_URL", url.replace("https", "http")),
+            ("DISCORD_WEBHOOK_URL", format!("{url} trailing")),
+            ("ALERTS_WEBHOOK_URL", format!("{url}/extra")),
+            ("LOG_LEVEL", TOKEN.to_string()),
+        ] {
+            let mut env = vec![("DISCORD_WEBHOOK_URL", URL)];
+            env.retain(|(e, _)| *e != k);
+            env.push((k, v.as_str()));
+            let e = load(None, &env).unwrap_err().to_string();
+            assert_no_token(&e);
+        }
+    }
+
+    #[test]
+    fn dotenv_mistakes_do_not_leak_the_token() {
+        let url = real_url();
+        for text in [
+            format!("DISCORD_WEBHOOK_URL=\"{url}\n"),
+            format!("DISCORD_WEBHOOK_URL='{url}\"\n"),
+            format!("export DISCORD_WEBHOOK_URL = {url} # the bot\nBATCH_SIZE={url}\n"),
+            format!("DISCORD_WEBHOOK_URL={url}x/\n"),
+        ] {
+            let env: Vec<(String, String)> = parse_dotenv(&text);
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            match load(None, &env) {
+                Ok(c) => assert_no_token(&format!("{:?} {:?}", c.webhooks, c.effective)),
+                Err(e) => assert_no_token(&e.to_string()),
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_message_keeps_position_and_words_only() {
+        let url = real_url();
+        let lib = format!(
+            "TOML parse error at line 2, column 23\n  |\n2 | discord_webhook_url = \"{url}\n  |                       ^\ninvalid basic string\n"
+        );
+        let text = format!("a = 1\ndiscord_webhook_url = \"{url}\n");
+        assert_eq!(
+            syntax_message(&lib, &text),
+            "line 2, column 23, key `discord_webhook_url`: invalid basic string"
+        );
+        // An unknown key is not named (it might be anything the user typed).
+        let text = format!("{TOKEN} = \"x\n");
+        let lib = "TOML parse error at line 1, column 5\n  |\n1 | x\n  | ^\nduplicate key\n";
+        assert_eq!(
+            syntax_message(lib, &text),
+            "line 1, column 5: duplicate key"
+        );
+        // A message in another shape is scrubbed, not dropped.
+        let odd = format!("unexpected {url} here");
+        let m = syntax_message(&odd, "");
+        assert_no_token(&m);
+        assert!(m.starts_with("unexpected https://discord.com/"), "{m}");
+        // Capped.
+        let long = "x ".repeat(1000);
+        assert!(syntax_message(&long, "").chars().count() <= SYNTAX_MESSAGE_MAX + 3);
     }
 }

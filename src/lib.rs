@@ -258,10 +258,17 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
                         }
                         Err(e) => {
                             log::error!("reload failed, keeping the running configuration: {e}");
-                            stats.record_error(Some(format!("reload failed: {e}")));
+                            // STATUS= is readable by every local user: say
+                            // where to look, not what the file contained.
+                            stats.record_error(Some(
+                                "reload failed: bad configuration, see journal".into(),
+                            ));
                         }
                     }
                     service::notify(&[NotifyState::Ready]);
+                    // A status held back by the rate limit of STATUS= (a post
+                    // just before the reload) would wait for the next post.
+                    stats.flush_status();
                 }
             },
             recv(pipeline.exited) -> name => {

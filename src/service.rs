@@ -71,8 +71,10 @@ impl Stats {
         self.publish();
     }
 
+    /// The last error, shown in `STATUS=` (world-readable): scrubbed of
+    /// anything that looks like a URL path or a token, whoever wrote it.
     pub fn record_error(&self, e: Option<String>) {
-        *lock(&self.last_error) = e;
+        *lock(&self.last_error) = e.map(|e| crate::webhook::redact_secrets(&e));
         self.publish();
     }
 
@@ -298,5 +300,26 @@ pub fn trim_memory() {
 pub fn notify(states: &[sd_notify::NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let _ = sd_notify::notify(states);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_never_carries_a_token() {
+        let token = "Zx9-Qw8_Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm-MnBvCxZ_LkJhGfDsAqWeRtYuIo1";
+        let stats = Stats::default();
+        stats.record_error(Some(format!(
+            "POST https://discord.com/api/webhooks/123456789012345678/{token}: timed out"
+        )));
+        let line = stats.status_line();
+        assert!(!line.contains(&token[..16]), "{line}");
+        assert!(line.contains("last error: POST https://discord.com/api/webhooks/123456789012345678/****: timed out"), "{line}");
+        stats.record_error(Some(format!("raw token {token}")));
+        assert!(!stats.status_line().contains(&token[..16]));
+        stats.record_error(None);
+        assert!(!stats.status_line().contains("last error"));
     }
 }

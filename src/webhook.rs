@@ -160,6 +160,65 @@ fn redact_guess(raw: &str) -> String {
     }
 }
 
+/// Scrubs whatever looks like a credential out of free text that is about
+/// to be shown (a configuration error, a `STATUS=` line): every URL keeps
+/// only its scheme and host (a webhook URL also its id), and every long run
+/// of token characters mixing letters and digits (Discord's tokens are 68
+/// of `[A-Za-z0-9_-]`) becomes `****`. Used where the text is not known to
+/// be safe and no [`Webhook`] is at hand to redact precisely.
+pub fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        // The scheme: letters (and `+.-`) just before `://`.
+        let start = rest[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
+            .map_or(0, |j| j + 1);
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || "\"'`<>()[]{}|\\^".contains(c))
+            .map_or(rest.len(), |j| i + j);
+        // Sentence punctuation after a URL is not part of it.
+        let end = i + rest[i..end]
+            .trim_end_matches([':', ',', '.', ';', '!', '?'])
+            .len();
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_guess(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    redact_long_tokens(&out)
+}
+
+/// Replaces runs of at least 40 token characters that mix letters and
+/// digits: too long and too random to be a word, a key or a number.
+fn redact_long_tokens(text: &str) -> String {
+    let is_tok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut out = String::with_capacity(text.len());
+    let mut run_start: Option<usize> = None;
+    let flush = |out: &mut String, run: &str| {
+        let secret = run.len() >= 40
+            && run.bytes().any(|b| b.is_ascii_digit())
+            && run.bytes().any(|b| b.is_ascii_alphabetic());
+        out.push_str(if secret { "****" } else { run });
+    };
+    for (i, c) in text.char_indices() {
+        match (is_tok(c), run_start) {
+            (true, None) => run_start = Some(i),
+            (false, Some(s)) => {
+                flush(&mut out, &text[s..i]);
+                run_start = None;
+                out.push(c);
+            }
+            (false, None) => out.push(c),
+            (true, Some(_)) => {}
+        }
+    }
+    if let Some(s) = run_start {
+        flush(&mut out, &text[s..]);
+    }
+    out
+}
+
 impl fmt::Display for Webhook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redact(&self.url))
@@ -216,5 +275,32 @@ mod tests {
             w.redact("error: https://x/123/s3cr3t: boom"),
             "error: https://x/123/****: boom"
         );
+    }
+
+    const TOKEN68: &str = "aB3dEfGh1jKlMnOpQrStUvWxYz0123456789-_aB3dEfGh1jKlMnOpQrStUvWxYz0123";
+
+    #[test]
+    fn redact_secrets_hides_urls_and_long_tokens() {
+        assert_eq!(TOKEN68.len(), 68);
+        let url = format!("https://discord.com/api/webhooks/123456789012345678/{TOKEN68}");
+        for text in [
+            format!("value \"{url}\" is bad"),
+            format!("{url}?thread_id=5"),
+            format!("a = '{url}'"),
+            format!("token {TOKEN68} alone"),
+            format!("x={TOKEN68}"),
+            format!("http://example.com/path/{TOKEN68}"),
+        ] {
+            let r = redact_secrets(&text);
+            assert!(!r.contains(TOKEN68), "{r}");
+            assert!(!r.contains(&TOKEN68[..20]), "{r}");
+        }
+        assert_eq!(
+            redact_secrets(&format!("bad: \"{url}\"!")),
+            "bad: \"https://discord.com/api/webhooks/123456789012345678/****\"!"
+        );
+        // Ordinary words, keys, numbers and paths are kept.
+        let plain = "BATCH_SIZE = \"ten\": expected a whole number, see /etc/ekos-log-monitor/config.toml line 12";
+        assert_eq!(redact_secrets(plain), plain);
     }
 }

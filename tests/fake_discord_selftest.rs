@@ -617,3 +617,111 @@ fn mutated_multipart_never_kills_a_connection() {
         assert!([204, 400].contains(&status), "{status}");
     }
 }
+
+const OTHER: &str = "/api/webhooks/223456789012345678/other-token";
+
+/// Whether the server closed the connection without a response.
+fn closed_without_answer(c: &mut Client) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(c.reader.read(&mut buf), Ok(0))
+        || matches!(c.reader.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset)
+}
+
+#[test]
+fn queued_faults_answer_in_order_for_their_webhook_only() {
+    let server = no_limit();
+    let msg = json!({"content": "x"});
+    server.push_faults(
+        FakeDiscord::WEBHOOK_ID,
+        [
+            Fault::Status(503, "{\"message\": \"upstream\"}".into()),
+            Fault::Status(408, "request timeout".into()),
+            Fault::RateLimited(1.5),
+            Fault::forum_400(),
+        ],
+    );
+    assert_eq!(server.queued_faults(FakeDiscord::WEBHOOK_ID), 4);
+    let mut c = Client::connect(server.port());
+    // The other webhook is not affected and does not consume the queue.
+    assert_eq!(c.post_json(OTHER, &msg).status, 204);
+    let r = c.post_json(PATH, &msg);
+    assert_eq!(
+        (r.status, r.json()["message"].as_str()),
+        (503, Some("upstream"))
+    );
+    let r = c.post_json(PATH, &msg);
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (408, &b"request timeout"[..])
+    );
+    let r = c.post_json(PATH, &msg);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["retry_after"].as_f64(), Some(1.5));
+    assert_eq!(r.header("retry-after"), Some("2"));
+    let r = c.post_json(PATH, &msg);
+    assert_eq!((r.status, error_code(&r)), (400, 220001));
+    // Queue used up: accepted again.
+    assert_eq!(c.post_json(PATH, &msg).status, 204);
+    assert_eq!(server.queued_faults(FakeDiscord::WEBHOOK_ID), 0);
+    assert_eq!(server.count_faulted(), 4);
+    assert_eq!(server.count_429(), 1);
+    let ids: Vec<String> = server
+        .messages()
+        .into_iter()
+        .map(|m| m.webhook_id)
+        .collect();
+    assert_eq!(ids, vec!["223456789012345678", FakeDiscord::WEBHOOK_ID]);
+}
+
+#[test]
+fn a_standing_fault_holds_until_cleared_and_wins_over_the_queue() {
+    let server = no_limit();
+    let msg = json!({"content": "x"});
+    server.push_faults(FakeDiscord::WEBHOOK_ID, [Fault::Status(500, "x".into())]);
+    server.set_hook_fault(FakeDiscord::WEBHOOK_ID, Some(Fault::not_found()));
+    let mut c = Client::connect(server.port());
+    for _ in 0..3 {
+        let r = c.post_json(PATH, &msg);
+        assert_eq!((r.status, error_code(&r)), (404, 10015));
+    }
+    assert_eq!(c.post_json(OTHER, &msg).status, 204);
+    server.set_hook_fault(FakeDiscord::WEBHOOK_ID, None);
+    // The queued fault comes next, then normal answers.
+    assert_eq!(c.post_json(PATH, &msg).status, 500);
+    assert_eq!(c.post_json(PATH, &msg).status, 204);
+    assert_eq!(server.messages().len(), 2);
+    assert_eq!(server.count_faulted(), 4);
+}
+
+#[test]
+fn hang_and_close_give_no_answer_and_accept_nothing() {
+    let server = no_limit();
+    let msg = json!({"content": "x"});
+    server.push_faults(
+        FakeDiscord::WEBHOOK_ID,
+        [Fault::Hang(Duration::from_millis(400)), Fault::Close],
+    );
+    let mut c = Client::connect(server.port());
+    let body = msg.to_string();
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let t = Instant::now();
+    c.send_raw(head.as_bytes());
+    assert!(closed_without_answer(&mut c));
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    let mut c = Client::connect(server.port());
+    let t = Instant::now();
+    c.send_raw(head.as_bytes());
+    assert!(closed_without_answer(&mut c));
+    assert!(t.elapsed() < Duration::from_millis(400));
+    assert_eq!(server.requests(), 2);
+    assert!(server.messages().is_empty());
+    // The next request is served normally.
+    assert_eq!(post_json(&server, &msg).status, 204);
+}

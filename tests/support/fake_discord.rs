@@ -5,7 +5,11 @@
 //! limits, the empty-message rule, 10/25 MiB uploads), per-webhook rate limits
 //! with Discord's headers and 429 bodies, and has failure modes switched at
 //! runtime with [`FakeDiscord::set_mode`] or `POST /control/mode` (text body
-//! such as `fail500 3`, see [`MODES`]).
+//! such as `fail500 3`, see [`MODES`]). Faults can also be scripted per
+//! webhook ([`Fault`]): a queue answered one per request
+//! ([`FakeDiscord::push_faults`]) and a standing fault
+//! ([`FakeDiscord::set_hook_fault`]), so one webhook can fail while another
+//! works.
 #![allow(dead_code)]
 
 use serde_json::{Map, Value, json};
@@ -61,6 +65,40 @@ pub enum Mode {
     Refuse,
 }
 
+/// A scripted answer for one webhook's request. None of them accepts the
+/// message: a client that sees one must send the lines again.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// This status with this body (sent as JSON if it parses as JSON).
+    Status(u16, String),
+    /// Discord's JSON 429 with `retry_after` and the `Retry-After` header.
+    RateLimited(f64),
+    /// Read the request, answer nothing for this long, then close.
+    Hang(Duration),
+    /// Read the request and close the connection without an answer.
+    Close,
+}
+
+impl Fault {
+    /// 400 "Invalid Form Body" of a forum channel: no smaller body fixes it.
+    pub fn forum_400() -> Fault {
+        Fault::Status(
+            400,
+            json!({"code": 220001, "message":
+                "Webhooks posted to forum channels must have a thread_name or thread_id"})
+            .to_string(),
+        )
+    }
+
+    /// 404 "Unknown Webhook".
+    pub fn not_found() -> Fault {
+        Fault::Status(
+            404,
+            json!({"code": 10015, "message": "Unknown Webhook"}).to_string(),
+        )
+    }
+}
+
 /// One accepted (2xx) message.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -113,6 +151,12 @@ struct State {
     rejected: usize,
     /// webhook id -> (window end, remaining)
     buckets: HashMap<String, (Instant, u32)>,
+    /// webhook id -> faults answered one per request, before anything else.
+    queued: HashMap<String, std::collections::VecDeque<Fault>>,
+    /// webhook id -> fault answered to every request until cleared.
+    standing: HashMap<String, Fault>,
+    /// Requests answered with a scripted fault.
+    faulted: usize,
     next_id: u64,
 }
 
@@ -171,6 +215,39 @@ impl FakeDiscord {
         self.shared
             .set_mode(mode)
             .expect("fake discord: re-bind the port");
+    }
+
+    /// Queues faults for webhook `id`: each of its next requests gets the
+    /// next one (after a standing fault, which wins while set).
+    pub fn push_faults(&self, id: &str, faults: impl IntoIterator<Item = Fault>) {
+        self.shared
+            .update(|st| st.queued.entry(id.to_string()).or_default().extend(faults));
+    }
+
+    /// Sets (`Some`) or clears (`None`) the fault every request for webhook
+    /// `id` gets.
+    pub fn set_hook_fault(&self, id: &str, fault: Option<Fault>) {
+        self.shared.update(|st| match fault {
+            Some(f) => {
+                st.standing.insert(id.to_string(), f);
+            }
+            None => {
+                st.standing.remove(id);
+            }
+        });
+    }
+
+    /// Faults still queued for webhook `id`.
+    pub fn queued_faults(&self, id: &str) -> usize {
+        lock(&self.shared.state)
+            .queued
+            .get(id)
+            .map_or(0, |q| q.len())
+    }
+
+    /// Requests answered with a scripted [`Fault`] so far.
+    pub fn count_faulted(&self) -> usize {
+        lock(&self.shared.state).faulted
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -388,6 +465,9 @@ impl Shared {
         let Some((id, _token)) = hook else {
             return self.reject(err(404, 0, "404: Not Found"));
         };
+        if let Some(fault) = self.take_fault(id) {
+            return self.answer_fault(id, fault);
+        }
         if req.method != "POST" {
             return self.reject(err(405, 0, "405: Method Not Allowed"));
         }
@@ -443,6 +523,49 @@ impl Shared {
             thread::sleep(d);
         }
         Some(answer.with_rate_headers(rl.as_ref()))
+    }
+
+    /// The scripted fault for this request of webhook `id`, if any.
+    fn take_fault(&self, id: &str) -> Option<Fault> {
+        let mut fault = None;
+        self.update(|st| {
+            fault = st
+                .standing
+                .get(id)
+                .cloned()
+                .or_else(|| st.queued.get_mut(id).and_then(|q| q.pop_front()));
+            if fault.is_some() {
+                st.faulted += 1;
+            }
+        });
+        fault
+    }
+
+    fn answer_fault(&self, id: &str, fault: Fault) -> Option<Resp> {
+        match fault {
+            Fault::Status(status, body) => Some(match serde_json::from_str(&body) {
+                Ok(v) => Resp::json(status, v),
+                Err(_) => Resp::text(status, body),
+            }),
+            Fault::RateLimited(secs) => {
+                self.update(|st| st.count_429 += 1);
+                self.notify(Event::RateLimited {
+                    webhook_id: id,
+                    retry_after: Some(secs),
+                });
+                let body = json!({"message": "You are being rate limited.",
+                    "retry_after": secs, "global": false});
+                let mut resp = Resp::json(429, body);
+                let whole = (secs.ceil() as u64).max(1).to_string();
+                resp.headers.push(("Retry-After", whole));
+                Some(resp)
+            }
+            Fault::Hang(d) => {
+                thread::sleep(d);
+                None
+            }
+            Fault::Close => None,
+        }
     }
 
     /// Discord's per-webhook bucket: the window starts with the first request
@@ -990,11 +1113,16 @@ fn write_resp(w: &mut TcpStream, r: &Resp, close: bool) -> io::Result<()> {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        408 => "Request Timeout",
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        504 => "Gateway Timeout",
         503 => "Service Unavailable",
         _ => "Unknown",
     };

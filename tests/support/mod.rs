@@ -1,2 +1,3 @@
 pub mod daemon;
 pub mod fake_discord;
+pub mod notify;
