@@ -264,7 +264,7 @@ fn mtime_secs(path: &Path) -> Option<u64> {
 /// What was read from the state directory.
 #[derive(Debug, Default)]
 struct Loaded {
-    files: BTreeMap<u64, (FileRecord, Option<Mark>)>,
+    files: HashMap<u64, (FileRecord, Option<Mark>)>,
     sources: BTreeMap<String, u64>,
     fallback_seen: Option<u64>,
     /// The journal must be rewritten whole (damaged, migrated or missing).
@@ -450,8 +450,7 @@ impl Inner {
     }
 
     /// Keeps at most [`MAX_PER_PATH`] records for the source and path of
-    /// `id`, dropping the least recently seen ones that are not followed
-    /// (never `id` itself).
+    /// `id`, dropping the least recently seen ones that are not followed.
     fn bound_path(&mut self, pk: u64, id: FileId) {
         let Some(bucket) = self.by_path.get(&pk) else {
             return;
@@ -464,7 +463,7 @@ impl Inner {
             .iter()
             .filter_map(|x| self.files.get(x).map(|s| (x, s)))
             .filter(|(_, s)| s.rec.source == me.source && s.rec.path == me.path)
-            .map(|(x, s)| (s.rec.seen, *x, s.live || *x == id))
+            .map(|(x, s)| (s.rec.seen, *x, s.live))
             .collect();
         if same.len() <= MAX_PER_PATH {
             return;
@@ -519,7 +518,11 @@ impl Store {
         }
         let loaded = load(dir, persist);
         let cutoff = now_secs().saturating_sub(EXPIRY.as_secs());
+        let n = loaded.files.len();
         let mut inner = Inner {
+            files: HashMap::with_capacity(n),
+            by_inode: HashMap::with_capacity(n),
+            by_path: HashMap::with_capacity(n),
             sources_at_start: loaded.sources.clone(),
             sources: loaded.sources,
             fallback_seen: loaded.fallback_seen,
