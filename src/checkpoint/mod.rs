@@ -179,8 +179,6 @@ struct Inner {
     /// Bumped by every change; `durable` is the last one on disk.
     seq: u64,
     durable: u64,
-    /// Something wants a write now (a commit, a flush), not only lazily.
-    urgent: bool,
     /// Why the state cannot be written, while it cannot.
     trouble: Option<String>,
     stop: bool,
@@ -389,17 +387,18 @@ fn load_legacy(dir: &Path, persist: bool, out: &mut Loaded) {
 }
 
 impl Inner {
-    fn bump(&mut self, urgent: bool) {
+    /// A change to write. Whether the writer is woken for it (now) or
+    /// picks it up with the next write (lazily) is the caller's choice.
+    fn bump(&mut self) {
         if self.persist {
             self.seq += 1;
-            self.urgent |= urgent;
         }
     }
 
-    fn mark_dirty(&mut self, id: FileId, urgent: bool) {
+    fn mark_dirty(&mut self, id: FileId) {
         if self.persist {
             self.dirty.insert(id);
-            self.bump(urgent);
+            self.bump();
         }
     }
 
@@ -435,7 +434,7 @@ impl Inner {
                 self.forgets.clear();
                 self.rewrite = true;
             }
-            self.bump(false);
+            self.bump();
         }
     }
 
@@ -626,7 +625,7 @@ impl Store {
             g.sources.insert(source.to_string(), now_secs());
             if g.persist {
                 g.dirty_sources.insert(source.to_string());
-                g.bump(true);
+                g.bump();
             }
         }
         self.wake();
@@ -661,7 +660,7 @@ impl Store {
             offset: slot.rec.offset,
             mark: slot.mark,
         };
-        g.mark_dirty(id, false);
+        g.mark_dirty(id);
         Some(claimed)
     }
 
@@ -693,7 +692,7 @@ impl Store {
                     live: true,
                 },
             );
-            g.mark_dirty(id, true);
+            g.mark_dirty(id);
             id
         };
         self.wake();
@@ -720,7 +719,7 @@ impl Store {
             g.by_path.entry(pk).or_default().push(id);
             g.bound_path(pk, id);
         }
-        g.mark_dirty(id, false);
+        g.mark_dirty(id);
     }
 
     /// The watcher read the file up to `mark.offset` (written lazily).
@@ -729,7 +728,7 @@ impl Store {
         if let Some(slot) = g.files.get_mut(&id) {
             if slot.mark != Some(mark) {
                 slot.mark = Some(mark);
-                g.mark_dirty(id, false);
+                g.mark_dirty(id);
             }
         }
     }
@@ -761,7 +760,7 @@ impl Store {
                 if let Some(slot) = g.files.get_mut(&id) {
                     slot.rec.offset = offset;
                     slot.rec.seen = now;
-                    g.mark_dirty(id, true);
+                    g.mark_dirty(id);
                 }
             }
         }
@@ -771,7 +770,7 @@ impl Store {
 
     /// Asks the writer to write everything pending now (without waiting).
     pub fn save(&self) -> Result<(), CheckpointError> {
-        self.lock().bump(true);
+        self.lock().bump();
         self.wake();
         Ok(())
     }
@@ -784,7 +783,7 @@ impl Store {
         }
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
-        g.bump(true);
+        g.bump();
         let want = g.seq;
         drop(g);
         self.wake();
