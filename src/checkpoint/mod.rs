@@ -701,8 +701,13 @@ impl Store {
 
     /// Updates what is known of a followed file (its fingerprint grows with
     /// the file up to [`FINGERPRINT_LEN`]; its path changes on rotation).
-    /// Written lazily, with the next commit.
+    /// Written at once: a restart needs both to find the file again.
     pub fn update(&self, id: FileId, path: Option<&Path>, fp: Option<(u32, u64)>) {
+        self.update_locked(id, path, fp);
+        self.wake();
+    }
+
+    fn update_locked(&self, id: FileId, path: Option<&Path>, fp: Option<(u32, u64)>) {
         let mut g = self.lock();
         let Some(slot) = g.files.get_mut(&id) else {
             return;
