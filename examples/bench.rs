@@ -50,6 +50,11 @@ scenarios (default: all, in this order):
   catchup    1 GB backlog (--quick 100 MB) read from a checkpoint, --dry-run
   manyfiles  10,000 files in 100 directories, follow = \"all\": READY, RSS,
              idle CPU over 60 s (--quick 5 s), latency of 20 appends
+  checkpoint the checkpoint store in this process: open with 100,000
+             records (--quick 10,000), claim and dormant, and the time a
+             commit takes on the posting path while the writer fsyncs
+             (run under `strace -f --seccomp-bpf -e trace=fsync,fdatasync
+             -e inject=fsync,fdatasync:delay_enter=500ms` for a slow disk)
 
   --runs N   runs per scenario, the median is reported (default 3)
   --quick    short smoke version of every scenario
@@ -69,6 +74,7 @@ enum Scenario {
     Burst,
     Catchup,
     ManyFiles,
+    Checkpoint,
 }
 
 const ALL: [Scenario; 6] = [
@@ -78,6 +84,7 @@ const ALL: [Scenario; 6] = [
     Scenario::Burst,
     Scenario::Catchup,
     Scenario::ManyFiles,
+    Scenario::Checkpoint,
 ];
 
 impl Scenario {
@@ -89,6 +96,7 @@ impl Scenario {
             Scenario::Burst => "burst",
             Scenario::Catchup => "catchup",
             Scenario::ManyFiles => "manyfiles",
+            Scenario::Checkpoint => "checkpoint",
         }
     }
 
@@ -1086,12 +1094,12 @@ fn catchup(ctx: &Ctx, _run: usize) -> Res<RunResult> {
     //    checkpoint; then a clean stop.
     let mut d = work.spawn(&ctx.bin, &env, &[], Stdio::null())?;
     d.wait_ready(Duration::from_secs(10))?;
-    let ckpt = work.state().join("checkpoint.json");
+    let ckpt = work.state().join("checkpoint.journal");
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !fs::read_to_string(&ckpt).is_ok_and(|t| t.contains(&name)) {
+    while !fs::read(&ckpt).is_ok_and(|t| t.windows(name.len()).any(|w| w == name.as_bytes())) {
         if Instant::now() >= deadline {
-            return Err(d.fail("checkpoint.json does not name the log file"));
+            return Err(d.fail("checkpoint.journal does not name the log file"));
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -1260,6 +1268,97 @@ fn manyfiles(ctx: &Ctx, run: usize) -> Res<RunResult> {
     })
 }
 
+/// The checkpoint store alone (no daemon): start-up with many records,
+/// and what a commit costs the sender while the writer thread fsyncs.
+fn checkpoint(ctx: &Ctx, _run: usize) -> Res<RunResult> {
+    use ekos_log_monitor::checkpoint::{FileRecord, Store, fingerprint};
+    let work = Work::new(ctx, "checkpoint")?;
+    let state = work.state();
+    let records: u64 = if ctx.quick { 10_000 } else { 100_000 };
+    let rec = |i: u64| FileRecord {
+        source: format!("source{}", i % 4),
+        path: format!("/var/log/jobs/{}/run-{i:06}.log", i % 100).into(),
+        dev: 1,
+        ino: i,
+        fp_len: 8,
+        fp_hash: fingerprint(&i.to_le_bytes()),
+        offset: i * 100,
+        seen: 0,
+    };
+    // 1. A state of `records` files (each its own path), then a clean stop.
+    {
+        let s = Store::open(&state, true)?;
+        for i in 0..records {
+            let id = s.track(rec(i));
+            s.release(id);
+        }
+        if !s.flush(Duration::from_secs(60)) {
+            return Err("the records were not written within 60 s".into());
+        }
+    }
+    let journal = fs::metadata(state.join("checkpoint.journal"))?.len();
+    // 2. Start-up: open, then what the watcher does with it.
+    let t = Instant::now();
+    let s = Store::open(&state, true)?;
+    let open_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let dormant: usize = (0..4).map(|k| s.dormant(&format!("source{k}")).len()).sum();
+    let dormant_s = t.elapsed().as_secs_f64();
+    if dormant as u64 != records {
+        return Err(format!("{dormant} dormant records of {records}").into());
+    }
+    let t = Instant::now();
+    let mut ids = Vec::new();
+    for i in (0..records).step_by((records / 1000) as usize) {
+        let c = s
+            .claim(&format!("source{}", i % 4), 1, i, |_| {
+                Some(i.to_le_bytes().to_vec())
+            })
+            .ok_or("a record was not claimed")?;
+        if c.offset != i * 100 {
+            return Err(format!("record {i} resumed at {}", c.offset).into());
+        }
+        ids.push(c.id);
+    }
+    let claim_us = t.elapsed().as_secs_f64() * 1e6 / ids.len() as f64;
+    // 3. The posting path: one commit a millisecond for 3 s, each timed.
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(3) {
+        n += 1;
+        let id = ids[(n % ids.len() as u64) as usize];
+        let t = Instant::now();
+        s.commit([(id, 1_000_000_000 + n)])?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        thread::sleep(Duration::from_millis(1));
+    }
+    let t = Instant::now();
+    if !s.flush(Duration::from_secs(30)) {
+        return Err("the commits were not durable within 30 s".into());
+    }
+    let drain_s = t.elapsed().as_secs_f64();
+    drop(s);
+    lat.sort_by(f64::total_cmp);
+    Ok(RunResult {
+        samples: vec![
+            target("open_s", "open (s)", open_s, Target::AtMost(1.0)),
+            sample("dormant_s", "dormant, all sources (s)", dormant_s),
+            sample("claim_us", "claim (us)", claim_us),
+            target(
+                "commit_p99_us",
+                "commit p99 (us)",
+                percentile(&lat, 99.0),
+                Target::AtMost(100.0),
+            ),
+            sample("commit_max_us", "commit max (us)", lat[lat.len() - 1]),
+            sample("durable_after_s", "last commit durable after (s)", drain_s),
+        ],
+        extra: json!({"records": records, "journal_bytes": journal, "commits": lat.len(),
+                      "commit_p50_us": round4(percentile(&lat, 50.0))}),
+    })
+}
+
 fn run_one(ctx: &Ctx, sc: Scenario, run: usize) -> Res<RunResult> {
     match sc {
         Scenario::Latency => latency(ctx, run, false),
@@ -1268,6 +1367,7 @@ fn run_one(ctx: &Ctx, sc: Scenario, run: usize) -> Res<RunResult> {
         Scenario::Burst => burst(ctx, run),
         Scenario::Catchup => catchup(ctx, run),
         Scenario::ManyFiles => manyfiles(ctx, run),
+        Scenario::Checkpoint => checkpoint(ctx, run),
     }
 }
 

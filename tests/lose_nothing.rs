@@ -362,3 +362,39 @@ fn truncation_while_lines_are_in_flight_then_a_crash_loses_nothing() {
     let all: Vec<String> = [a, b].concat();
     assert_all_delivered(&fake, &all, 60, &d.stderr());
 }
+
+/// Issue 9, bug 8: a file followed from its end (`START_AT=end`) has a
+/// checkpoint record before anything is delivered from it, so a crash and
+/// a restart do not post its history.
+#[test]
+fn a_file_followed_from_its_end_keeps_its_place_across_a_crash() {
+    let fake = fast_fake();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("START_AT", "end");
+    let file = env.logs().join("2026-11-22/log_20-00-00.txt");
+    let old = tokens("old", 0..300);
+    append(&file, &old);
+    let d = env.start(&[]);
+    let journal = env.dir.path().join("state/checkpoint.journal");
+    let name = b"log_20-00-00.txt";
+    assert!(
+        support::daemon::wait_until(Duration::from_secs(10), || {
+            std::fs::read(&journal).is_ok_and(|b| b.windows(name.len()).any(|w| w == name))
+        }),
+        "no checkpoint record for the file: {}",
+        d.stderr()
+    );
+    d.kill9();
+    let d = env.start(&[]);
+    let new = tokens("new", 0..10);
+    append(&file, &new);
+    assert_all_delivered(&fake, &new, 0, &d.stderr());
+    let got = delivered(&fake.messages());
+    let reposted = got.iter().filter(|t| t.starts_with("old")).count();
+    assert_eq!(
+        reposted,
+        0,
+        "{reposted} old lines posted again\n{}",
+        d.stderr()
+    );
+}

@@ -179,8 +179,6 @@ struct Inner {
     /// Bumped by every change; `durable` is the last one on disk.
     seq: u64,
     durable: u64,
-    /// Something wants a write now (a commit, a flush), not only lazily.
-    urgent: bool,
     /// Why the state cannot be written, while it cannot.
     trouble: Option<String>,
     stop: bool,
@@ -264,7 +262,7 @@ fn mtime_secs(path: &Path) -> Option<u64> {
 /// What was read from the state directory.
 #[derive(Debug, Default)]
 struct Loaded {
-    files: BTreeMap<u64, (FileRecord, Option<Mark>)>,
+    files: HashMap<u64, (FileRecord, Option<Mark>)>,
     sources: BTreeMap<String, u64>,
     fallback_seen: Option<u64>,
     /// The journal must be rewritten whole (damaged, migrated or missing).
@@ -389,17 +387,18 @@ fn load_legacy(dir: &Path, persist: bool, out: &mut Loaded) {
 }
 
 impl Inner {
-    fn bump(&mut self, urgent: bool) {
+    /// A change to write. Whether the writer is woken for it (now) or
+    /// picks it up with the next write (lazily) is the caller's choice.
+    fn bump(&mut self) {
         if self.persist {
             self.seq += 1;
-            self.urgent |= urgent;
         }
     }
 
-    fn mark_dirty(&mut self, id: FileId, urgent: bool) {
+    fn mark_dirty(&mut self, id: FileId) {
         if self.persist {
             self.dirty.insert(id);
-            self.bump(urgent);
+            self.bump();
         }
     }
 
@@ -435,7 +434,7 @@ impl Inner {
                 self.forgets.clear();
                 self.rewrite = true;
             }
-            self.bump(false);
+            self.bump();
         }
     }
 
@@ -450,8 +449,7 @@ impl Inner {
     }
 
     /// Keeps at most [`MAX_PER_PATH`] records for the source and path of
-    /// `id`, dropping the least recently seen ones that are not followed
-    /// (never `id` itself).
+    /// `id`, dropping the least recently seen ones that are not followed.
     fn bound_path(&mut self, pk: u64, id: FileId) {
         let Some(bucket) = self.by_path.get(&pk) else {
             return;
@@ -464,7 +462,7 @@ impl Inner {
             .iter()
             .filter_map(|x| self.files.get(x).map(|s| (x, s)))
             .filter(|(_, s)| s.rec.source == me.source && s.rec.path == me.path)
-            .map(|(x, s)| (s.rec.seen, *x, s.live || *x == id))
+            .map(|(x, s)| (s.rec.seen, *x, s.live))
             .collect();
         if same.len() <= MAX_PER_PATH {
             return;
@@ -519,7 +517,11 @@ impl Store {
         }
         let loaded = load(dir, persist);
         let cutoff = now_secs().saturating_sub(EXPIRY.as_secs());
+        let n = loaded.files.len();
         let mut inner = Inner {
+            files: HashMap::with_capacity(n),
+            by_inode: HashMap::with_capacity(n),
+            by_path: HashMap::with_capacity(n),
             sources_at_start: loaded.sources.clone(),
             sources: loaded.sources,
             fallback_seen: loaded.fallback_seen,
@@ -623,7 +625,7 @@ impl Store {
             g.sources.insert(source.to_string(), now_secs());
             if g.persist {
                 g.dirty_sources.insert(source.to_string());
-                g.bump(true);
+                g.bump();
             }
         }
         self.wake();
@@ -658,7 +660,7 @@ impl Store {
             offset: slot.rec.offset,
             mark: slot.mark,
         };
-        g.mark_dirty(id, false);
+        g.mark_dirty(id);
         Some(claimed)
     }
 
@@ -690,7 +692,7 @@ impl Store {
                     live: true,
                 },
             );
-            g.mark_dirty(id, true);
+            g.mark_dirty(id);
             id
         };
         self.wake();
@@ -699,8 +701,13 @@ impl Store {
 
     /// Updates what is known of a followed file (its fingerprint grows with
     /// the file up to [`FINGERPRINT_LEN`]; its path changes on rotation).
-    /// Written lazily, with the next commit.
+    /// Written at once: a restart needs both to find the file again.
     pub fn update(&self, id: FileId, path: Option<&Path>, fp: Option<(u32, u64)>) {
+        self.update_locked(id, path, fp);
+        self.wake();
+    }
+
+    fn update_locked(&self, id: FileId, path: Option<&Path>, fp: Option<(u32, u64)>) {
         let mut g = self.lock();
         let Some(slot) = g.files.get_mut(&id) else {
             return;
@@ -717,7 +724,7 @@ impl Store {
             g.by_path.entry(pk).or_default().push(id);
             g.bound_path(pk, id);
         }
-        g.mark_dirty(id, false);
+        g.mark_dirty(id);
     }
 
     /// The watcher read the file up to `mark.offset` (written lazily).
@@ -726,7 +733,7 @@ impl Store {
         if let Some(slot) = g.files.get_mut(&id) {
             if slot.mark != Some(mark) {
                 slot.mark = Some(mark);
-                g.mark_dirty(id, false);
+                g.mark_dirty(id);
             }
         }
     }
@@ -758,7 +765,7 @@ impl Store {
                 if let Some(slot) = g.files.get_mut(&id) {
                     slot.rec.offset = offset;
                     slot.rec.seen = now;
-                    g.mark_dirty(id, true);
+                    g.mark_dirty(id);
                 }
             }
         }
@@ -768,7 +775,7 @@ impl Store {
 
     /// Asks the writer to write everything pending now (without waiting).
     pub fn save(&self) -> Result<(), CheckpointError> {
-        self.lock().bump(true);
+        self.lock().bump();
         self.wake();
         Ok(())
     }
@@ -781,7 +788,7 @@ impl Store {
         }
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
-        g.bump(true);
+        g.bump();
         let want = g.seq;
         drop(g);
         self.wake();

@@ -214,11 +214,9 @@ impl Writer {
             let nothing = g.dirty.is_empty() && g.dirty_sources.is_empty() && g.forgets.is_empty();
             if nothing && !self.must_rewrite && !self.compaction_due() {
                 g.durable = g.seq;
-                g.urgent = false;
                 self.shared.written.notify_all();
                 return true;
             }
-            g.urgent = false;
             Batch {
                 ids: g.dirty.drain().collect(),
                 sources: std::mem::take(&mut g.dirty_sources).into_iter().collect(),
