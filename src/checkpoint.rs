@@ -56,6 +56,27 @@ pub fn fingerprint(bytes: &[u8]) -> u64 {
     h
 }
 
+/// How far the watcher read a file, and what the bytes just before that
+/// offset were: the `len` (at most 64) bytes ending at `offset` hash
+/// ([`fingerprint`]) to `hash`. A file whose bytes there changed was
+/// rewritten, even if its size and first bytes are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Mark {
+    pub offset: u64,
+    pub len: u32,
+    pub hash: u64,
+}
+
+/// A record found again by [`Store::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: FileId,
+    /// Delivered up to here.
+    pub offset: u64,
+    /// The last read noted with [`Store::note_read`], if any.
+    pub mark: Option<Mark>,
+}
+
 /// What is persisted for one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -69,6 +90,9 @@ pub struct FileRecord {
     pub offset: u64,
     /// Unix seconds when this file was last followed or delivered.
     pub seen: u64,
+    /// The last read the watcher noted (see [`Mark`]).
+    #[serde(default)]
+    pub mark: Option<Mark>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -240,7 +264,7 @@ impl Store {
         dev: u64,
         ino: u64,
         mut first_bytes: impl FnMut(usize) -> Option<Vec<u8>>,
-    ) -> Option<(FileId, u64)> {
+    ) -> Option<Claimed> {
         let mut inner = self.lock();
         let mut hit = None;
         for (id, slot) in inner.files.iter() {
@@ -260,7 +284,19 @@ impl Store {
         let slot = inner.files.get_mut(&id).expect("found above");
         slot.live = true;
         slot.rec.seen = now_secs();
-        Some((id, slot.rec.offset))
+        Some(Claimed {
+            id,
+            offset: slot.rec.offset,
+            mark: slot.rec.mark,
+        })
+    }
+
+    /// The watcher read this file up to `mark.offset`; kept in memory and
+    /// written with the next save.
+    pub fn note_read(&self, id: FileId, mark: Mark) {
+        if let Some(slot) = self.lock().files.get_mut(&id) {
+            slot.rec.mark = Some(mark);
+        }
     }
 
     /// Records that are not followed now, for finding rotated files again.
@@ -386,6 +422,7 @@ mod tests {
             fp_hash: fingerprint(content),
             offset,
             seen: now_secs(),
+            mark: None,
         }
     }
 
@@ -405,10 +442,11 @@ mod tests {
             s.claim("s", 1, 7, |n| Some(b"other line\n"[..n].to_vec()))
                 .is_none()
         );
-        let (id2, off) = s
+        let c = s
             .claim("s", 1, 7, |n| Some(b"first line\nmore"[..n].to_vec()))
             .unwrap();
-        assert_eq!(off, 11);
+        assert_eq!(c.offset, 11);
+        let id2 = c.id;
         // Claimed files are live and cannot be claimed twice.
         assert!(
             s.claim("s", 1, 7, |n| Some(b"first line\n"[..n].to_vec()))

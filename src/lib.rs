@@ -69,13 +69,19 @@ struct Pipeline {
     watcher_ctl: Sender<Control>,
     sender_ctl: Sender<Control>,
     exited: Receiver<&'static str>,
+    /// Fires once every source is watched and its files are open.
+    ready: Receiver<()>,
 }
 
-/// Capacity of the watcher → sender channel, in chunks (each at most
-/// [`tail::READ_CHUNK`] of text): small, so an outage cannot pile up memory.
+/// Capacity of each route's watcher → sender channel, in chunks (each at
+/// most [`tail::READ_CHUNK`] of text): small, so an outage cannot pile up
+/// memory.
 const LINE_CHANNEL: usize = 8;
 
 impl Pipeline {
+    /// Starts the threads; does not wait for the watcher's set-up (see
+    /// `ready`), so that the supervisor keeps answering signals and feeding
+    /// the watchdog meanwhile.
     fn start(cfg: Arc<Config>, dry_run: bool, stats: Arc<Stats>) -> Result<Pipeline, RunError> {
         let store = Arc::new(Store::open(&cfg.state_dir, !dry_run)?);
         let sinks: Vec<Box<dyn Sink>> = cfg
@@ -89,7 +95,10 @@ impl Pipeline {
                 }
             })
             .collect();
-        let (line_tx, line_rx) = bounded(LINE_CHANNEL);
+        // One bounded channel per route, so that a stopped webhook holds
+        // back only its own sources.
+        let (line_tx, line_rx): (Vec<_>, Vec<_>) =
+            cfg.webhooks.iter().map(|_| bounded(LINE_CHANNEL)).unzip();
         let (wctl_tx, wctl_rx) = bounded(16);
         let (sctl_tx, sctl_rx) = bounded(16);
         let (exit_tx, exit_rx) = bounded(2);
@@ -111,21 +120,14 @@ impl Pipeline {
                 let _guard = guard;
                 s.run(line_rx, sctl_rx)
             })?;
-        let mut p = Pipeline {
+        Ok(Pipeline {
             watcher: Some(watcher),
             sender: Some(sender),
             watcher_ctl: wctl_tx,
             sender_ctl: sctl_tx,
             exited: exit_rx,
-        };
-        // Ready once every source is watched and its files are open.
-        crossbeam_channel::select! {
-            recv(ready_rx) -> _ => {}
-            recv(p.exited) -> _ => {
-                p.join()?;
-            }
-        }
-        Ok(p)
+            ready: ready_rx,
+        })
     }
 
     /// Waits for both threads; re-raises a panic, returns the watcher's error.
@@ -210,9 +212,10 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
     );
     let stats = Arc::new(Stats::default());
     let mut pipeline = Pipeline::start(Arc::new(cfg), dry_run, stats.clone())?;
-    service::trim_memory();
-    service::notify(&[NotifyState::Ready]);
-    stats.publish();
+    // READY (and after a reload, READY again) once the watcher's set-up is
+    // done; until then signals and the watchdog are served as usual.
+    let mut starting = true;
+    let mut first_start = true;
 
     let tick = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut ping = 0u64;
@@ -222,7 +225,25 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
             Some(t) => crossbeam_channel::after(t),
             None => never(),
         };
+        let ready = if starting {
+            pipeline.ready.clone()
+        } else {
+            never()
+        };
         crossbeam_channel::select! {
+            recv(ready) -> r => {
+                starting = false;
+                if r.is_err() {
+                    // The watcher ended during its set-up: `exited` says why.
+                    continue;
+                }
+                if first_start {
+                    first_start = false;
+                    service::trim_memory();
+                }
+                service::notify(&[NotifyState::Ready]);
+                stats.publish();
+            }
             recv(sig_rx) -> sig => match sig.unwrap_or(Signal::Stop) {
                 Signal::Stop => {
                     log::info!("stopping: posting what is queued");
@@ -243,13 +264,16 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
                             pipeline.abort()?;
                             log::info!("configuration reloaded: following {}", describe_sources(&new));
                             pipeline = Pipeline::start(Arc::new(new), dry_run, stats.clone())?;
+                            starting = true;
                         }
                         Err(e) => {
                             log::error!("reload failed, keeping the running configuration: {e}");
                             stats.record_error(Some(format!("reload failed: {e}")));
+                            if !starting {
+                                service::notify(&[NotifyState::Ready]);
+                            }
                         }
                     }
-                    service::notify(&[NotifyState::Ready]);
                 }
             },
             recv(pipeline.exited) -> name => {

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, never};
+use crossbeam_channel::{Receiver, Select, never};
 
 use crate::batch::Batcher;
 use crate::checkpoint::{FileId, Store};
@@ -83,8 +83,6 @@ pub struct Sender {
     holds: HashMap<FileId, VecDeque<u64>>,
     /// Per file, what the logs route delivered (before clamping by holds).
     delivered: HashMap<FileId, u64>,
-    /// Per file, the end of the last line received (a line's start).
-    last_end: HashMap<FileId, u64>,
     store: Arc<Store>,
     stats: Arc<Stats>,
     rate_limit_delay: Duration,
@@ -118,7 +116,6 @@ impl Sender {
             attachment_threshold: cfg.attachment_threshold,
             holds: HashMap::new(),
             delivered: HashMap::new(),
-            last_end: HashMap::new(),
             store,
             stats,
             rate_limit_delay: cfg.rate_limit_delay,
@@ -144,13 +141,8 @@ impl Sender {
         let now = Instant::now();
         let route = chunk.route.min(self.routes.len() - 1);
         let file = chunk.file;
-        let mut prev = match self.last_end.get(&file) {
-            Some(e) => *e,
-            None => self.store.offset(file).unwrap_or(0),
-        };
-        if let Some(last) = chunk.lines.last() {
-            self.last_end.insert(file, last.end);
-        }
+        // The chunk says where its first line begins.
+        let mut prev = chunk.start;
         for (line, shown) in chunk.lines.into_iter().zip(chunk.shown) {
             // After a truncation offsets start again from 0.
             let start = if prev > line.end { 0 } else { prev };
@@ -289,10 +281,12 @@ impl Sender {
     /// The actor loop. Returns when the lines channel is closed and
     /// everything was posted, when the shutdown grace time ran out, or at
     /// once on `Abort`.
-    pub fn run(mut self, lines: Receiver<Chunk>, control: Receiver<Control>) {
+    pub fn run(mut self, lines: Vec<Receiver<Chunk>>, control: Receiver<Control>) {
         let mut closing: Option<Instant> = None;
-        let mut lines_open = true;
+        // Per route: its channel is still open.
+        let mut open = vec![true; lines.len()];
         loop {
+            let lines_open = open.iter().any(|o| *o);
             let now = Instant::now();
             if let Some(deadline) = closing {
                 if now >= deadline {
@@ -333,7 +327,6 @@ impl Sender {
             }
             let timeout = wake.map(|w| w.saturating_duration_since(now));
             let accepting = lines_open && self.queued_bytes() < MAX_QUEUED_BYTES;
-            let line_rx = if accepting { lines.clone() } else { never() };
             let timer = match timeout {
                 Some(t) => crossbeam_channel::after(t),
                 None => never(),
@@ -342,34 +335,57 @@ impl Sender {
                 r.sink.idle();
             }
             self.stats.flush_status();
-            crossbeam_channel::select! {
-                recv(line_rx) -> chunk => match chunk {
+            // Temporary: any route's chunk, until the sender keeps a byte
+            // budget per route.
+            let mut sel = Select::new();
+            let mut rx_ops = Vec::new();
+            if accepting {
+                for (r, rx) in lines.iter().enumerate() {
+                    if open[r] {
+                        rx_ops.push((sel.recv(rx), r));
+                    }
+                }
+            }
+            let ctl_op = sel.recv(&control);
+            let timer_op = sel.recv(&timer);
+            let op = sel.select();
+            let i = op.index();
+            if i == ctl_op {
+                let msg = op.recv(&control).unwrap_or(Control::Abort);
+                if self.on_control(msg, &mut closing) {
+                    return;
+                }
+            } else if i == timer_op {
+                let _ = op.recv(&timer);
+            } else {
+                let r = rx_ops
+                    .iter()
+                    .find(|(o, _)| *o == i)
+                    .map(|(_, r)| *r)
+                    .expect("a selected route");
+                match op.recv(&lines[r]) {
                     Ok(c) => {
                         self.push(c, closing.is_some());
                         // Take what else is queued without another wake-up.
-                        while self.queued_bytes() < MAX_QUEUED_BYTES {
-                            match lines.try_recv() {
-                                Ok(c) => self.push(c, closing.is_some()),
-                                Err(_) => break,
+                        'more: for rx in &lines {
+                            while self.queued_bytes() < MAX_QUEUED_BYTES {
+                                match rx.try_recv() {
+                                    Ok(c) => self.push(c, closing.is_some()),
+                                    Err(_) => continue 'more,
+                                }
                             }
+                            break;
                         }
                     }
                     Err(_) => {
-                        lines_open = false;
-                        if closing.is_none() {
+                        open[r] = false;
+                        if !open.iter().any(|o| *o) && closing.is_none() {
                             // The watcher ended on its own: post and stop.
                             closing = Some(Instant::now() + SHUTDOWN_GRACE);
                             self.flush_all();
                         }
                     }
-                },
-                recv(control) -> msg => {
-                    let msg = msg.unwrap_or(Control::Abort);
-                    if self.on_control(msg, &mut closing) {
-                        return;
-                    }
                 }
-                recv(timer) -> _ => {}
             }
         }
     }
