@@ -120,6 +120,8 @@ struct Slot {
 #[derive(Debug, Default)]
 struct Inner {
     files: HashMap<FileId, Slot>,
+    /// Records by (device, inode), so a claim does not look at every record.
+    by_inode: HashMap<(u64, u64), Vec<FileId>>,
     sources: BTreeMap<String, SourceState>,
     /// Sources as they were when the process started.
     sources_at_start: BTreeMap<String, SourceState>,
@@ -214,6 +216,11 @@ impl Store {
         for rec in state.files.into_iter().filter(|r| r.seen >= cutoff) {
             let id = FileId(inner.next_id);
             inner.next_id += 1;
+            inner
+                .by_inode
+                .entry((rec.dev, rec.ino))
+                .or_default()
+                .push(id);
             inner.files.insert(id, Slot { rec, live: false });
         }
         Ok(Store {
@@ -267,7 +274,11 @@ impl Store {
     ) -> Option<Claimed> {
         let mut inner = self.lock();
         let mut hit = None;
-        for (id, slot) in inner.files.iter() {
+        let ids = inner.by_inode.get(&(dev, ino)).cloned().unwrap_or_default();
+        for id in &ids {
+            let Some(slot) = inner.files.get(id) else {
+                continue;
+            };
             let r = &slot.rec;
             if slot.live || r.source != source || r.dev != dev || r.ino != ino {
                 continue;
@@ -314,6 +325,11 @@ impl Store {
         let mut inner = self.lock();
         let id = FileId(inner.next_id);
         inner.next_id += 1;
+        inner
+            .by_inode
+            .entry((rec.dev, rec.ino))
+            .or_default()
+            .push(id);
         inner.files.insert(id, Slot { rec, live: true });
         id
     }
@@ -375,6 +391,13 @@ impl Store {
             let now = now_secs();
             let cutoff = now.saturating_sub(EXPIRY.as_secs());
             inner.files.retain(|_, s| s.live || s.rec.seen >= cutoff);
+            let Inner {
+                files, by_inode, ..
+            } = &mut *inner;
+            by_inode.retain(|_, ids| {
+                ids.retain(|id| files.contains_key(id));
+                !ids.is_empty()
+            });
             let state = StateRef {
                 version: 1,
                 sources: &inner.sources,

@@ -216,7 +216,7 @@ pub struct Tailer {
     fp: Vec<u8>,
     /// What was read: the bytes before [`Tailer::line_end`].
     mark: Mark,
-    /// The file as it was at the last identity check (`None`: never).
+    /// The file as it was at the last identity check.
     stamp: Option<Stamp>,
     /// Look at the mark at the next check even if the stamp is the same.
     unsure: bool,
@@ -263,8 +263,10 @@ impl Tailer {
             partial: Vec::new(),
             fp,
             mark,
-            stamp: None,
-            unsure: true,
+            // What the start position was decided on: only a change from
+            // here on needs the identity checked again.
+            stamp: Some(Stamp::of(meta)),
+            unsure: Stamp::of(meta).recent(),
             tail,
         })
     }
@@ -301,6 +303,11 @@ impl Tailer {
             let extra = self.tail.len().saturating_sub(MARK_LEN);
             self.tail.drain(..extra);
         }
+    }
+
+    /// The open file's metadata (`fstat`).
+    pub fn stat(&self) -> io::Result<Metadata> {
+        self.file.metadata()
     }
 
     /// Whether `meta` (of this file, by path or descriptor) shows a change

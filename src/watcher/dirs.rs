@@ -111,15 +111,19 @@ impl Listing {
     }
 }
 
-/// Listings made during one start-up (or one rescan), each directory once.
+/// Listings made during one start-up, each directory once. Keyed by the
+/// path's bytes: hashing a `Path` walks its components, which for 100,000
+/// checkpoint records is most of the look-up's cost.
 #[derive(Debug, Default)]
-pub struct Listings(HashMap<PathBuf, Listing>);
+pub struct Listings(HashMap<OsString, Listing>);
 
 impl Listings {
     pub fn of(&mut self, dir: &Path) -> &Listing {
-        self.0
-            .entry(dir.to_path_buf())
-            .or_insert_with(|| Listing::read(dir))
+        if !self.0.contains_key(dir.as_os_str()) {
+            self.0
+                .insert(dir.as_os_str().to_os_string(), Listing::read(dir));
+        }
+        &self.0[dir.as_os_str()]
     }
 }
 

@@ -480,13 +480,21 @@ impl Watcher {
             }
             let is_newest = Some(&f.path) == newest.as_ref();
             let changed_while_down = last_seen.is_some_and(|t| f.mtime > t);
+            if let Some(k) = self.files.by_inode(f.dev, f.ino) {
+                // Opened by `resume_dormant` already (which retired it in
+                // newest mode: it is the current file after all).
+                if src.follow == Follow::Newest && is_newest {
+                    self.make_current(i, k);
+                }
+                continue;
+            }
             match src.follow {
                 Follow::All => {
                     self.follow(i, &f.path, &f.rel, running);
                 }
                 Follow::Newest if is_newest => {
                     if let Some(k) = self.follow(i, &f.path, &f.rel, running) {
-                        self.sources[i].current = Some(k);
+                        self.make_current(i, k);
                     }
                 }
                 Follow::Newest => {
@@ -673,6 +681,14 @@ impl Watcher {
         if let Some(e) = self.files.get_mut(key) {
             e.retired.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Newest mode: `key` is the file being followed.
+    fn make_current(&mut self, i: usize, key: Key) {
+        if let Some(e) = self.files.get_mut(key) {
+            e.retired = None;
+        }
+        self.sources[i].current = Some(key);
     }
 
     /// Read to its end (as far as its size tells), the copy of its old
@@ -1073,7 +1089,7 @@ impl Watcher {
             self.release_or_retire(old);
         }
         if let Some(k) = self.open_tailer(i, path, rel, true) {
-            self.sources[i].current = Some(k);
+            self.make_current(i, k);
             self.publish_followed();
             return self.drain(k);
         }
@@ -1215,8 +1231,9 @@ impl Watcher {
             }
         }
         self.rescans += 1;
-        // One stat per followed file, by its name: a name that now belongs
-        // to another file or to none, or a file that changed.
+        // One stat per followed file. Through its descriptor (the cheapest)
+        // where inotify reports renames; by its name in polled trees, where
+        // the name may now belong to another file or to none.
         let mut moved = Vec::new();
         let mut changed = Vec::new();
         for (k, e) in self.files.iter() {
@@ -1224,9 +1241,16 @@ impl Watcher {
                 changed.push(k);
                 continue;
             }
-            match std::fs::metadata(&e.tailer.path) {
-                Ok(m) if (m.dev(), m.ino()) == (e.tailer.dev, e.tailer.ino) => {
-                    if e.tailer.stale(&m) {
+            let t = &e.tailer;
+            if !self.sources[t.source].polled {
+                if t.stat().is_ok_and(|m| t.stale(&m)) {
+                    changed.push(k);
+                }
+                continue;
+            }
+            match std::fs::metadata(&t.path) {
+                Ok(m) if (m.dev(), m.ino()) == (t.dev, t.ino) => {
+                    if t.stale(&m) {
                         changed.push(k);
                     }
                 }
