@@ -77,7 +77,7 @@ enum Scenario {
     Checkpoint,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 7] = [
     Scenario::Latency,
     Scenario::SlowFsync,
     Scenario::Idle,

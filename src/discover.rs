@@ -22,6 +22,9 @@ pub struct Found {
     pub rel: PathBuf,
     pub mtime: SystemTime,
     pub len: u64,
+    /// Device and inode, to tell a file already followed without a `stat`.
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The result of one walk.
@@ -91,6 +94,8 @@ pub fn scan(source: &Source, skip: impl Fn(&Path) -> bool) -> std::io::Result<Sc
                 Ok(m) if m.is_file() => out.files.push(Found {
                     mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                     len: m.len(),
+                    dev: m.dev(),
+                    ino: m.ino(),
                     path,
                     rel,
                 }),

@@ -72,6 +72,8 @@ struct Pipeline {
     watcher_ctl: Sender<Control>,
     sender_ctl: Sender<Control>,
     exited: Receiver<&'static str>,
+    /// Fires once every source is watched and its files are open.
+    ready: Receiver<()>,
 }
 
 /// Capacity of each route's watcher → sender channel, in chunks (each at
@@ -81,6 +83,9 @@ struct Pipeline {
 const LINE_CHANNEL: usize = 4;
 
 impl Pipeline {
+    /// Starts the threads; does not wait for the watcher's set-up (see
+    /// `ready`), so that the supervisor keeps answering signals and feeding
+    /// the watchdog meanwhile.
     fn start(cfg: Arc<Config>, dry_run: bool, stats: Arc<Stats>) -> Result<Pipeline, RunError> {
         let store = Arc::new(Store::open(&cfg.state_dir, !dry_run)?);
         let sinks: Vec<Box<dyn Sink>> = cfg
@@ -123,21 +128,14 @@ impl Pipeline {
                 let _guard = guard;
                 s.run(line_rx, sctl_rx)
             })?;
-        let mut p = Pipeline {
+        Ok(Pipeline {
             watcher: Some(watcher),
             sender: Some(sender),
             watcher_ctl: wctl_tx,
             sender_ctl: sctl_tx,
             exited: exit_rx,
-        };
-        // Ready once every source is watched and its files are open.
-        crossbeam_channel::select! {
-            recv(ready_rx) -> _ => {}
-            recv(p.exited) -> _ => {
-                p.join()?;
-            }
-        }
-        Ok(p)
+            ready: ready_rx,
+        })
     }
 
     /// Waits for both threads; re-raises a panic, returns the watcher's error.
@@ -222,9 +220,10 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
     );
     let stats = Arc::new(Stats::default());
     let mut pipeline = Pipeline::start(Arc::new(cfg), dry_run, stats.clone())?;
-    service::trim_memory();
-    service::notify(&[NotifyState::Ready]);
-    stats.publish();
+    // READY (and after a reload, READY again) once the watcher's set-up is
+    // done; until then signals and the watchdog are served as usual.
+    let mut starting = true;
+    let mut first_start = true;
 
     let tick = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut ping = 0u64;
@@ -234,7 +233,25 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
             Some(t) => crossbeam_channel::after(t),
             None => never(),
         };
+        let ready = if starting {
+            pipeline.ready.clone()
+        } else {
+            never()
+        };
         crossbeam_channel::select! {
+            recv(ready) -> r => {
+                starting = false;
+                if r.is_err() {
+                    // The watcher ended during its set-up: `exited` says why.
+                    continue;
+                }
+                if first_start {
+                    first_start = false;
+                    service::trim_memory();
+                }
+                service::notify(&[NotifyState::Ready]);
+                stats.publish();
+            }
             recv(sig_rx) -> sig => match sig.unwrap_or(Signal::Stop) {
                 Signal::Stop => {
                     log::info!("stopping: posting what is queued");
@@ -255,6 +272,7 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
                             pipeline.abort()?;
                             log::info!("configuration reloaded: following {}", describe_sources(&new));
                             pipeline = Pipeline::start(Arc::new(new), dry_run, stats.clone())?;
+                            starting = true;
                         }
                         Err(e) => {
                             log::error!("reload failed, keeping the running configuration: {e}");
@@ -263,12 +281,15 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
                             stats.record_error(Some(
                                 "reload failed: bad configuration, see journal".into(),
                             ));
+                            if !starting {
+                                service::notify(&[NotifyState::Ready]);
+                            }
+                            // A status held back by the rate limit of STATUS=
+                            // (a post just before the reload) would wait for
+                            // the next post.
+                            stats.flush_status();
                         }
                     }
-                    service::notify(&[NotifyState::Ready]);
-                    // A status held back by the rate limit of STATUS= (a post
-                    // just before the reload) would wait for the next post.
-                    stats.flush_status();
                 }
             },
             recv(pipeline.exited) -> name => {

@@ -160,11 +160,10 @@ impl log::Log for StderrLogger {
                 log::Level::Debug => "debug",
                 log::Level::Trace => "trace",
             };
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "ekos-log-monitor: {level}: {}",
-                r.args()
-            );
+            // One write per line (stderr is unbuffered: writeln! would
+            // make one per piece, ten thousand at a large start-up).
+            let line = format!("ekos-log-monitor: {level}: {}\n", r.args());
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
         }
     }
     fn flush(&self) {}

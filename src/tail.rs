@@ -6,8 +6,14 @@
 //! waits for its newline), and bounds memory: a line longer than
 //! [`MAX_LINE`] bytes is handed out in pieces, cut on a UTF-8 boundary.
 //! Before each read it checks that the file was not truncated or rewritten
-//! under it (`copytruncate`): a shorter file, or first bytes that no longer
-//! match the fingerprint, restart reading from offset 0.
+//! under it (`copytruncate`, a job's `>`): a shorter file, first bytes that
+//! no longer match the fingerprint, or last bytes read (its [`Mark`]: up to
+//! [`MARK_LEN`] bytes before the end of the last line handed out) that no
+//! longer match restart reading from offset 0. The mark catches a rewrite
+//! with the same header, also to exactly the same length; it is checked
+//! whenever the file's size or times changed, and once more after a change
+//! in the last second (times are stamped from a coarse clock, so a rewrite
+//! right after a read can leave them equal).
 //!
 //! Opening is careful too: only regular files are opened, with
 //! `O_NONBLOCK`, so a FIFO or a device named like a log never blocks or
@@ -19,13 +25,84 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::{FINGERPRINT_LEN, FileId, fingerprint};
+use crate::checkpoint::{FINGERPRINT_LEN, FileId, Mark, fingerprint};
 use crate::format;
 
 /// Longest line handed out whole; longer ones are cut into pieces.
 pub const MAX_LINE: usize = 64 * 1024;
 /// How much one read call takes at most.
 pub const READ_CHUNK: usize = 256 * 1024;
+/// How many bytes before the read offset a [`Mark`] covers.
+pub const MARK_LEN: usize = 64;
+
+/// Size and times of a file when it was last looked at: equal stamps mean
+/// nothing was written since (with the caveat of coarse times, see the
+/// module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub len: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl Stamp {
+    pub fn of(m: &Metadata) -> Stamp {
+        Stamp {
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// Changed in the last second: a rewrite in the same clock tick would
+    /// leave the times as they are, so look once more later.
+    fn recent(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        now - self.mtime.0.max(self.ctime.0) <= 1
+    }
+}
+
+/// Reads the bytes a mark covers, `[offset - len, offset)`; fewer if the
+/// file is shorter now.
+pub fn read_mark(file: &File, m: &Mark) -> io::Result<Vec<u8>> {
+    let start = m.offset - u64::from(m.len).min(m.offset);
+    let mut buf = vec![0u8; (m.offset - start) as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], start + got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// The mark of `file` at `offset`, from its bytes there now.
+pub fn mark_at(file: &File, offset: u64) -> io::Result<Mark> {
+    let len = offset.min(MARK_LEN as u64) as u32;
+    let m = Mark {
+        offset,
+        len,
+        hash: 0,
+    };
+    let b = read_mark(file, &m)?;
+    if b.len() != len as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shorter than the offset",
+        ));
+    }
+    Ok(Mark {
+        hash: fingerprint(&b),
+        ..m
+    })
+}
 
 /// One complete line (or piece of a very long one), sanitized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,10 +191,10 @@ pub struct ReadReport {
     pub restarted: bool,
     /// The fingerprint grew or changed: tell the checkpoint store.
     pub fingerprint_changed: bool,
-    /// On a restart: where the last complete line ended and the first
-    /// bytes the content had, so a copy (logrotate's `copytruncate`) can be
-    /// found and its unread end read from there.
-    pub previous: Option<(u64, Vec<u8>)>,
+    /// On a restart: the mark of the old content (where the last complete
+    /// line ended) and its first bytes, so a copy (logrotate's
+    /// `copytruncate`) can be found and its unread end read from there.
+    pub previous: Option<(Mark, Vec<u8>)>,
 }
 
 /// Follows one open file.
@@ -137,6 +214,14 @@ pub struct Tailer {
     partial: Vec<u8>,
     /// The file's first bytes, up to [`FINGERPRINT_LEN`].
     fp: Vec<u8>,
+    /// What was read: the bytes before [`Tailer::line_end`].
+    mark: Mark,
+    /// The file as it was at the last identity check.
+    stamp: Option<Stamp>,
+    /// Look at the mark at the next check even if the stamp is the same.
+    unsure: bool,
+    /// The last bytes before `pos` (up to [`MARK_LEN`]).
+    tail: Vec<u8>,
 }
 
 impl Tailer {
@@ -152,6 +237,20 @@ impl Tailer {
         start: u64,
     ) -> io::Result<Tailer> {
         let fp = first_bytes(&file, FINGERPRINT_LEN.min(meta.len() as usize))?;
+        let start = start.min(meta.len());
+        let tail = read_mark(
+            &file,
+            &Mark {
+                offset: start,
+                len: MARK_LEN as u32,
+                hash: 0,
+            },
+        )?;
+        let mark = Mark {
+            offset: start,
+            len: tail.len() as u32,
+            hash: fingerprint(&tail),
+        };
         Ok(Tailer {
             id,
             source,
@@ -160,10 +259,61 @@ impl Tailer {
             file,
             dev: meta.dev(),
             ino: meta.ino(),
-            pos: start.min(meta.len()),
+            pos: start,
             partial: Vec::new(),
             fp,
+            mark,
+            // What the start position was decided on: only a change from
+            // here on needs the identity checked again.
+            stamp: Some(Stamp::of(meta)),
+            unsure: Stamp::of(meta).recent(),
+            tail,
         })
+    }
+
+    /// How far lines were handed out, and the bytes before that.
+    pub fn mark(&self) -> Mark {
+        self.mark
+    }
+
+    /// After handing out the lines of `data` (read at `base`): the new
+    /// mark, from the bytes in memory (reading them again could see a
+    /// rewrite that happened since, and take it for what was read).
+    fn remember(&mut self, base: u64, data: &[u8]) {
+        let end = self.line_end();
+        if end > base {
+            let idx = (end - base) as usize;
+            let mut w = Vec::with_capacity(MARK_LEN);
+            if idx < MARK_LEN {
+                let need = MARK_LEN - idx;
+                w.extend_from_slice(&self.tail[self.tail.len().saturating_sub(need)..]);
+            }
+            w.extend_from_slice(&data[idx.saturating_sub(MARK_LEN)..idx]);
+            self.mark = Mark {
+                offset: end,
+                len: w.len() as u32,
+                hash: fingerprint(&w),
+            };
+        }
+        if data.len() >= MARK_LEN {
+            self.tail.clear();
+            self.tail.extend_from_slice(&data[data.len() - MARK_LEN..]);
+        } else {
+            self.tail.extend_from_slice(data);
+            let extra = self.tail.len().saturating_sub(MARK_LEN);
+            self.tail.drain(..extra);
+        }
+    }
+
+    /// The open file's metadata (`fstat`).
+    pub fn stat(&self) -> io::Result<Metadata> {
+        self.file.metadata()
+    }
+
+    /// Whether `meta` (of this file, by path or descriptor) shows a change
+    /// since the last identity check, so that a read is due.
+    pub fn stale(&self, meta: &Metadata) -> bool {
+        self.unsure || self.stamp != Some(Stamp::of(meta))
     }
 
     /// Identity of the open file's content, for the checkpoint.
@@ -203,19 +353,35 @@ impl Tailer {
     /// Checks the open file is still the content we were reading, and
     /// extends the fingerprint while the file is young.
     fn check_identity(&mut self, report: &mut ReadReport) -> io::Result<()> {
-        let size = self.file.metadata()?.len();
-        if size == self.pos && self.fp.len() == FINGERPRINT_LEN.min(size as usize) {
-            // Nothing new: spare the read of the first bytes (this runs for
-            // every followed file at each rescan).
+        let meta = self.file.metadata()?;
+        let stamp = Stamp::of(&meta);
+        let size = stamp.len;
+        let changed = self.unsure || self.stamp != Some(stamp);
+        self.stamp = Some(stamp);
+        self.unsure = stamp.recent();
+        if !changed && self.fp.len() == FINGERPRINT_LEN.min(size as usize) {
+            // Nothing new: spare the reads (this runs for every followed
+            // file whose event or rescan said it may have changed).
             return Ok(());
         }
         let head = first_bytes(&self.file, FINGERPRINT_LEN.min(size as usize))?;
         let common = head.len().min(self.fp.len());
-        if size < self.pos || head[..common] != self.fp[..common] {
-            report.previous = Some((self.line_end(), std::mem::take(&mut self.fp)));
+        let mut rewritten = size < self.pos || head[..common] != self.fp[..common];
+        if !rewritten && self.mark.len > 0 {
+            let b = read_mark(&self.file, &self.mark)?;
+            rewritten = b.len() != self.mark.len as usize || fingerprint(&b) != self.mark.hash;
+        }
+        if rewritten {
+            report.previous = Some((self.mark, std::mem::take(&mut self.fp)));
             self.pos = 0;
             self.partial.clear();
             self.fp = head;
+            self.mark = Mark {
+                offset: 0,
+                len: 0,
+                hash: fingerprint(b""),
+            };
+            self.tail.clear();
             report.restarted = true;
             report.fingerprint_changed = true;
         } else if head.len() > self.fp.len() {
@@ -285,6 +451,7 @@ impl Tailer {
                 });
                 self.partial.drain(..cut);
             }
+            self.remember(base, data);
         }
         Ok(report)
     }
@@ -397,6 +564,81 @@ mod tests {
         let (lines, r) = read_all(&mut t);
         assert!(r.restarted);
         assert_eq!(lines.len(), 1);
+    }
+
+    #[test]
+    fn same_header_rewrites_are_noticed_even_at_the_same_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job.log");
+        let header = format!("{}\n", "H".repeat(600));
+        let body = |tag: &str| {
+            let mut s = header.clone();
+            for i in 0..20 {
+                s.push_str(&format!("{tag}-{i:04}\n"));
+            }
+            s
+        };
+        std::fs::write(&p, body("aaa")).unwrap();
+        let mut t = tail(&p, 0);
+        let (lines, _) = read_all(&mut t);
+        assert_eq!(lines.len(), 21);
+        // Same length, same first 512 bytes, written in the same second.
+        std::fs::write(&p, body("bbb")).unwrap();
+        let (lines, r) = read_all(&mut t);
+        assert!(r.restarted);
+        assert_eq!(lines.len(), 21);
+        assert_eq!(lines[1].text, "bbb-0000");
+        // Longer than the old offset, same header.
+        let mut longer = body("ccc");
+        longer.push_str("ccc-more\n");
+        std::fs::write(&p, &longer).unwrap();
+        let (lines, r) = read_all(&mut t);
+        assert!(r.restarted);
+        assert_eq!(lines.len(), 22);
+        // A plain append is not a rewrite.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"appended\n")
+            .unwrap();
+        let (lines, r) = read_all(&mut t);
+        assert!(!r.restarted);
+        assert_eq!(lines.len(), 1);
+    }
+
+    /// Seeded random line lengths and read budgets: the mark kept from
+    /// memory is always the one the file's bytes give.
+    #[test]
+    fn mark_matches_the_file_after_every_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.log");
+        std::fs::write(&p, b"").unwrap();
+        let mut t = tail(&p, 0);
+        let mut rng = 77u64;
+        let mut buf = Vec::new();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        for _ in 0..300 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = match rng % 4 {
+                0 => (rng >> 8) % 5,
+                1 => (rng >> 8) % 100,
+                2 => (rng >> 8) % 3000,
+                _ => (rng >> 8) % (MAX_LINE as u64 * 2),
+            } as usize;
+            let mut l = vec![b'a' + (rng % 26) as u8; len];
+            if rng & 32 == 0 {
+                l.push(b'\n');
+            }
+            f.write_all(&l).unwrap();
+            let mut out = Vec::new();
+            t.read(&mut buf, &mut out, (rng >> 20) as usize % READ_CHUNK + 1)
+                .unwrap();
+            let file = std::fs::File::open(&p).unwrap();
+            assert_eq!(t.mark(), mark_at(&file, t.line_end()).unwrap());
+        }
     }
 
     #[test]
