@@ -727,6 +727,30 @@ impl Store {
         g.mark_dirty(id);
     }
 
+    /// The content of file `id` now lives in another file (logrotate's
+    /// `copytruncate` copied it, then truncated the original): the record,
+    /// with its delivered offset, follows the content to the copy, so a
+    /// restart finds the copy already delivered as far as it was.
+    pub fn moved(&self, id: FileId, path: &Path, dev: u64, ino: u64) {
+        {
+            let mut g = self.lock();
+            let Some(slot) = g.files.get_mut(&id) else {
+                return;
+            };
+            let old = (slot.rec.dev, slot.rec.ino);
+            slot.rec.dev = dev;
+            slot.rec.ino = ino;
+            if let Some(v) = g.by_inode.get_mut(&old) {
+                v.retain(|x| *x != id);
+                if v.is_empty() {
+                    g.by_inode.remove(&old);
+                }
+            }
+            g.by_inode.entry((dev, ino)).or_default().push(id);
+        }
+        self.update(id, Some(path), None);
+    }
+
     /// The watcher read the file up to `mark.offset` (written lazily).
     pub fn note_read(&self, id: FileId, mark: Mark) {
         let mut g = self.lock();

@@ -791,7 +791,11 @@ impl Watcher {
                     )
                 });
                 match found {
-                    Some(r) => e.recovery = Some(r),
+                    Some(r) => {
+                        let (dev, ino) = r.file();
+                        self.store.moved(old, r.path(), dev, ino);
+                        e.recovery = Some(r);
+                    }
                     None => self.store.release(old),
                 }
                 continue;

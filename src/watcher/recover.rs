@@ -7,7 +7,9 @@
 //! a [`Recovery`] reads it from the mark on, [`READ_CHUNK`] at a time like
 //! any file, so the caller sends its lines through the same bounded path
 //! with the same backpressure: a 120 MB backlog in the copy never sits in
-//! memory. Its lines belong to the old content's checkpoint identity.
+//! memory. Its lines belong to the old content's checkpoint identity,
+//! which moves to the copy (`Store::moved`): a restart then finds the copy
+//! delivered as far as it was, instead of a new file to read again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +38,7 @@ pub struct Step {
 
 /// Looks in `path`'s directory for a copy of the old content: a regular
 /// file other than `own` (device, inode), uncompressed, longer than the
-/// old mark, whose first bytes are `old_fp` and whose bytes at the mark are
+/// old mark or as long (then only the identity moves), whose first bytes are `old_fp` and whose bytes at the mark are
 /// the ones read.
 pub fn find(
     path: &Path,
@@ -58,7 +60,7 @@ pub fn find(
             continue;
         }
         match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_file() && m.len() > old.offset && (m.dev(), m.ino()) != own => {}
+            Ok(m) if m.is_file() && m.len() >= old.offset && (m.dev(), m.ino()) != own => {}
             _ => continue,
         }
         let Ok((file, meta)) = tail::open_regular(&p) else {
@@ -87,6 +89,11 @@ impl Recovery {
 
     pub fn path(&self) -> &PathBuf {
         &self.copy.path
+    }
+
+    /// The copy's device and inode.
+    pub fn file(&self) -> (u64, u64) {
+        (self.copy.dev, self.copy.ino)
     }
 
     /// Reads the next [`READ_CHUNK`] of the copy.
