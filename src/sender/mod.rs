@@ -135,6 +135,8 @@ pub struct Sender {
     store: Arc<Store>,
     stats: Arc<Stats>,
     pause: Pause,
+    /// Why posting is paused now, as last shown in `STATUS=`.
+    paused: Option<String>,
     grace: Duration,
     /// The alerts backlog is full and that was logged.
     alerts_full: bool,
@@ -228,9 +230,26 @@ impl Sender {
             store,
             stats,
             pause: Box::new(|| None),
+            paused: None,
             alerts_full: false,
             grace: s.grace,
         })
+    }
+
+    /// Whether posting is paused now; a change is shown in `STATUS=` once
+    /// (the checkpoint's writer logs it to the journal).
+    fn check_pause(&mut self) -> bool {
+        let now = (self.pause)();
+        if now != self.paused {
+            match &now {
+                Some(why) => self
+                    .stats
+                    .record_error(Some(format!("posting paused: {why}"))),
+                None => self.stats.record_error(None),
+            }
+            self.paused = now;
+        }
+        self.paused.is_some()
     }
 
     /// Stops new POSTs while `pause` returns a reason (the state cannot be
@@ -473,7 +492,7 @@ impl Sender {
             }
             // Start a POST on every route that may; an inline sink answers
             // at once, then the loop goes round to take the next message.
-            let paused = (self.pause)().is_some();
+            let paused = self.check_pause();
             let mut answered_inline = false;
             if !paused {
                 for i in 0..self.lanes.len() {
