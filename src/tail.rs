@@ -54,14 +54,20 @@ impl Stamp {
         }
     }
 
-    /// Changed in the last second: a rewrite in the same clock tick would
-    /// leave the times as they are, so look once more later.
+    /// Changed so recently that a rewrite in the same clock tick would
+    /// leave the times as they are: look once more later. The tick is a
+    /// few milliseconds where times have nanoseconds (100 ms is ample), up
+    /// to 2 s where they have whole seconds only (FAT, some NFS servers).
     fn recent(&self) -> bool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
+            .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        now - self.mtime.0.max(self.ctime.0) <= 1
+        let ns = |(s, n): (i64, i64)| i128::from(s) * 1_000_000_000 + i128::from(n);
+        let t = ns(self.mtime).max(ns(self.ctime));
+        let coarse = self.mtime.1 == 0 && self.ctime.1 == 0;
+        let window = if coarse { 2_000_000_000 } else { 100_000_000 };
+        now - t < window
     }
 }
 

@@ -1306,3 +1306,115 @@ impl Watcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Inputs;
+    use std::io::Write;
+
+    fn append(p: &Path, lines: &[String]) {
+        let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+
+    fn texts(chunks: &[Chunk]) -> Vec<String> {
+        chunks
+            .iter()
+            .flat_map(|c| c.lines.iter().map(|l| l.text.clone()))
+            .collect()
+    }
+
+    /// Two sources, two webhooks: while nobody takes route A's chunks, the
+    /// watcher still reads and sends B's lines, answers pings and stops at
+    /// once; then A's lines all come, in order, with exact start offsets.
+    #[test]
+    fn a_full_route_holds_back_only_its_own_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (ra, rb) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir_all(&ra).unwrap();
+        std::fs::create_dir_all(&rb).unwrap();
+        let (fa, fb) = (ra.join("a.log"), rb.join("b.log"));
+        std::fs::write(&fa, "").unwrap();
+        std::fs::write(&fb, "").unwrap();
+        let cfg_path = d.path().join("config.toml");
+        std::fs::write(
+            &cfg_path,
+            format!(
+                "state_directory = \"{}\"\n[[source]]\nname = \"a\"\nroot = \"{}\"\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/1/aaa\"\n[[source]]\nname = \"b\"\nroot = \"{}\"\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/2/bbb\"\n",
+                d.path().join("state").display(),
+                ra.display(),
+                rb.display()
+            ),
+        )
+        .unwrap();
+        let env = [("HOME".to_string(), d.path().display().to_string())].into();
+        let cfg = Arc::new(
+            Config::load(&Inputs {
+                config_file: Some(cfg_path),
+                env,
+                dry_run: false,
+            })
+            .unwrap(),
+        );
+        let (route_a, route_b) = (cfg.sources[0].route, cfg.sources[1].route);
+        assert_ne!(route_a, route_b);
+        let store = Arc::new(Store::open(&cfg.state_dir, true).unwrap());
+        let stats = Arc::new(Stats::default());
+        let (ready_tx, ready_rx) = bounded(1);
+        let (ctl_tx, ctl_rx) = bounded(4);
+        let (txs, rxs): (Vec<_>, Vec<_>) = cfg.webhooks.iter().map(|_| bounded(1)).unzip();
+        let w = Watcher::new(cfg.clone(), store, stats.clone(), ready_tx);
+        let h = std::thread::spawn(move || w.run(ctl_rx, txs));
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+        // Far more than route A's channel and pending slot hold.
+        let a: Vec<String> = (0..20_000)
+            .map(|i| format!("a-{i:06} {}", "x".repeat(40)))
+            .collect();
+        append(&fa, &a);
+        let b: Vec<String> = (0..50).map(|i| format!("b-{i:06}")).collect();
+        let mut got_b = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (n, part) in b.chunks(10).enumerate() {
+            append(&fb, part);
+            while texts(&got_b).len() < (n + 1) * 10 && Instant::now() < deadline {
+                if let Ok(c) = rxs[route_b].recv_timeout(Duration::from_millis(50)) {
+                    got_b.push(c);
+                }
+            }
+        }
+        assert_eq!(texts(&got_b), b, "route B went on while A was full");
+        // Pings are answered while A is held up.
+        ctl_tx.send(Control::Ping(7)).unwrap();
+        let answered = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            stats
+                .watcher_pong
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 7
+        });
+        assert!(answered);
+        // Now take A: everything, in order, each chunk starting where the
+        // previous one ended.
+        let mut got_a: Vec<Chunk> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while texts(&got_a).len() < a.len() && Instant::now() < deadline {
+            if let Ok(c) = rxs[route_a].recv_timeout(Duration::from_millis(100)) {
+                got_a.push(c);
+            }
+        }
+        assert_eq!(texts(&got_a), a);
+        let mut at = 0;
+        for c in &got_a {
+            assert_eq!(c.start, at);
+            at = c.lines.last().unwrap().end;
+        }
+        ctl_tx.send(Control::Shutdown).unwrap();
+        let t0 = Instant::now();
+        h.join().unwrap().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+}
