@@ -914,7 +914,7 @@ impl Watcher {
                 Err(e) => {
                     // A watch that could not be added for a new directory
                     // (the watch limit): that tree is polled from now on.
-                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) || !e.paths.is_empty() {
+                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                         let why = e.to_string();
                         let hit: Vec<usize> = if e.paths.is_empty() {
                             (0..self.cfg.sources.len()).collect()
@@ -1243,14 +1243,14 @@ impl Watcher {
             }
             let t = &e.tailer;
             if !self.sources[t.source].polled {
-                if t.stat().is_ok_and(|m| t.stale(&m)) {
+                if t.stamp_now().is_ok_and(|m| t.stale(m)) {
                     changed.push(k);
                 }
                 continue;
             }
             match std::fs::metadata(&t.path) {
                 Ok(m) if (m.dev(), m.ino()) == (t.dev, t.ino) => {
-                    if t.stale(&m) {
+                    if t.stale(tail::Stamp::of(&m)) {
                         changed.push(k);
                     }
                 }
