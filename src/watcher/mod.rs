@@ -793,7 +793,7 @@ impl Watcher {
                     )
                 });
                 match found {
-                    Some(r) => e.recovery = Some(r),
+                    Some(r) => e.recovery = Some(Box::new(r)),
                     None => self.store.release(old),
                 }
                 continue;
