@@ -201,10 +201,7 @@ impl Watcher {
         control: Receiver<Control>,
         out: Vec<Sender<Chunk>>,
     ) -> Result<(), WatchError> {
-        self.pending = out.iter().map(|_| None).collect();
-        self.stalled = vec![false; out.len()];
-        self.control = control.clone();
-        self.out = out.clone();
+        self.attach(&control, &out);
         let (ev_tx, ev_rx) = bounded::<notify::Result<notify::Event>>(4096);
         let mut inotify = notify::recommended_watcher(move |res| {
             // Only forward: all work happens on the watcher thread.
@@ -290,6 +287,14 @@ impl Watcher {
             }
         }
         Ok(())
+    }
+
+    /// Takes the channels `run` works with.
+    fn attach(&mut self, control: &Receiver<Control>, out: &[Sender<Chunk>]) {
+        self.pending = out.iter().map(|_| None).collect();
+        self.stalled = vec![false; out.len()];
+        self.control = control.clone();
+        self.out = out.to_vec();
     }
 
     fn pong(&self, n: u64) {
@@ -1325,38 +1330,75 @@ mod tests {
             .collect()
     }
 
+    fn two_sources(d: &Path) -> (Arc<Config>, PathBuf, PathBuf) {
+        let (ra, rb) = (d.join("a"), d.join("b"));
+        std::fs::create_dir_all(&ra).unwrap();
+        std::fs::create_dir_all(&rb).unwrap();
+        let cfg_path = d.join("config.toml");
+        std::fs::write(
+            &cfg_path,
+            format!(
+                "state_directory = \"{}\"\n[[source]]\nname = \"a\"\nroot = \"{}\"\ninclude = [\"**/*.log\"]\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/1/aaa\"\n[[source]]\nname = \"b\"\nroot = \"{}\"\ninclude = [\"**/*.log\"]\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/2/bbb\"\n",
+                d.join("state").display(),
+                ra.display(),
+                rb.display()
+            ),
+        )
+        .unwrap();
+        let env = [("HOME".to_string(), d.display().to_string())].into();
+        let cfg = Config::load(&Inputs {
+            config_file: Some(cfg_path),
+            env,
+            dry_run: false,
+        })
+        .unwrap();
+        (Arc::new(cfg), ra, rb)
+    }
+
+    /// inotify could not watch a new directory (the watch limit): that
+    /// tree is polled from then on, said once, and a file created in it is
+    /// found and read by the next periodic rescan without any event.
+    #[test]
+    fn a_tree_without_watches_is_polled_and_read_at_rescans() {
+        let d = tempfile::tempdir().unwrap();
+        let (cfg, ra, rb) = two_sources(d.path());
+        let store = Arc::new(Store::open(&cfg.state_dir, true).unwrap());
+        let (ready_tx, _ready_rx) = bounded(1);
+        let mut w = Watcher::new(cfg.clone(), store, Arc::new(Stats::default()), ready_tx);
+        let (_ctl_tx, ctl_rx) = bounded(4);
+        let (txs, rxs): (Vec<_>, Vec<_>) = cfg.webhooks.iter().map(|_| bounded(8)).unzip();
+        w.attach(&ctl_rx, &txs);
+        // No callback: this test delivers the events itself.
+        let mut inotify = notify::recommended_watcher(|_| {}).unwrap();
+        for i in 0..2 {
+            assert_eq!(w.setup_source(i, &mut inotify, false), Flow::Go);
+        }
+        assert!(!w.sources[0].polled && !w.sources[1].polled);
+        let sub = ra.join("new-dir");
+        std::fs::create_dir(&sub).unwrap();
+        let err = notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(sub.clone());
+        assert_eq!(w.on_events(vec![Err(err)], &mut inotify), Flow::Go);
+        assert!(w.sources[0].polled && w.told_watch_limit);
+        assert!(!w.sources[1].polled, "only the tree that lost its watch");
+        std::fs::write(sub.join("late.log"), "written unseen\n").unwrap();
+        std::fs::write(rb.join("quiet.log"), "").unwrap();
+        assert_eq!(w.rescan(&mut inotify, false), Flow::Go);
+        let c = rxs[cfg.sources[0].route]
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(texts(&[c]), vec!["written unseen".to_string()]);
+    }
+
     /// Two sources, two webhooks: while nobody takes route A's chunks, the
     /// watcher still reads and sends B's lines, answers pings and stops at
     /// once; then A's lines all come, in order, with exact start offsets.
     #[test]
     fn a_full_route_holds_back_only_its_own_files() {
         let d = tempfile::tempdir().unwrap();
-        let (ra, rb) = (d.path().join("a"), d.path().join("b"));
-        std::fs::create_dir_all(&ra).unwrap();
-        std::fs::create_dir_all(&rb).unwrap();
+        let (cfg, ra, rb) = two_sources(d.path());
         let (fa, fb) = (ra.join("a.log"), rb.join("b.log"));
         std::fs::write(&fa, "").unwrap();
         std::fs::write(&fb, "").unwrap();
-        let cfg_path = d.path().join("config.toml");
-        std::fs::write(
-            &cfg_path,
-            format!(
-                "state_directory = \"{}\"\n[[source]]\nname = \"a\"\nroot = \"{}\"\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/1/aaa\"\n[[source]]\nname = \"b\"\nroot = \"{}\"\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/2/bbb\"\n",
-                d.path().join("state").display(),
-                ra.display(),
-                rb.display()
-            ),
-        )
-        .unwrap();
-        let env = [("HOME".to_string(), d.path().display().to_string())].into();
-        let cfg = Arc::new(
-            Config::load(&Inputs {
-                config_file: Some(cfg_path),
-                env,
-                dry_run: false,
-            })
-            .unwrap(),
-        );
         let (route_a, route_b) = (cfg.sources[0].route, cfg.sources[1].route);
         assert_ne!(route_a, route_b);
         let store = Arc::new(Store::open(&cfg.state_dir, true).unwrap());
