@@ -408,6 +408,16 @@ impl Tailer {
         Ok(())
     }
 
+    /// Checks the identity only, without reading lines: for a file whose
+    /// lines cannot be sent now, so that a truncation is noticed (and the
+    /// copy of the old content found) while the copy is still there.
+    pub fn check(&mut self) -> io::Result<ReadReport> {
+        let mut report = ReadReport::default();
+        self.check_identity(&mut report)?;
+        report.more = report.restarted;
+        Ok(report)
+    }
+
     /// Reads what was appended, up to about `budget` bytes, pushing whole
     /// lines to `out`. `buf` is a scratch buffer shared by all tailers.
     pub fn read(
@@ -622,6 +632,30 @@ mod tests {
         let (lines, r) = read_all(&mut t);
         assert!(!r.restarted);
         assert_eq!(lines.len(), 1);
+    }
+
+    #[test]
+    fn check_notices_a_truncation_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        std::fs::write(&p, b"one\ntwo\n").unwrap();
+        let mut t = tail(&p, 0);
+        read_all(&mut t);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"three\n")
+            .unwrap();
+        let r = t.check().unwrap();
+        assert!(!r.restarted, "an append is no rewrite");
+        std::fs::write(&p, b"").unwrap();
+        let r = t.check().unwrap();
+        assert!(r.restarted);
+        let (mark, fp) = r.previous.unwrap();
+        // The first bytes grew with the append (the check extends them).
+        assert_eq!((mark.offset, fp.as_slice()), (8, &b"one\ntwo\nthree\n"[..]));
+        assert_eq!(t.line_end(), 0);
     }
 
     /// Seeded random line lengths and read budgets: the mark kept from

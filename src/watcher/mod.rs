@@ -164,6 +164,53 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The file's content was replaced (truncated or rewritten): the new
+/// content is a new file for the checkpoint, starting at 0, so that an
+/// offset of the old content (its lines may still be in flight) is never
+/// taken for a position in the new one; the unread end of the old content
+/// is recovered from a copy if there is one (`copytruncate`).
+fn renew(
+    store: &Store,
+    source_name: &str,
+    e: &mut files::Entry,
+    previous: Option<(crate::checkpoint::Mark, Vec<u8>)>,
+) {
+    let t = &mut e.tailer;
+    log::info!(
+        file = t.path.display().to_string().as_str();
+        "{} was truncated or rewritten; reading it again from the start",
+        t.path.display()
+    );
+    let old = t.id;
+    let (fp_len, fp_hash) = t.fingerprint();
+    t.id = store.track(FileRecord {
+        source: source_name.to_string(),
+        path: t.path.clone(),
+        dev: t.dev,
+        ino: t.ino,
+        fp_len,
+        fp_hash,
+        offset: 0,
+        seen: now_secs(),
+        mark: None,
+    });
+    let found = previous.and_then(|(mark, fp)| {
+        recover::find(
+            &t.path,
+            (t.dev, t.ino),
+            &mark,
+            &fp,
+            old,
+            t.source,
+            t.label.clone(),
+        )
+    });
+    match found {
+        Some(r) => e.recovery = Some(Box::new(r)),
+        None => store.release(old),
+    }
+}
+
 impl Watcher {
     pub fn new(
         cfg: Arc<Config>,
@@ -728,6 +775,18 @@ impl Watcher {
             let route = self.cfg.sources[source].route;
             if self.pending.get(route).is_some_and(Option::is_some) {
                 self.stalled[route] = true;
+                // Its lines wait, but a truncation is noticed now, while
+                // the copy logrotate made is surely still there: the
+                // recovery holds it open even if it is compressed and
+                // deleted before the route has room again.
+                if e.recovery.is_none() {
+                    if let Ok(report) = e.tailer.check() {
+                        if report.restarted {
+                            let name = &self.cfg.sources[source].name;
+                            renew(&self.store, name, e, report.previous);
+                        }
+                    }
+                }
                 return Flow::Go;
             }
             // The end of the old content first, from its copy.
@@ -764,43 +823,8 @@ impl Watcher {
                 }
             };
             if report.restarted {
-                log::info!(
-                    file = t.path.display().to_string().as_str();
-                    "{} was truncated or rewritten; reading it again from the start",
-                    t.path.display()
-                );
-                // The new content is a new file for the checkpoint,
-                // starting at 0, so that an offset of the old content (its
-                // lines may still be in flight) is never taken for a
-                // position in the new one.
-                let old = t.id;
-                let (fp_len, fp_hash) = t.fingerprint();
-                t.id = self.store.track(FileRecord {
-                    source: self.cfg.sources[source].name.clone(),
-                    path: t.path.clone(),
-                    dev: t.dev,
-                    ino: t.ino,
-                    fp_len,
-                    fp_hash,
-                    offset: 0,
-                    seen: now_secs(),
-                    mark: None,
-                });
-                let found = report.previous.and_then(|(mark, fp)| {
-                    recover::find(
-                        &t.path,
-                        (t.dev, t.ino),
-                        &mark,
-                        &fp,
-                        old,
-                        source,
-                        t.label.clone(),
-                    )
-                });
-                match found {
-                    Some(r) => e.recovery = Some(Box::new(r)),
-                    None => self.store.release(old),
-                }
+                let name = &self.cfg.sources[source].name;
+                renew(&self.store, name, e, report.previous);
                 continue;
             }
             let id = t.id;
