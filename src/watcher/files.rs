@@ -30,7 +30,8 @@ pub struct Entry {
     pub retired: Option<Instant>,
     /// The unread end of the old content, from the copy `copytruncate`
     /// made: read before the new content.
-    pub recovery: Option<Recovery>,
+    /// (Boxed: rare, and as large as a tailer.)
+    pub recovery: Option<Box<Recovery>>,
 }
 
 #[derive(Debug, Default)]

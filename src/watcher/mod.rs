@@ -164,6 +164,56 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The file's content was replaced (truncated or rewritten): the new
+/// content is a new file for the checkpoint, starting at 0, so that an
+/// offset of the old content (its lines may still be in flight) is never
+/// taken for a position in the new one; the unread end of the old content
+/// is recovered from a copy if there is one (`copytruncate`).
+fn renew(
+    store: &Store,
+    source_name: &str,
+    e: &mut files::Entry,
+    previous: Option<(crate::checkpoint::Mark, Vec<u8>)>,
+) {
+    let t = &mut e.tailer;
+    log::info!(
+        file = t.path.display().to_string().as_str();
+        "{} was truncated or rewritten; reading it again from the start",
+        t.path.display()
+    );
+    let old = t.id;
+    let (fp_len, fp_hash) = t.fingerprint();
+    t.id = store.track(FileRecord {
+        source: source_name.to_string(),
+        path: t.path.clone(),
+        dev: t.dev,
+        ino: t.ino,
+        fp_len,
+        fp_hash,
+        offset: 0,
+        seen: now_secs(),
+    });
+    let found = previous.and_then(|(mark, fp)| {
+        recover::find(
+            &t.path,
+            (t.dev, t.ino),
+            &mark,
+            &fp,
+            old,
+            t.source,
+            t.label.clone(),
+        )
+    });
+    match found {
+        Some(r) => {
+            let (dev, ino) = r.file();
+            store.moved(old, r.path(), dev, ino);
+            e.recovery = Some(Box::new(r));
+        }
+        None => store.release(old),
+    }
+}
+
 impl Watcher {
     pub fn new(
         cfg: Arc<Config>,
@@ -201,10 +251,7 @@ impl Watcher {
         control: Receiver<Control>,
         out: Vec<Sender<Chunk>>,
     ) -> Result<(), WatchError> {
-        self.pending = out.iter().map(|_| None).collect();
-        self.stalled = vec![false; out.len()];
-        self.control = control.clone();
-        self.out = out.clone();
+        self.attach(&control, &out);
         let (ev_tx, ev_rx) = bounded::<notify::Result<notify::Event>>(4096);
         let mut inotify = notify::recommended_watcher(move |res| {
             // Only forward: all work happens on the watcher thread.
@@ -290,6 +337,14 @@ impl Watcher {
             }
         }
         Ok(())
+    }
+
+    /// Takes the channels `run` works with.
+    fn attach(&mut self, control: &Receiver<Control>, out: &[Sender<Chunk>]) {
+        self.pending = out.iter().map(|_| None).collect();
+        self.stalled = vec![false; out.len()];
+        self.control = control.clone();
+        self.out = out.to_vec();
     }
 
     fn pong(&self, n: u64) {
@@ -722,6 +777,18 @@ impl Watcher {
             let route = self.cfg.sources[source].route;
             if self.pending.get(route).is_some_and(Option::is_some) {
                 self.stalled[route] = true;
+                // Its lines wait, but a truncation is noticed now, while
+                // the copy logrotate made is surely still there: the
+                // recovery holds it open even if it is compressed and
+                // deleted before the route has room again.
+                if e.recovery.is_none() {
+                    if let Ok(report) = e.tailer.check() {
+                        if report.restarted {
+                            let name = &self.cfg.sources[source].name;
+                            renew(&self.store, name, e, report.previous);
+                        }
+                    }
+                }
                 return Flow::Go;
             }
             // The end of the old content first, from its copy.
@@ -758,46 +825,8 @@ impl Watcher {
                 }
             };
             if report.restarted {
-                log::info!(
-                    file = t.path.display().to_string().as_str();
-                    "{} was truncated or rewritten; reading it again from the start",
-                    t.path.display()
-                );
-                // The new content is a new file for the checkpoint,
-                // starting at 0, so that an offset of the old content (its
-                // lines may still be in flight) is never taken for a
-                // position in the new one.
-                let old = t.id;
-                let (fp_len, fp_hash) = t.fingerprint();
-                t.id = self.store.track(FileRecord {
-                    source: self.cfg.sources[source].name.clone(),
-                    path: t.path.clone(),
-                    dev: t.dev,
-                    ino: t.ino,
-                    fp_len,
-                    fp_hash,
-                    offset: 0,
-                    seen: now_secs(),
-                });
-                let found = report.previous.and_then(|(mark, fp)| {
-                    recover::find(
-                        &t.path,
-                        (t.dev, t.ino),
-                        &mark,
-                        &fp,
-                        old,
-                        source,
-                        t.label.clone(),
-                    )
-                });
-                match found {
-                    Some(r) => {
-                        let (dev, ino) = r.file();
-                        self.store.moved(old, r.path(), dev, ino);
-                        e.recovery = Some(r);
-                    }
-                    None => self.store.release(old),
-                }
+                let name = &self.cfg.sources[source].name;
+                renew(&self.store, name, e, report.previous);
                 continue;
             }
             let id = t.id;
@@ -916,7 +945,7 @@ impl Watcher {
                 Err(e) => {
                     // A watch that could not be added for a new directory
                     // (the watch limit): that tree is polled from now on.
-                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) || !e.paths.is_empty() {
+                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                         let why = e.to_string();
                         let hit: Vec<usize> = if e.paths.is_empty() {
                             (0..self.cfg.sources.len()).collect()
@@ -1245,14 +1274,14 @@ impl Watcher {
             }
             let t = &e.tailer;
             if !self.sources[t.source].polled {
-                if t.stat().is_ok_and(|m| t.stale(&m)) {
+                if t.stamp_now().is_ok_and(|m| t.stale(m)) {
                     changed.push(k);
                 }
                 continue;
             }
             match std::fs::metadata(&t.path) {
                 Ok(m) if (m.dev(), m.ino()) == (t.dev, t.ino) => {
-                    if t.stale(&m) {
+                    if t.stale(tail::Stamp::of(&m)) {
                         changed.push(k);
                     }
                 }
@@ -1327,38 +1356,75 @@ mod tests {
             .collect()
     }
 
+    fn two_sources(d: &Path) -> (Arc<Config>, PathBuf, PathBuf) {
+        let (ra, rb) = (d.join("a"), d.join("b"));
+        std::fs::create_dir_all(&ra).unwrap();
+        std::fs::create_dir_all(&rb).unwrap();
+        let cfg_path = d.join("config.toml");
+        std::fs::write(
+            &cfg_path,
+            format!(
+                "state_directory = \"{}\"\n[[source]]\nname = \"a\"\nroot = \"{}\"\ninclude = [\"**/*.log\"]\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/1/aaa\"\n[[source]]\nname = \"b\"\nroot = \"{}\"\ninclude = [\"**/*.log\"]\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/2/bbb\"\n",
+                d.join("state").display(),
+                ra.display(),
+                rb.display()
+            ),
+        )
+        .unwrap();
+        let env = [("HOME".to_string(), d.display().to_string())].into();
+        let cfg = Config::load(&Inputs {
+            config_file: Some(cfg_path),
+            env,
+            dry_run: false,
+        })
+        .unwrap();
+        (Arc::new(cfg), ra, rb)
+    }
+
+    /// inotify could not watch a new directory (the watch limit): that
+    /// tree is polled from then on, said once, and a file created in it is
+    /// found and read by the next periodic rescan without any event.
+    #[test]
+    fn a_tree_without_watches_is_polled_and_read_at_rescans() {
+        let d = tempfile::tempdir().unwrap();
+        let (cfg, ra, rb) = two_sources(d.path());
+        let store = Arc::new(Store::open(&cfg.state_dir, true).unwrap());
+        let (ready_tx, _ready_rx) = bounded(1);
+        let mut w = Watcher::new(cfg.clone(), store, Arc::new(Stats::default()), ready_tx);
+        let (_ctl_tx, ctl_rx) = bounded(4);
+        let (txs, rxs): (Vec<_>, Vec<_>) = cfg.webhooks.iter().map(|_| bounded(8)).unzip();
+        w.attach(&ctl_rx, &txs);
+        // No callback: this test delivers the events itself.
+        let mut inotify = notify::recommended_watcher(|_| {}).unwrap();
+        for i in 0..2 {
+            assert_eq!(w.setup_source(i, &mut inotify, false), Flow::Go);
+        }
+        assert!(!w.sources[0].polled && !w.sources[1].polled);
+        let sub = ra.join("new-dir");
+        std::fs::create_dir(&sub).unwrap();
+        let err = notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(sub.clone());
+        assert_eq!(w.on_events(vec![Err(err)], &mut inotify), Flow::Go);
+        assert!(w.sources[0].polled && w.told_watch_limit);
+        assert!(!w.sources[1].polled, "only the tree that lost its watch");
+        std::fs::write(sub.join("late.log"), "written unseen\n").unwrap();
+        std::fs::write(rb.join("quiet.log"), "").unwrap();
+        assert_eq!(w.rescan(&mut inotify, false), Flow::Go);
+        let c = rxs[cfg.sources[0].route]
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(texts(&[c]), vec!["written unseen".to_string()]);
+    }
+
     /// Two sources, two webhooks: while nobody takes route A's chunks, the
     /// watcher still reads and sends B's lines, answers pings and stops at
     /// once; then A's lines all come, in order, with exact start offsets.
     #[test]
     fn a_full_route_holds_back_only_its_own_files() {
         let d = tempfile::tempdir().unwrap();
-        let (ra, rb) = (d.path().join("a"), d.path().join("b"));
-        std::fs::create_dir_all(&ra).unwrap();
-        std::fs::create_dir_all(&rb).unwrap();
+        let (cfg, ra, rb) = two_sources(d.path());
         let (fa, fb) = (ra.join("a.log"), rb.join("b.log"));
         std::fs::write(&fa, "").unwrap();
         std::fs::write(&fb, "").unwrap();
-        let cfg_path = d.path().join("config.toml");
-        std::fs::write(
-            &cfg_path,
-            format!(
-                "state_directory = \"{}\"\n[[source]]\nname = \"a\"\nroot = \"{}\"\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/1/aaa\"\n[[source]]\nname = \"b\"\nroot = \"{}\"\nfollow = \"all\"\ndiscord_webhook_url = \"https://discord.com/api/webhooks/2/bbb\"\n",
-                d.path().join("state").display(),
-                ra.display(),
-                rb.display()
-            ),
-        )
-        .unwrap();
-        let env = [("HOME".to_string(), d.path().display().to_string())].into();
-        let cfg = Arc::new(
-            Config::load(&Inputs {
-                config_file: Some(cfg_path),
-                env,
-                dry_run: false,
-            })
-            .unwrap(),
-        );
         let (route_a, route_b) = (cfg.sources[0].route, cfg.sources[1].route);
         assert_ne!(route_a, route_b);
         let store = Arc::new(Store::open(&cfg.state_dir, true).unwrap());
