@@ -22,11 +22,13 @@
 //!   shows a webhook token.
 //!
 //! Seeds: a fixed short set by default (a CI run); `FAULTS_SEED=x` runs
-//! one seed, `FAULTS_SEEDS=n` runs seeds 1..=n, `FAULTS_STEPS=n` sets the
-//! steps per seed, `FAULTS_ONLY=kill,rotate,...` restricts the actions to
-//! these (and appends) and `FAULTS_SKIP=link,...` leaves some out (names:
+//! one seed (or a list `3,7`, or a range `3..12`), `FAULTS_SEEDS=n` runs
+//! seeds 1..=n, `FAULTS_STEPS=n` sets the steps per seed,
+//! `FAULTS_ONLY=kill,rotate,...` restricts the actions to these (and
+//! appends) and `FAULTS_SKIP=link,...` leaves some out (names:
 //! [`Action::name`]), to find a minimal reproduction. A failure prints
-//! the seed and the actions taken.
+//! the seed and the actions taken; `FAULTS_VERBOSE=1` prints them for
+//! every seed.
 
 mod support;
 
@@ -883,55 +885,13 @@ impl Run {
                 self.streams[s].rotated_at = self.streams[s].lines.len();
             }
             Action::Rewrite { s, same_length } => {
-                // A rewrite destroys what was not read: only once delivered.
-                let all = self.streams[s].lines.len();
-                if self.daemon.is_none()
-                    || !self
-                        .ledger
-                        .lock()
-                        .unwrap()
-                        .delivered_upto(&self.streams, s, all)
-                {
-                    self.note("  skipped: not all delivered yet".into());
-                    return true;
-                }
-                self.streams[s].link = None;
-                let path = self.streams[s].path.clone();
-                let old = std::fs::metadata(&path)
-                    .map(|m| m.len() as usize)
-                    .unwrap_or(0);
-                let mut texts = Vec::new();
-                let base = self.streams[s].lines.len();
-                if same_length && old > MIN_LINE {
-                    let mut left = old;
-                    while left > 6000 {
-                        let len = self.rng.range(MIN_LINE, 2000);
-                        texts.push(plain_line(s, base + texts.len(), len));
-                        left -= len + 1;
-                    }
-                    texts.push(plain_line(s, base + texts.len(), left - 1));
-                } else {
-                    let n = self.rng.range(1, 10);
-                    texts = self.short_lines(s, n);
-                }
-                let mut data = String::new();
-                for t in &texts {
-                    data.push_str(&t.0);
-                    data.push('\n');
-                }
-                if same_length && old > MIN_LINE {
-                    assert_eq!(data.len(), old, "same-length rewrite");
-                }
-                // `>` in a shell: truncate the same inode, write anew.
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .open(&path)
-                    .unwrap();
-                f.write_all(data.as_bytes()).unwrap();
-                self.streams[s].lines.extend(texts.into_iter().map(|t| t.1));
-                self.streams[s].rotated_at = self.streams[s].lines.len();
-                self.note(format!("  rewrote {old} bytes with {} bytes", data.len()));
+                // Its own draws come from a generator split off here, so
+                // whether it is skipped (which depends on timing) does not
+                // change the rest of the sequence: a seed stays a seed.
+                let sub = Rng(self.rng.next());
+                let main = std::mem::replace(&mut self.rng, sub);
+                self.rewrite(s, same_length);
+                self.rng = main;
             }
             Action::HardLink { s } => {
                 if self.streams[s].link.is_none() {
@@ -997,6 +957,59 @@ impl Run {
             Action::Settle => return self.settle("periodic"),
         }
         true
+    }
+
+    /// Truncates stream `s` and writes new lines (`>` in a shell).
+    fn rewrite(&mut self, s: usize, same_length: bool) {
+        // A rewrite destroys what was not read: only once delivered.
+        let all = self.streams[s].lines.len();
+        if self.daemon.is_none()
+            || !self
+                .ledger
+                .lock()
+                .unwrap()
+                .delivered_upto(&self.streams, s, all)
+        {
+            self.note("  skipped: not all delivered yet".into());
+            return;
+        }
+        self.streams[s].link = None;
+        let path = self.streams[s].path.clone();
+        let old = std::fs::metadata(&path)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        let mut texts = Vec::new();
+        let base = self.streams[s].lines.len();
+        if same_length && old > MIN_LINE {
+            let mut left = old;
+            while left > 6000 {
+                let len = self.rng.range(MIN_LINE, 2000);
+                texts.push(plain_line(s, base + texts.len(), len));
+                left -= len + 1;
+            }
+            texts.push(plain_line(s, base + texts.len(), left - 1));
+        } else {
+            let n = self.rng.range(1, 10);
+            texts = self.short_lines(s, n);
+        }
+        let mut data = String::new();
+        for t in &texts {
+            data.push_str(&t.0);
+            data.push('\n');
+        }
+        if same_length && old > MIN_LINE {
+            assert_eq!(data.len(), old, "same-length rewrite");
+        }
+        // `>` in a shell: truncate the same inode, write anew.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(data.as_bytes()).unwrap();
+        self.streams[s].lines.extend(texts.into_iter().map(|t| t.1));
+        self.streams[s].rotated_at = self.streams[s].lines.len();
+        self.note(format!("  rewrote {old} bytes with {} bytes", data.len()));
     }
 
     fn sample_rss_of(&mut self, d: &Daemon) {
@@ -1208,10 +1221,21 @@ fn env_list(name: &str) -> Option<Vec<String>> {
     })
 }
 
+/// `FAULTS_SEED`: one seed, a list `3,7,9` or a range `3..12` (inclusive).
+fn parse_seeds(v: &str) -> Vec<u64> {
+    let num = |x: &str| x.trim().parse::<u64>().expect("FAULTS_SEED: numbers");
+    v.split(',')
+        .flat_map(|part| match part.split_once("..") {
+            Some((a, b)) => (num(a)..=num(b)).collect::<Vec<_>>(),
+            None => vec![num(part)],
+        })
+        .collect()
+}
+
 #[test]
 fn random_fault_sequences_lose_nothing_and_never_wedge() {
     let seeds: Vec<u64> = if let Ok(s) = std::env::var("FAULTS_SEED") {
-        vec![s.parse().expect("FAULTS_SEED is a number")]
+        parse_seeds(&s)
     } else if let Ok(n) = std::env::var("FAULTS_SEEDS") {
         (1..=n.parse::<u64>().expect("FAULTS_SEEDS is a number")).collect()
     } else {
@@ -1238,6 +1262,9 @@ fn random_fault_sequences_lose_nothing_and_never_wedge() {
             run.peak_rss,
             run.violations.len()
         );
+        if std::env::var_os("FAULTS_VERBOSE").is_some() {
+            eprintln!("  actions:\n    {}", run.log.join("\n    "));
+        }
         if !run.violations.is_empty() {
             // Keep the daemon's logs for the post-mortem.
             let keep = std::env::temp_dir().join(format!("ekos-faults-seed{seed}"));
