@@ -800,6 +800,48 @@ impl Watcher {
                 }
                 continue;
             }
+            if let Some(since) = report.unread_since {
+                // Nothing of this file was read and it was empty: lines
+                // written and then `copytruncate`d before a look (the
+                // route was held up, or inotify does not see the writer)
+                // are only in the copy, and no size or mark shows it.
+                let (path, label, old) = (t.path.clone(), t.label.clone(), t.id);
+                let files = &self.files;
+                let found = recover::find_unread(&path, since, old, source, label, |d, i| {
+                    files.by_inode(d, i).is_some()
+                });
+                if let Some(r) = found {
+                    log::info!(
+                        file = path.display().to_string().as_str();
+                        "{} was truncated before its lines were read; reading them from its copy {}",
+                        path.display(),
+                        r.path().display()
+                    );
+                    let Some(e) = self.files.get_mut(key) else {
+                        return Flow::Go;
+                    };
+                    // As after a rewrite: the copy takes the old identity,
+                    // the file's new content is a new record from 0.
+                    let t = &mut e.tailer;
+                    let (fp_len, fp_hash) = t.fingerprint();
+                    t.id = self.store.track(FileRecord {
+                        source: self.cfg.sources[source].name.clone(),
+                        path: t.path.clone(),
+                        dev: t.dev,
+                        ino: t.ino,
+                        fp_len,
+                        fp_hash,
+                        offset: 0,
+                        seen: now_secs(),
+                    });
+                    let (dev, ino) = r.file();
+                    self.store.moved(old, r.path(), dev, ino);
+                    e.recovery = Some(r);
+                } else if let Some(e) = self.files.get(key).filter(|_| report.fingerprint_changed) {
+                    self.store.update(old, None, Some(e.tailer.fingerprint()));
+                }
+                continue;
+            }
             let id = t.id;
             if report.fingerprint_changed {
                 self.store.update(id, None, Some(t.fingerprint()));
