@@ -527,6 +527,7 @@ impl Watcher {
     /// Each directory is listed once, whatever the number of records.
     fn resume_dormant(&mut self, i: usize, listings: &mut Listings) -> Flow {
         let src = self.cfg.sources[i].clone();
+        let mut found = Vec::new();
         for (n, rec) in self.store.dormant(&src.name).into_iter().enumerate() {
             if n % 256 == 0 && self.poll_control() == Flow::Stop {
                 return Flow::Stop;
@@ -540,6 +541,19 @@ impl Watcher {
             let Some(p) = listings.of(dir).find_inode(rec.dev, rec.ino) else {
                 continue;
             };
+            let mtime = std::fs::symlink_metadata(&p).and_then(|m| m.modified());
+            found.push((mtime.ok(), p));
+        }
+        // Files are read in the order they are opened (their keys). The
+        // store gives its records in no particular order, so a log and its
+        // rotated copy (both with lines not delivered at a kill) could come
+        // in either order and the new file's lines be posted before the
+        // old one's: open them oldest first.
+        found.sort_by(|a, b| dirs::oldest_first((a.0, &a.1), (b.0, &b.1)));
+        for (n, (_, p)) in found.into_iter().enumerate() {
+            if n % 256 == 0 && self.poll_control() == Flow::Stop {
+                return Flow::Stop;
+            }
             let rel = p.strip_prefix(&src.root).unwrap_or(&p).to_path_buf();
             if let Some(k) = self.open_tailer(i, &p, &rel, false) {
                 // A rotated name, or an older Ekos file: read to the end,
