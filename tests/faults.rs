@@ -59,9 +59,16 @@ const IN_FLIGHT: Duration = Duration::from_secs(3);
 const RSS_LIMIT_KIB: u64 = 32 * 1024;
 /// Size of the state directory's tmpfs (the "full disk").
 const STATE_FS: &str = "size=256k";
-/// Default seeds and steps: a CI run of about a minute per seed.
-const CI_SEEDS: &[u64] = &[1, 2];
-const CI_STEPS: usize = 28;
+/// Default seeds and steps (a CI run, about 45 s in a debug build): these
+/// three seeds together take every action, every rotation kind, both
+/// kinds of rewrite and of outage, and every scripted answer (400 forum,
+/// 401, 403, 404, 408, 500, 502, 503, 504, 429, a closed connection, a
+/// POST that hangs) within their first 40 steps; seeds 1 and 2 at 28 steps
+/// never chose a Reload, a create rotation, a shrinking rewrite, a 401,
+/// 403, 404, 408 or any 5xx. Choosing again after a change to [`Run::choose`]: run
+/// candidates with `FAULTS_VERBOSE=1` and compare the actions taken.
+const CI_SEEDS: &[u64] = &[15, 20, 22];
+const CI_STEPS: usize = 40;
 
 // ------------------------------------------------------------------ random
 
