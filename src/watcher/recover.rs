@@ -118,6 +118,11 @@ pub fn find_unread(
     let dir = path.parent()?;
     let mut best: Option<((i64, i64), PathBuf)> = None;
     for e in std::fs::read_dir(dir).ok()?.flatten() {
+        // The name first: in a directory of thousands of files, only the
+        // file's own rotations are worth a `stat`.
+        if !rotation_bases(e.file_name().as_bytes()).contains(&name) {
+            continue;
+        }
         let p = e.path();
         let Ok(m) = std::fs::symlink_metadata(&p) else {
             continue;
