@@ -201,6 +201,13 @@ pub struct ReadReport {
     /// line ended) and its first bytes, so a copy (logrotate's
     /// `copytruncate`) can be found and its unread end read from there.
     pub previous: Option<(Mark, Vec<u8>)>,
+    /// The file had no byte read and was empty at the last look (its
+    /// change time then is given), and it changed since: if it was
+    /// written and `copytruncate`d in between, nothing shows it here (the
+    /// size may be the same, there is no mark or first bytes to compare),
+    /// so the caller looks for a copy born after that time before reading
+    /// on. Nothing was read in this call.
+    pub unread_since: Option<(i64, i64)>,
 }
 
 /// Follows one open file.
@@ -374,7 +381,7 @@ impl Tailer {
         let stamp = Stamp::of(&meta);
         let size = stamp.len;
         let changed = self.unsure || self.stamp != Some(stamp);
-        self.stamp = Some(stamp);
+        let before = self.stamp.replace(stamp);
         self.unsure = stamp.recent();
         if !changed && self.fp.len() == FINGERPRINT_LEN.min(size as usize) {
             // Nothing new: spare the reads (this runs for every followed
@@ -401,6 +408,14 @@ impl Tailer {
             self.tail.clear();
             report.restarted = true;
             report.fingerprint_changed = true;
+        } else if self.pos == 0 && self.fp.is_empty() {
+            if let Some(b) = before.filter(|b| b.len == 0 && *b != stamp) {
+                report.unread_since = Some(b.ctime);
+            }
+            if head.len() > self.fp.len() {
+                self.fp = head;
+                report.fingerprint_changed = true;
+            }
         } else if head.len() > self.fp.len() {
             self.fp = head;
             report.fingerprint_changed = true;
@@ -428,7 +443,7 @@ impl Tailer {
     ) -> io::Result<ReadReport> {
         let mut report = ReadReport::default();
         self.check_identity(&mut report)?;
-        if report.restarted {
+        if report.restarted || report.unread_since.is_some() {
             // Let the caller look for a copy of the old content first.
             report.more = true;
             return Ok(report);

@@ -42,6 +42,17 @@ pub fn rotation_bases(name: &[u8]) -> Vec<&[u8]> {
     v
 }
 
+/// The order in which to read files whose unread lines wait: by
+/// modification time (a rotated copy was last written before the file
+/// that replaced it), and on a tie (or an unknown time, first) a rotated
+/// name before the name it is a rotation of (`x.log.2`, `x.log.1`, `x.log`).
+pub fn oldest_first(
+    a: (Option<std::time::SystemTime>, &Path),
+    b: (Option<std::time::SystemTime>, &Path),
+) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1))
+}
+
 /// A directory's entries, read once.
 #[derive(Debug, Default)]
 pub struct Listing {
@@ -130,6 +141,34 @@ impl Listings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dormant_files_are_read_oldest_first() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = |s| Some(UNIX_EPOCH + Duration::from_secs(s));
+        let mut v = [
+            (t(30), PathBuf::from("d/x.log")),
+            (t(10), PathBuf::from("d/x.log.2")),
+            (t(20), PathBuf::from("d/x.log.1")),
+            (t(20), PathBuf::from("d/y.log")),
+            (None, PathBuf::from("d/z.log")),
+        ];
+        v.sort_by(|a, b| oldest_first((a.0, &a.1), (b.0, &b.1)));
+        let order: Vec<&str> = v.iter().map(|(_, p)| p.to_str().unwrap()).collect();
+        assert_eq!(
+            order,
+            ["d/z.log", "d/x.log.2", "d/y.log", "d/x.log.1", "d/x.log"]
+        );
+        // The same time: the rotated names first.
+        let mut w = [
+            (t(5), PathBuf::from("d/x.log")),
+            (t(5), PathBuf::from("d/x.log.1")),
+            (t(5), PathBuf::from("d/x.log.2")),
+        ];
+        w.sort_by(|a, b| oldest_first((a.0, &a.1), (b.0, &b.1)));
+        let order: Vec<&str> = w.iter().map(|(_, p)| p.to_str().unwrap()).collect();
+        assert_eq!(order, ["d/x.log.2", "d/x.log.1", "d/x.log"]);
+    }
 
     fn names(v: Vec<&[u8]>) -> Vec<String> {
         v.into_iter()

@@ -582,6 +582,7 @@ impl Watcher {
     /// Each directory is listed once, whatever the number of records.
     fn resume_dormant(&mut self, i: usize, listings: &mut Listings) -> Flow {
         let src = self.cfg.sources[i].clone();
+        let mut found = Vec::new();
         for (n, rec) in self.store.dormant(&src.name).into_iter().enumerate() {
             if n % 256 == 0 && self.poll_control() == Flow::Stop {
                 return Flow::Stop;
@@ -595,6 +596,19 @@ impl Watcher {
             let Some(p) = listings.of(dir).find_inode(rec.dev, rec.ino) else {
                 continue;
             };
+            let mtime = std::fs::symlink_metadata(&p).and_then(|m| m.modified());
+            found.push((mtime.ok(), p));
+        }
+        // Files are read in the order they are opened (their keys). The
+        // store gives its records in no particular order, so a log and its
+        // rotated copy (both with lines not delivered at a kill) could come
+        // in either order and the new file's lines be posted before the
+        // old one's: open them oldest first.
+        found.sort_by(|a, b| dirs::oldest_first((a.0, &a.1), (b.0, &b.1)));
+        for (n, (_, p)) in found.into_iter().enumerate() {
+            if n % 256 == 0 && self.poll_control() == Flow::Stop {
+                return Flow::Stop;
+            }
             let rel = p.strip_prefix(&src.root).unwrap_or(&p).to_path_buf();
             if let Some(k) = self.open_tailer(i, &p, &rel, false) {
                 // A rotated name, or an older Ekos file: read to the end,
@@ -827,6 +841,48 @@ impl Watcher {
             if report.restarted {
                 let name = &self.cfg.sources[source].name;
                 renew(&self.store, name, e, report.previous);
+                continue;
+            }
+            if let Some(since) = report.unread_since {
+                // Nothing of this file was read and it was empty: lines
+                // written and then `copytruncate`d before a look (the
+                // route was held up, or inotify does not see the writer)
+                // are only in the copy, and no size or mark shows it.
+                let (path, label, old) = (t.path.clone(), t.label.clone(), t.id);
+                let files = &self.files;
+                let found = recover::find_unread(&path, since, old, source, label, |d, i| {
+                    files.by_inode(d, i).is_some()
+                });
+                if let Some(r) = found {
+                    log::info!(
+                        file = path.display().to_string().as_str();
+                        "{} was truncated before its lines were read; reading them from its copy {}",
+                        path.display(),
+                        r.path().display()
+                    );
+                    let Some(e) = self.files.get_mut(key) else {
+                        return Flow::Go;
+                    };
+                    // As after a rewrite: the copy takes the old identity,
+                    // the file's new content is a new record from 0.
+                    let t = &mut e.tailer;
+                    let (fp_len, fp_hash) = t.fingerprint();
+                    t.id = self.store.track(FileRecord {
+                        source: self.cfg.sources[source].name.clone(),
+                        path: t.path.clone(),
+                        dev: t.dev,
+                        ino: t.ino,
+                        fp_len,
+                        fp_hash,
+                        offset: 0,
+                        seen: now_secs(),
+                    });
+                    let (dev, ino) = r.file();
+                    self.store.moved(old, r.path(), dev, ino);
+                    e.recovery = Some(r);
+                } else if let Some(e) = self.files.get(key).filter(|_| report.fingerprint_changed) {
+                    self.store.update(old, None, Some(e.tailer.fingerprint()));
+                }
                 continue;
             }
             let id = t.id;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::checkpoint::{FileId, Mark, fingerprint};
 use crate::tail::{self, Line, READ_CHUNK, Tailer};
 
-use super::dirs::is_compressed;
+use super::dirs::{is_compressed, rotation_bases};
 
 /// Reading the end of a copy.
 #[derive(Debug)]
@@ -81,6 +81,82 @@ pub fn find(
     None
 }
 
+/// Whether a file beside a followed file that was empty when last looked
+/// at (its change time then was `since`) holds lines written to it
+/// afterwards and moved away by `copytruncate` before any was read: a
+/// rotated name of the followed file (`x.log.1`, `x.log-20261129`),
+/// uncompressed, not empty, and born strictly after `since`. A copy made by
+/// an earlier rotation was born before the truncation that emptied the
+/// file, so it never qualifies (its lines were read, from the file or its
+/// own recovery); the caller also leaves out files it follows itself.
+pub fn is_unread_copy(
+    name: &[u8],
+    candidate: &[u8],
+    compressed: bool,
+    len: u64,
+    born: (i64, i64),
+    since: (i64, i64),
+) -> bool {
+    !compressed && len > 0 && born > since && rotation_bases(candidate).contains(&name)
+}
+
+/// For a followed file that was empty at its last look (change time
+/// `since`) and had none of its bytes read: the newest copy
+/// [`is_unread_copy`] accepts, read from its start under the checkpoint
+/// identity `id`. `followed` says whether the watcher follows an inode.
+pub fn find_unread(
+    path: &Path,
+    since: (i64, i64),
+    id: FileId,
+    source: usize,
+    label: Option<Arc<str>>,
+    followed: impl Fn(u64, u64) -> bool,
+) -> Option<Recovery> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let name = path.file_name()?.as_bytes();
+    let dir = path.parent()?;
+    let mut best: Option<((i64, i64), PathBuf)> = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        // The name first: in a directory of thousands of files, only the
+        // file's own rotations are worth a `stat`.
+        if !rotation_bases(e.file_name().as_bytes()).contains(&name) {
+            continue;
+        }
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        // Birth time where the file system has one; else the copy's
+        // modification time, which is after `since` too (it was written).
+        let born = m
+            .created()
+            .or_else(|_| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos())));
+        let Some(born) = born else { continue };
+        if m.is_file()
+            && !followed(m.dev(), m.ino())
+            && is_unread_copy(
+                name,
+                e.file_name().as_bytes(),
+                is_compressed(&p),
+                m.len(),
+                born,
+                since,
+            )
+            && best.as_ref().is_none_or(|(b, _)| born > *b)
+        {
+            best = Some((born, p));
+        }
+    }
+    let (_, p) = best?;
+    let (file, meta) = tail::open_regular(&p).ok()?;
+    let copy = Tailer::new(id, source, p, label, file, &meta, 0).ok()?;
+    Some(Recovery { copy, lines: 0 })
+}
+
 impl Recovery {
     /// The old content's checkpoint identity.
     pub fn id(&self) -> FileId {
@@ -116,6 +192,89 @@ impl Recovery {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn an_unread_copy_is_a_new_uncompressed_rotation_of_the_file() {
+        let (since, after, before) = ((100, 5), (100, 6), (100, 5));
+        let yes = |c: &str| is_unread_copy(b"x.log", c.as_bytes(), false, 10, after, since);
+        assert!(yes("x.log.1"));
+        assert!(yes("x.log-20261129"));
+        // Another file's rotation, or the file itself.
+        assert!(!yes("y.log.1"));
+        assert!(!yes("x.log"));
+        assert!(!yes("x.log.old"));
+        // Compressed, empty, or born before (or in the same tick as) the
+        // truncation that emptied the file: an earlier generation.
+        assert!(!is_unread_copy(
+            b"x.log", b"x.log.1", true, 10, after, since
+        ));
+        assert!(!is_unread_copy(
+            b"x.log", b"x.log.1", false, 0, after, since
+        ));
+        assert!(!is_unread_copy(
+            b"x.log", b"x.log.1", false, 10, before, since
+        ));
+        assert!(!is_unread_copy(
+            b"x.log",
+            b"x.log.1",
+            false,
+            10,
+            (99, 9),
+            since
+        ));
+    }
+
+    /// Lines written to an empty file and `copytruncate`d before anything
+    /// was read: the read says so instead of reading on, and the copy is
+    /// found and read from its start; the copy of an earlier rotation is
+    /// not taken.
+    #[test]
+    fn lines_copytruncated_before_the_first_read_are_found_in_the_copy() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("x.log");
+        std::fs::write(d.path().join("x.log.2"), b"an older generation\n").unwrap();
+        std::fs::write(&log, b"").unwrap();
+        let (f, m) = tail::open_regular(&log).unwrap();
+        let mut t = Tailer::new(FileId(1), 0, log.clone(), None, f, &m, 0).unwrap();
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        let r = t.read(&mut buf, &mut out, READ_CHUNK).unwrap();
+        assert_eq!(r.unread_since, None);
+        let since = (m.ctime(), m.ctime_nsec());
+        // Let the clock tick past the file's change time.
+        let tick = std::time::Instant::now();
+        while std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            <= std::time::Duration::new(since.0 as u64, since.1 as u32)
+                + std::time::Duration::from_millis(20)
+        {
+            assert!(tick.elapsed().as_secs() < 5);
+            std::thread::yield_now();
+        }
+        // Written (unseen), copied, truncated.
+        std::fs::write(&log, b"first\nsecond\n").unwrap();
+        std::fs::copy(&log, d.path().join("x.log.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .unwrap();
+        let r = t.read(&mut buf, &mut out, READ_CHUNK).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(r.unread_since, Some(since));
+        let own = (t.dev, t.ino);
+        let mut rec =
+            find_unread(&log, since, FileId(1), 0, None, |d, i| (d, i) == own).expect("the copy");
+        assert_eq!(rec.path(), &d.path().join("x.log.1"));
+        let s = rec.next(&mut buf);
+        let texts: Vec<&str> = s.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["first", "second"]);
+        assert_eq!(s.start, 0);
+        // Looked at again with nothing new: no second report.
+        let r = t.read(&mut buf, &mut out, READ_CHUNK).unwrap();
+        assert_eq!(r.unread_since, None);
+    }
 
     #[test]
     fn finds_the_copy_and_streams_its_end_in_bounded_steps() {
