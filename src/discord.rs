@@ -8,6 +8,7 @@
 //! | Discord's answer | Outcome | What the sender does |
 //! |---|---|---|
 //! | 2xx | `Delivered` | commit the lines; if `X-RateLimit-Remaining` is 0, wait `X-RateLimit-Reset-After` |
+//! | 2xx whose body is not JSON (a captive portal's or proxy's page: Discord answers 204) | `Retry` | as for 5xx |
 //! | 429 | `RateLimited` | wait the JSON `retry_after`, else `Retry-After`, else the bucket's reset; at least 60 s for a 429 with neither (Cloudflare's ban page) |
 //! | 5xx, 408, 425, a timeout, a connection or DNS error | `Retry` | send the same body again, backoff 1 s doubling to 5 min, with jitter |
 //! | 413; a 4xx whose JSON names a size limit: code 40005 or 50045, a 50035 error `BASE_TYPE_MAX_LENGTH`, `BASE_TYPE_BAD_LENGTH` or `MAX_EMBED_SIZE_EXCEEDED`, or a message "… too large" | `Rejected` | split the message in halves; a single line is posted again as a `.log` attachment (`Message::fallback`) |
@@ -214,6 +215,11 @@ fn blame(body: &str) -> Blame {
     Blame::Unknown
 }
 
+/// Whether an answer's body is JSON, as every body Discord sends is.
+fn looks_like_json(body: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok()
+}
+
 /// Classifies an HTTP answer; `body` is the answer's text (maybe empty).
 /// See the table in the module documentation.
 pub fn classify(
@@ -223,6 +229,16 @@ pub fn classify(
     body: &str,
 ) -> Outcome {
     match status {
+        // Discord answers a webhook POST with 204 and no body (or JSON
+        // with `?wait=true`). A 2xx whose body is not JSON is somebody
+        // else's page (a captive portal, a misconfigured proxy): the
+        // message never reached Discord, so it must not be committed.
+        200..=299 if !body.trim().is_empty() && !looks_like_json(body) => Outcome::Retry {
+            why: format!(
+                "HTTP {status} with a page that is not Discord's: {}",
+                short(body)
+            ),
+        },
         200..=299 => Outcome::Delivered(info),
         429 => {
             let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
@@ -306,15 +322,14 @@ impl Sink for Client {
                 let status = resp.status().as_u16();
                 let info = rate_info(&resp);
                 let retry_after = header(&resp, "retry-after").and_then(secs);
-                let text = if status < 300 {
-                    String::new()
-                } else {
-                    resp.body_mut()
-                        .with_config()
-                        .limit(64 * 1024)
-                        .read_to_string()
-                        .unwrap_or_default()
-                };
+                // A 2xx body is read too (Discord's is empty): a page in
+                // it means the POST never reached Discord; see `classify`.
+                let text = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(64 * 1024)
+                    .read_to_string()
+                    .unwrap_or_default();
                 let mut out = classify(status, info, retry_after, &text);
                 if let Outcome::Rejected { why, .. }
                 | Outcome::Stop { why, .. }
@@ -432,6 +447,16 @@ mod tests {
         };
         assert_eq!(classify(204, hdr, None, ""), Outcome::Delivered(hdr));
         assert_eq!(kind(200, "{}"), "delivered");
+        assert_eq!(kind(200, " {\"id\": \"1\"}\n"), "delivered");
+        assert_eq!(kind(204, "  "), "delivered");
+    }
+
+    /// A 200 with an HTML page (a captive portal, a proxy) is not
+    /// Discord's acceptance: the lines are posted again, never committed.
+    #[test]
+    fn row_2xx_with_a_page_that_is_not_json_is_retried() {
+        assert_eq!(kind(200, "<html><body>Welcome</body></html>"), "retry");
+        assert_eq!(kind(202, "OK"), "retry");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError, bounded, never};
@@ -253,9 +254,20 @@ impl Watcher {
     ) -> Result<(), WatchError> {
         self.attach(&control, &out);
         let (ev_tx, ev_rx) = bounded::<notify::Result<notify::Event>>(4096);
+        // Set when an event had to be dropped because the queue was full.
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let overflow_flag = overflowed.clone();
         let mut inotify = notify::recommended_watcher(move |res| {
-            // Only forward: all work happens on the watcher thread.
-            let _ = ev_tx.send(res);
+            // Only forward: all work happens on the watcher thread. Never
+            // block here: notify's thread also carries out our `watch`
+            // calls, so waiting for room while this thread is inside
+            // `watch` (setting up a second source after reading 4,096
+            // files of the first, whose opens inotify reports) deadlocks
+            // before READY (issue 9 bug 6 probe). A full queue is what the
+            // kernel's IN_Q_OVERFLOW is: drop the event and rescan.
+            if let Err(TrySendError::Full(_)) = ev_tx.try_send(res) {
+                overflow_flag.store(true, Ordering::Relaxed);
+            }
         })?;
 
         for i in 0..self.cfg.sources.len() {
@@ -307,7 +319,15 @@ impl Watcher {
                                 break;
                             }
                         }
-                        self.on_events(events, &mut inotify)
+                        let flow = self.on_events(events, &mut inotify);
+                        // The queue was full (it is not any more: it was
+                        // just drained), so some events were lost.
+                        if flow == Flow::Go && overflowed.swap(false, Ordering::Relaxed) {
+                            log::debug!("inotify events were dropped: rescanning");
+                            self.rescan(&mut inotify, true)
+                        } else {
+                            flow
+                        }
                     }
                     Err(_) => Flow::Stop,
                 },
