@@ -899,7 +899,7 @@ impl Watcher {
                     });
                     let (dev, ino) = r.file();
                     self.store.moved(old, r.path(), dev, ino);
-                    e.recovery = Some(r);
+                    e.recovery = Some(Box::new(r));
                 } else if let Some(e) = self.files.get(key).filter(|_| report.fingerprint_changed) {
                     self.store.update(old, None, Some(e.tailer.fingerprint()));
                 }
