@@ -510,7 +510,7 @@ fn v_stop_copytruncate_start_posts_nothing_twice() {
     env.set("BATCH_SIZE", "10").set("BATCH_TIMEOUT", "0.1");
     let root = env.dir.path().join("event");
     env.write_config(&format!(
-        "[[source]]\nname = \"s\"\nroot = \"{}\"\ninclude = [\"*.log*\"]\nfollow = \"all\"\n",
+        "[[source]]\nname = \"s\"\nroot = \"{}\"\ninclude = [\"*.log\"]\nfollow = \"all\"\n",
         root.display()
     ));
     let file = root.join("app.log");
@@ -621,7 +621,7 @@ fn v_copytruncate_during_a_backlog_keeps_memory_bounded() {
     env.set("BATCH_SIZE", "10").set("BATCH_TIMEOUT", "0.1");
     let root = env.dir.path().join("event");
     env.write_config(&format!(
-        "[[source]]\nname = \"s\"\nroot = \"{}\"\ninclude = [\"*.log*\"]\nfollow = \"all\"\n",
+        "[[source]]\nname = \"s\"\nroot = \"{}\"\ninclude = [\"*.log\"]\nfollow = \"all\"\n",
         root.display()
     ));
     let file = root.join("app.log");
