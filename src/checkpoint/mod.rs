@@ -687,6 +687,23 @@ impl Store {
         Some(claimed)
     }
 
+    /// Records of `source` last seen at `path` that are not followed now,
+    /// with their read marks: the candidates for the content of a
+    /// copytruncate copy made while the daemon was stopped. O(records of
+    /// that path).
+    pub fn dormant_at(&self, source: &str, path: &Path) -> Vec<(FileId, FileRecord, Option<Mark>)> {
+        let g = self.lock();
+        let Some(bucket) = g.by_path.get(&path_key(source, path)) else {
+            return Vec::new();
+        };
+        bucket
+            .iter()
+            .filter_map(|id| g.files.get(id).map(|s| (*id, s)))
+            .filter(|(_, s)| !s.live && s.rec.source == source && s.rec.path == path)
+            .map(|(id, s)| (id, s.rec.clone(), s.mark))
+            .collect()
+    }
+
     /// Records of `source` that are not followed now, for finding rotated
     /// files again. O(records).
     pub fn dormant(&self, source: &str) -> Vec<FileRecord> {

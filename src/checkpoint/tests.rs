@@ -581,3 +581,36 @@ fn random_operations_restarts_and_full_disks_match_a_model() {
         full.store(false, Ordering::SeqCst);
     }
 }
+
+/// `dormant_at` lists the records of one path that nobody follows, with
+/// their marks; after `moved`, the record is claimed by the copy's inode.
+#[test]
+fn dormant_at_lists_a_paths_unfollowed_records_and_moved_hands_one_to_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), false).unwrap();
+    let id = s.track(rec(7, &content(7), 10));
+    let other = s.track(rec(8, &content(8), 0));
+    let mark = Mark {
+        offset: 10,
+        len: 4,
+        hash: 42,
+    };
+    s.note_read(id, mark);
+    // Followed: not dormant.
+    assert!(s.dormant_at("s", Path::new("/logs/7.log")).is_empty());
+    s.release(id);
+    s.release(other);
+    let d = s.dormant_at("s", Path::new("/logs/7.log"));
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].0, d[0].1.offset, d[0].2), (id, 10, Some(mark)));
+    assert!(s.dormant_at("t", Path::new("/logs/7.log")).is_empty());
+    // The copy (inode 9, same content) takes the record over.
+    s.moved(id, Path::new("/logs/7.log.1"), 1, 9);
+    let c = content(7);
+    let got = s.claim("s", 1, 9, |n| c.get(..n).map(<[u8]>::to_vec));
+    assert_eq!(got.map(|c| (c.id, c.offset)), Some((id, 10)));
+    assert!(
+        claim(&s, 7).is_none(),
+        "the truncated original no longer claims it"
+    );
+}

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError, bounded, never};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
-use crate::checkpoint::{FileId, FileRecord, Store};
+use crate::checkpoint::{self, FileId, FileRecord, Store};
 use crate::config::{Config, Follow};
 use crate::discover;
 use crate::format::{self, EventPart};
@@ -541,6 +541,7 @@ impl Watcher {
                         .is_ok_and(|m| m > seen);
                     if changed {
                         let rel = p.strip_prefix(&src.root).unwrap_or(&p).to_path_buf();
+                        self.adopt_copy(&src.name, &f.path, &p);
                         if let Some(k) = self.follow(i, &p, &rel, false) {
                             self.retire(k);
                         }
@@ -639,6 +640,46 @@ impl Watcher {
             }
         }
         Flow::Go
+    }
+
+    /// A rotated sibling `copy` of `path` that appeared while the daemon
+    /// was stopped may be logrotate's copytruncate copy of the content we
+    /// were reading: a new inode that no record claims, whose first bytes
+    /// and bytes at the read mark are those of a dormant record of `path`.
+    /// Then that record moves to the copy, so the copy is read from where
+    /// Discord's delivery stopped rather than from its first line (issue 9
+    /// probe: stop, copytruncate, start re-posted the whole copy). While
+    /// running, `recover::find` does the same.
+    fn adopt_copy(&self, source: &str, path: &Path, copy: &Path) {
+        let Ok((file, meta)) = tail::open_regular(copy) else {
+            return;
+        };
+        if self.files.by_inode(meta.dev(), meta.ino()).is_some() {
+            return;
+        }
+        for (id, rec, mark) in self.store.dormant_at(source, path) {
+            if (rec.dev, rec.ino) == (meta.dev(), meta.ino()) {
+                return;
+            }
+            let Some(mark) = mark else { continue };
+            let first = tail::first_bytes(&file, rec.fp_len as usize).ok();
+            let same_start = first.is_some_and(|b| {
+                b.len() == rec.fp_len as usize && checkpoint::fingerprint(&b) == rec.fp_hash
+            });
+            let at_mark = tail::read_mark(&file, &mark).ok();
+            if same_start
+                && rec.offset <= meta.len()
+                && start::mark_holds(&mark, meta.len(), at_mark.as_deref())
+            {
+                log::info!(
+                    "{} is a copy of {} as it was read: it takes over its checkpoint",
+                    copy.display(),
+                    path.display()
+                );
+                self.store.moved(id, copy, meta.dev(), meta.ino());
+                return;
+            }
+        }
     }
 
     /// Opens a file for following unless it is followed already.
