@@ -42,9 +42,9 @@ usage: cargo run --release --example bench -- [SCENARIO...] [--runs N] [--quick]
 
 scenarios (default: all, in this order):
   latency    a line every 50 ms, BATCH_SIZE=1: write-to-Discord latency
-  slowfsync  the same with every fsync/fdatasync of the daemon delayed
-             500 ms (strace fault injection): the checkpoint's disk
-             writes must stay off the posting path
+  slowfsync  the same with every fsync/fdatasync of the checkpoint's
+             writer thread delayed 500 ms (strace fault injection): the
+             checkpoint's disk writes must stay off the posting path
   idle       nothing written for 60 s (--quick 10 s): RSS, CPU, wakeups
   burst      20,000 lines at once (--quick 2,000) against 5 requests / 2 s
   catchup    1 GB backlog (--quick 100 MB) read from a checkpoint, --dry-run
@@ -684,22 +684,8 @@ impl Daemon {
 
     /// SIGTERM, then wait (SIGKILL after 30 s).
     fn stop(mut self) -> Res<ExitStatus> {
-        // A daemon started under strace is strace's child: it gets the
-        // SIGTERM, and strace ends when it does.
-        let pid = self.pid();
-        let children =
-            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let mut pids: Vec<u32> = children
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if pids.is_empty() {
-            pids.push(pid);
-        }
-        for p in pids {
-            // SAFETY: kill(2) on our own child (or its child).
-            unsafe { libc::kill(p as libc::pid_t, libc::SIGTERM) };
-        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = self.child.try_wait()? {
@@ -893,12 +879,12 @@ fn warm_up(c: &Collector, d: &mut Daemon, run: usize, path: impl Fn(usize) -> Pa
     Ok(())
 }
 
-/// Every fsync and fdatasync of the traced daemon waits this long first:
-/// a slow SD card, or a disk under load. seccomp-bpf keeps every other
-/// system call untraced, so only the checkpoint's syncs are slowed.
+/// Every fsync and fdatasync of the checkpoint's writer thread waits this
+/// long first: a slow SD card, or a disk under load. strace attaches to
+/// that one thread only (`-p TID`, no `-f`), so the other threads run
+/// untraced: tracing them all would measure strace's cost of every thread
+/// start, not the disk's.
 const SLOW_FSYNC: &[&str] = &[
-    "--seccomp-bpf",
-    "-f",
     "-qq",
     "-o",
     "/dev/null",
@@ -906,7 +892,52 @@ const SLOW_FSYNC: &[&str] = &[
     "trace=fsync,fdatasync",
     "-e",
     "inject=fsync,fdatasync:delay_enter=500000",
+    "-p",
 ];
+
+/// The thread of `pid` whose name starts with `prefix` (names are cut to
+/// 15 bytes).
+fn thread_named(pid: u32, prefix: &str) -> Option<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .and_then(|t| t.file_name().to_str()?.parse().ok())
+}
+
+/// strace, slowing the fsyncs of thread `tid`, until dropped.
+struct SlowFsync(Child);
+
+impl SlowFsync {
+    fn attach(tid: u32) -> Res<SlowFsync> {
+        let mut args: Vec<String> = SLOW_FSYNC.iter().map(|s| s.to_string()).collect();
+        args.push(tid.to_string());
+        let child = Command::new("strace")
+            .args(&args)
+            .stdin(Stdio::null())
+            .spawn()?;
+        // strace is attached once the thread shows a tracer.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let status = fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+            if status
+                .lines()
+                .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+            {
+                return Ok(SlowFsync(child));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        Err("strace did not attach to the checkpoint writer within 5 s".into())
+    }
+}
+
+impl Drop for SlowFsync {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn latency(ctx: &Ctx, run: usize, slow_fsync: bool) -> Res<RunResult> {
     let fake = FakeDiscord::start_with(no_rate_limit());
@@ -921,15 +952,15 @@ fn latency(ctx: &Ctx, run: usize, slow_fsync: bool) -> Res<RunResult> {
             ("RATE_LIMIT_DELAY", "0"),
         ],
     );
-    let mut d = if slow_fsync {
-        let mut args = SLOW_FSYNC.to_vec();
-        let bin = ctx.bin.display().to_string();
-        args.push(&bin);
-        work.spawn(Path::new("strace"), &env, &args, Stdio::null())?
-    } else {
-        work.spawn(&ctx.bin, &env, &[], Stdio::null())?
-    };
+    let mut d = work.spawn(&ctx.bin, &env, &[], Stdio::null())?;
     d.wait_ready(Duration::from_secs(10))?;
+    let _slow = if slow_fsync {
+        let tid = thread_named(d.pid(), "checkpoint-wri")
+            .ok_or("no checkpoint-writer thread in the daemon")?;
+        Some(SlowFsync::attach(tid)?)
+    } else {
+        None
+    };
     warm_up(&c, &mut d, run, |_| file.clone())?;
     let n = if ctx.quick { 100 } else { 500 };
     let tokens: Vec<String> = (0..n).map(|i| format!("lat{run}-{i:06}")).collect();
