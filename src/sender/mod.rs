@@ -40,6 +40,8 @@ pub use route::{Decision, Jitter, MAX_BACKOFF, Next, Route, STOP_RETRY, Shape, x
 /// Text one route may hold in its batcher before the sender stops taking
 /// that route's chunks (backpressure to the watcher for its files only).
 pub const ROUTE_BUDGET: usize = 1024 * 1024;
+/// How long an abort (a reload) waits for the answers of POSTs in flight.
+pub const ABORT_SETTLE: Duration = Duration::from_secs(2);
 /// Alert copies kept while the alerts webhook does not answer; beyond,
 /// events only reach the logs channel (memory stays bounded).
 pub const MAX_PENDING_ALERTS: usize = 1000;
@@ -464,6 +466,21 @@ impl Sender {
         }
     }
 
+    /// Before an abort (a reload): waits up to [`ABORT_SETTLE`] for the
+    /// answers of POSTs in flight, so that what Discord accepted is
+    /// committed and the next pipeline does not post it again (a folded
+    /// backlog message holds hundreds of lines). A POST still unanswered
+    /// then is abandoned: its lines stay uncommitted.
+    fn settle_in_flight(&mut self, results: &Receiver<(usize, Outcome)>) {
+        let deadline = Instant::now() + ABORT_SETTLE;
+        while self.lanes.iter().any(|l| l.route.busy()) {
+            match results.recv_deadline(deadline) {
+                Ok((i, outcome)) => self.answered(i, outcome),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// The actor loop. `lines[i]` carries route `i`'s chunks. Returns when
     /// every line channel is closed and everything was posted, when the
     /// shutdown grace time ran out (a POST in flight is abandoned), or at
@@ -547,6 +564,7 @@ impl Sender {
             if index == ctl_op {
                 let msg = op.recv(&control).unwrap_or(Control::Abort);
                 if self.on_control(msg, &mut closing) {
+                    self.settle_in_flight(&results);
                     return;
                 }
             } else if index == res_op {

@@ -688,3 +688,41 @@ fn random_answers_deliver_every_line_once_in_order() {
         }
     }
 }
+
+/// A reload aborts the sender: a POST Discord answers within
+/// [`ABORT_SETTLE`] is committed (the next pipeline does not post it
+/// again); one that never answers is abandoned in time, uncommitted.
+#[test]
+fn abort_commits_an_in_flight_post_answered_in_time_and_abandons_a_hung_one() {
+    let mut h = start(
+        vec![
+            Box::new(|_: &Req| Reply::Hang(204, String::new())),
+            Box::new(|_: &Req| Reply::Hang(204, String::new())),
+        ],
+        settings(),
+    );
+    h.send(0, &["answered late"]);
+    h.send(1, &["never answered"]);
+    assert!(wait_until(LONG, || h.world.requests(0).len() == 1
+        && h.world.requests(1).len() == 1));
+    let t = Instant::now();
+    h.ctl.send(Control::Abort).unwrap();
+    // One of the two hung POSTs is answered now.
+    h.release.send(()).unwrap();
+    let thread = h.thread.take().unwrap();
+    assert!(
+        wait_until(ABORT_SETTLE + Duration::from_secs(2), || thread
+            .is_finished()),
+        "abort did not return"
+    );
+    thread.join().unwrap();
+    let took = t.elapsed();
+    assert!(took >= ABORT_SETTLE, "gave up early: {took:?}");
+    assert!(took < ABORT_SETTLE + Duration::from_secs(1), "{took:?}");
+    let committed: Vec<bool> = (0..2).map(|r| h.offset(r) == h.files[r].1).collect();
+    let none: Vec<bool> = (0..2).map(|r| h.offset(r) == 0).collect();
+    assert!(
+        committed.iter().filter(|c| **c).count() == 1 && none.iter().filter(|c| **c).count() == 1,
+        "one POST answered and committed, the other uncommitted: {committed:?}"
+    );
+}
