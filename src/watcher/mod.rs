@@ -182,6 +182,31 @@ fn renew(
         "{} was truncated or rewritten; reading it again from the start",
         t.path.display()
     );
+    let found = previous.and_then(|(mark, fp)| {
+        recover::find(
+            &t.path,
+            (t.dev, t.ino),
+            &mark,
+            &fp,
+            t.id,
+            t.source,
+            t.label.clone(),
+        )
+    });
+    new_identity(store, source_name, e, found);
+}
+
+/// The file's tailer starts a new checkpoint record from 0 for its new
+/// content; the old content's record follows it to `copy` (logrotate's
+/// copy, read from where the old content was read) or, without a copy,
+/// is let go.
+fn new_identity(
+    store: &Store,
+    source_name: &str,
+    e: &mut files::Entry,
+    copy: Option<recover::Recovery>,
+) {
+    let t = &mut e.tailer;
     let old = t.id;
     let (fp_len, fp_hash) = t.fingerprint();
     t.id = store.track(FileRecord {
@@ -194,18 +219,7 @@ fn renew(
         offset: 0,
         seen: now_secs(),
     });
-    let found = previous.and_then(|(mark, fp)| {
-        recover::find(
-            &t.path,
-            (t.dev, t.ino),
-            &mark,
-            &fp,
-            old,
-            t.source,
-            t.label.clone(),
-        )
-    });
-    match found {
+    match copy {
         Some(r) => {
             let (dev, ino) = r.file();
             store.moved(old, r.path(), dev, ino);
@@ -926,21 +940,7 @@ impl Watcher {
                     };
                     // As after a rewrite: the copy takes the old identity,
                     // the file's new content is a new record from 0.
-                    let t = &mut e.tailer;
-                    let (fp_len, fp_hash) = t.fingerprint();
-                    t.id = self.store.track(FileRecord {
-                        source: self.cfg.sources[source].name.clone(),
-                        path: t.path.clone(),
-                        dev: t.dev,
-                        ino: t.ino,
-                        fp_len,
-                        fp_hash,
-                        offset: 0,
-                        seen: now_secs(),
-                    });
-                    let (dev, ino) = r.file();
-                    self.store.moved(old, r.path(), dev, ino);
-                    e.recovery = Some(Box::new(r));
+                    new_identity(&self.store, &self.cfg.sources[source].name, e, Some(r));
                 } else if let Some(e) = self.files.get(key).filter(|_| report.fingerprint_changed) {
                     self.store.update(old, None, Some(e.tailer.fingerprint()));
                 }
