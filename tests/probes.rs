@@ -680,3 +680,53 @@ fn v_copytruncate_during_a_backlog_keeps_memory_bounded() {
     eprintln!("copytruncate during a 10 MB backlog: VmHWM {hwm} KiB");
     assert!(hwm < 32 * 1024, "VmHWM {hwm} KiB");
 }
+
+/// `follow = "all"` over more files than the process may open: one warning
+/// naming the limit, not one per file. (Delivery is not checked here: with
+/// every descriptor taken by files, the POST cannot open its socket either;
+/// reserving descriptors for the network is an open item.)
+#[test]
+fn v_out_of_file_descriptors_is_said_once() {
+    let fake = fast_fake();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "10").set("BATCH_TIMEOUT", "0.1");
+    let root = env.dir.path().join("many");
+    env.write_config(&format!(
+        "[[source]]\nname = \"m\"\nroot = \"{}\"\ninclude = [\"*.log\"]\nfollow = \"all\"\n",
+        root.display()
+    ));
+    let first = root.join("a-first.log");
+    append(&first, &[]);
+    let d = env.start(&[]);
+    // 64 descriptors for the whole daemon, then three times as many files.
+    let st = Command::new("prlimit")
+        .arg(format!("--pid={}", d.pid()))
+        .arg("--nofile=64:64")
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(st.success());
+    for i in 0..200 {
+        append(
+            &root.join(format!("f{i:03}.log")),
+            &[format!("many-{i:03}")],
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .stderr()
+            .contains("too many open files")),
+        "no warning about the descriptor limit:\n{}",
+        d.stderr()
+    );
+    let (_, _, log) = d.stop();
+    let warnings = log.matches("Too many open files").count();
+    assert_eq!(
+        log.matches("too many open files (").count(),
+        1,
+        "said more than once:\n{log}"
+    );
+    assert!(
+        warnings <= 1,
+        "{warnings} lines about EMFILE (one per file?):\n{log}"
+    );
+}

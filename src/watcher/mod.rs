@@ -100,6 +100,9 @@ pub struct Watcher {
     files: Files,
     /// Paths already warned about, so a problem is logged once.
     warned: HashSet<PathBuf>,
+    /// The process ran out of file descriptors and said so: once, not once
+    /// per file that could not be opened.
+    fd_limit_warned: bool,
     buf: Vec<u8>,
     started: SystemTime,
     ready: Option<Sender<()>>,
@@ -243,6 +246,7 @@ impl Watcher {
             stats,
             files: Files::default(),
             warned: HashSet::new(),
+            fd_limit_warned: false,
             buf: Vec::new(),
             started: SystemTime::now(),
             ready: Some(ready),
@@ -722,6 +726,23 @@ impl Watcher {
                         path.display()
                     )
                 });
+                return None;
+            }
+            Err(TailError::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                // Thousands of files would each say the same: say it once.
+                // The files are tried again at each rescan.
+                if !self.fd_limit_warned {
+                    self.fd_limit_warned = true;
+                    let m = format!(
+                        "too many open files ({source}): {} and further files of source {} are not followed until descriptors are free; raise LimitNOFILE= in a drop-in for ekos-log-monitor.service, or narrow the source's include globs",
+                        path.display(),
+                        src.name
+                    );
+                    log::warn!("{m}");
+                    self.stats.record_error(Some(m));
+                }
                 return None;
             }
             Err(e) => {
