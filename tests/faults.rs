@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::daemon::{Daemon, Env, wait_until};
+use support::daemon::{Daemon, Env, append, wait_until};
 use support::fake_discord::{Event, FakeDiscord, Fault, Mode, Options, Received};
 use support::notify::NotifySocket;
 
@@ -411,17 +411,6 @@ fn vm_hwm_kib(pid: i32) -> Option<u64> {
     l.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn write_lines(path: &Path, lines: &[String]) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    for l in lines {
-        f.write_all(format!("{l}\n").as_bytes()).unwrap();
-    }
-}
-
 struct Run {
     rng: Rng,
     fake: FakeDiscord,
@@ -581,7 +570,7 @@ impl Run {
         let st = &mut self.streams[s];
         let path = st.link.clone().unwrap_or_else(|| st.path.clone());
         let lines: Vec<String> = texts.iter().map(|t| t.0.clone()).collect();
-        write_lines(&path, &lines);
+        append(&path, &lines);
         st.lines.extend(texts.into_iter().map(|t| t.1));
     }
 
