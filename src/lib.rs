@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod discord;
 pub mod discover;

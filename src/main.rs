@@ -1,118 +1,31 @@
 //! The command line: parse arguments, set up logging, load the
 //! configuration, run the chosen command, map errors to an exit code.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use ekos_log_monitor::cli::{Cli, Command};
 use ekos_log_monitor::config::{Config, Follow, Inputs};
 use ekos_log_monitor::discord::{Client, Outcome, Sink};
 use ekos_log_monitor::{service, webhook::Webhook};
 
-const USAGE: &str = "\
-Usage: ekos-log-monitor [--config FILE] [--dry-run] [--replay FILE] [run|check|test-webhook]
-
-Follows Ekos (KStars) and script log files and posts their new lines to a
-Discord channel through a webhook.
-
-Commands:
-  run            follow the logs and post new lines (the default)
-  check          validate the configuration, print the effective settings
-                 and which files would be followed; exit 1 if unusable
-  test-webhook   post one short test message and report Discord's answer
-
-Options:
-  --config FILE  TOML configuration (default: /etc/ekos-log-monitor/config.toml
-                 if it exists); environment variables override it
-  --dry-run      print each request body as one JSON line on stdout instead
-                 of posting; needs no webhook
-  --replay FILE  print what a whole existing log file would post (events as
-                 embeds, mentions, lines in code blocks), then exit; implies
-                 --dry-run. Use it to tune [[rule]] tables on yesterday's log
-  -h, --help     show this help
-  -V, --version  show the version
-
-See ekos-log-monitor(8) and ekos-log-monitor.toml(5).";
-
-#[derive(Debug, PartialEq, Eq)]
-enum Command {
-    Run,
-    Check,
-    TestWebhook,
-}
-
-struct Args {
-    config: Option<PathBuf>,
-    dry_run: bool,
-    replay: Option<PathBuf>,
-    command: Command,
-}
-
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args {
-        config: None,
-        dry_run: false,
-        replay: None,
-        command: Command::Run,
-    };
-    let mut command_seen = false;
-    let mut it = std::env::args_os().skip(1);
-    while let Some(a) = it.next() {
-        let a = a
-            .into_string()
-            .map_err(|a| format!("argument {a:?} is not valid UTF-8"))?;
-        match a.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            "-V" | "--version" => {
-                println!("ekos-log-monitor {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            "--dry-run" => args.dry_run = true,
-            "--replay" => {
-                let v = it.next().ok_or("--replay needs a file name")?;
-                args.replay = Some(PathBuf::from(v));
-                args.dry_run = true;
-            }
-            "--config" | "-c" => {
-                let v = it.next().ok_or("--config needs a file name")?;
-                args.config = Some(PathBuf::from(v));
-            }
-            s if s.starts_with("--config=") => {
-                args.config = Some(PathBuf::from(&s["--config=".len()..]))
-            }
-            "run" | "check" | "test-webhook" if !command_seen => {
-                command_seen = true;
-                args.command = match a.as_str() {
-                    "run" => Command::Run,
-                    "check" => Command::Check,
-                    _ => Command::TestWebhook,
-                };
-            }
-            other => return Err(format!("unexpected argument {other:?}")),
-        }
-    }
-    Ok(Some(args))
-}
-
 fn main() -> ExitCode {
     service::limit_malloc_arenas();
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ekos-log-monitor: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit 2, --help and --version exit 0 (clap's convention,
+    // and what the man page's EXIT STATUS says).
+    let args = Cli::from_env();
+    let command = args.effective_command();
+    let dry_run = args.dry_run || args.replay.is_some();
     service::init_logging(log::LevelFilter::Info);
-    let inputs = Inputs::from_process(args.config.clone(), args.dry_run);
+    if let Command::Setup(_) = command {
+        eprintln!("ekos-log-monitor: setup is not wired yet");
+        return ExitCode::from(1);
+    }
+    let inputs = Inputs::from_process(args.config.clone(), dry_run);
     let cfg = match Config::load(&inputs) {
         Ok(c) => c,
         Err(e) => {
-            if args.command == Command::Check {
+            if command == Command::Check {
                 println!("configuration error: {e}");
             }
             log::error!("configuration error: {e}");
@@ -123,7 +36,7 @@ fn main() -> ExitCode {
     if let Some(path) = &args.replay {
         return replay(&cfg, path);
     }
-    match args.command {
+    match command {
         Command::Run => match ekos_log_monitor::run(cfg, inputs) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -132,7 +45,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Check => check(&cfg),
-        Command::TestWebhook => test_webhook(&cfg, args.dry_run),
+        Command::TestWebhook => test_webhook(&cfg, dry_run),
+        Command::Setup(_) => unreachable!("handled before the configuration is loaded"),
     }
 }
 
