@@ -288,6 +288,46 @@ fn check_reports_settings_without_the_token() {
     assert!(out.contains("/nonexistent/kstars/logs"));
 }
 
+/// The real binary's command line: `-c` works before and after the
+/// command and is in `--help`; a usage error exits 2 before anything else
+/// happens (no config read, no file followed).
+#[test]
+fn command_line_usage_and_help() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.unset("BATCH_SIZE").write_config("batch_size = 7\n");
+    let cfg = env.config.take().unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for args in [&["-c", cfg, "check"][..], &["check", "-c", cfg]] {
+        let (status, out, _) = env.run_to_end(args);
+        assert!(status.success(), "{args:?}: {out}");
+        assert!(out.contains("BATCH_SIZE = 7"), "{args:?}: {out}");
+    }
+    let (status, out, _) = env.run_to_end(&["--help"]);
+    assert!(status.success());
+    for opt in [
+        "-c, --config",
+        "--dry-run",
+        "--replay",
+        "setup",
+        "test-webhook",
+    ] {
+        assert!(out.contains(opt), "{opt} missing from --help:\n{out}");
+    }
+    for bad in [
+        &["--bogus"][..],
+        &["check", "frob"],
+        &["--replay", cfg, "check"],
+    ] {
+        let (status, out, err) = env.run_to_end(bad);
+        assert_eq!(status.code(), Some(2), "{bad:?}: {err}");
+        assert!(
+            out.is_empty() && err.starts_with("error: "),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn run_waits_for_a_missing_logs_directory() {
     let fake = FakeDiscord::start();
