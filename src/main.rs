@@ -97,8 +97,53 @@ fn parse_args() -> Result<Option<Args>, String> {
     Ok(Some(args))
 }
 
+/// `setup` and its options, parsed by hand until the clap definition in
+/// cli.rs takes over (`--root DIR` is a hidden test-only option).
+fn setup_command() -> Option<ExitCode> {
+    let mut args = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned());
+    if args.next().as_deref() != Some("setup") {
+        return None;
+    }
+    let mut o = ekos_log_monitor::setup::Options::default();
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| match args.next() {
+            Some(v) => Ok(v),
+            None => Err(format!("{name} needs a value")),
+        };
+        let r = match a.as_str() {
+            "--webhook-file" => value(&a).map(|v| o.webhook_file = Some(v.into())),
+            "--ekos-user" => value(&a).map(|v| o.ekos_users.push(v)),
+            "--scripts" => value(&a).map(|v| o.scripts = Some(v.into())),
+            "--root" => value(&a).map(|v| o.root = Some(v.into())),
+            "--no-scripts" => {
+                o.no_scripts = true;
+                Ok(())
+            }
+            "--yes" | "-y" => {
+                o.yes = true;
+                Ok(())
+            }
+            "--no-start" => {
+                o.no_start = true;
+                Ok(())
+            }
+            _ => Err(format!("unexpected argument {a:?}")),
+        };
+        if let Err(e) = r {
+            eprintln!("ekos-log-monitor setup: {e}");
+            return Some(ExitCode::from(2));
+        }
+    }
+    Some(ekos_log_monitor::setup::run(o))
+}
+
 fn main() -> ExitCode {
     service::limit_malloc_arenas();
+    if let Some(code) = setup_command() {
+        return code;
+    }
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,
