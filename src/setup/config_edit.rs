@@ -23,6 +23,8 @@ use crate::webhook::redact_secrets;
 pub const EKOS_KEY: &str = "ekos_logs_directory";
 pub const SCRIPTS_SOURCE: &str = "scripts";
 pub const KSTARS_PREFIX: &str = "kstars-";
+/// The comment line above a table setup added.
+const ADDED_BY: &str = "# Added by `ekos-log-monitor setup`";
 /// Keys that name a webhook and would shadow the credential.
 const WEBHOOK_KEYS: &[&str] = &["discord_webhook_url", "discord_webhook_url_file"];
 
@@ -121,7 +123,7 @@ fn source_text(name: &str, root: &str, kstars: bool) -> String {
         )
     };
     format!(
-        "\n# Added by `ekos-log-monitor setup`: {what}.\n[[source]]\nname = {}\nroot = {}\ninclude = {include}\nfollow = \"{follow}\"\n",
+        "\n{ADDED_BY}: {what}.\n[[source]]\nname = {}\nroot = {}\ninclude = {include}\nfollow = \"{follow}\"\n",
         quoted(name),
         quoted(root)
     )
@@ -153,12 +155,26 @@ fn kstars_name(d: &EkosDir, n: usize) -> String {
 /// next table of the document (or its end), so that documentation written
 /// above it is kept.
 fn keep_comments_of(doc: &mut DocumentMut, removed: &Table) {
+    // Setup's own note above a table it added goes with the table.
     let Some(prefix) = removed
         .decor()
         .prefix()
         .and_then(|p| p.as_str())
+        .map(|p| {
+            let mut kept: Vec<&str> = Vec::new();
+            for l in p.split_inclusive('\n') {
+                if l.starts_with(ADDED_BY) {
+                    // With the blank line setup wrote before it.
+                    if kept.last().is_some_and(|l| l.trim().is_empty()) {
+                        kept.pop();
+                    }
+                } else {
+                    kept.push(l);
+                }
+            }
+            kept.concat()
+        })
         .filter(|p| p.contains('#'))
-        .map(str::to_string)
     else {
         return;
     };
@@ -521,6 +537,18 @@ mod tests {
         let w = want(&["astro", "bob"], Some("/srv/service/event"));
         let once = edit_ok(SHIPPED, &w);
         assert_eq!(edit_ok(&once, &w), once);
+    }
+
+    #[test]
+    fn a_table_added_then_removed_leaves_no_trace() {
+        let with = edit_ok(
+            SHIPPED,
+            &want(&["astro", "bob"], Some("/srv/service/event")),
+        );
+        assert_eq!(
+            edit_ok(&with, &want(&["astro"], None)),
+            edit_ok(SHIPPED, &want(&["astro"], None))
+        );
     }
 
     #[test]

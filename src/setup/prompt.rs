@@ -97,8 +97,6 @@ impl<R: BufRead, W: Write> Prompter<R, W> {
 
     /// A line typed without echo when standard input is a terminal.
     pub fn hidden(&mut self, question: &str) -> Result<String, SetupError> {
-        let _ = write!(self.out, "{question}");
-        let _ = self.out.flush();
         // SAFETY: termios is plain data; tcgetattr fills it or fails.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         let is_tty = self.terminal && unsafe { libc::tcgetattr(0, &mut t) == 0 };
@@ -110,6 +108,9 @@ impl<R: BufRead, W: Write> Prompter<R, W> {
             // SAFETY: quiet is a valid termios derived from the current one.
             unsafe { libc::tcsetattr(0, libc::TCSAFLUSH, &quiet) };
         }
+        // Asked once the echo is off, so nothing typed at once is shown.
+        let _ = write!(self.out, "{question}");
+        let _ = self.out.flush();
         let answer = self.read_answer();
         if is_tty {
             restore_terminal();
