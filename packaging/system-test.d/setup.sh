@@ -61,12 +61,14 @@ t_setup_yes() {
 }
 check "setup --webhook-file F --ekos-user astro --scripts /srv/service/event --yes: enabled, active" t_setup_yes
 
+# The shipped defaults hold (batch_size 10, batch_timeout 30 s): ten lines
+# from each file make full batches, posted at once.
 t_setup_deliver() {
-    append "$SETUP_EKOS_LOG" setup-ekos 1 5
-    append "$SETUP_SCRIPT_LOG" setup-script 1 5
-    if ! wait_for 30 delivered setup-ekos 1 5 || ! wait_for 10 delivered setup-script 1 5; then
-        missing setup-ekos 1 5
-        missing setup-script 1 5
+    append "$SETUP_EKOS_LOG" setup-ekos 1 10
+    append "$SETUP_SCRIPT_LOG" setup-script 1 10
+    if ! wait_for 30 delivered setup-ekos 1 10 || ! wait_for 10 delivered setup-script 1 10; then
+        missing setup-ekos 1 10
+        missing setup-script 1 10
         show_journal
         return 1
     fi
@@ -94,8 +96,8 @@ t_setup_rerun() {
     grep -q 'Nothing to change.' "$WORK/setup-rerun.log" || { sed 's/^/  | /' "$WORK/setup-rerun.log"; return 1; }
     [ "$(setup_sums)" = "$before" ] || { echo "  files changed"; return 1; }
     [ "$(main_pid)" = "$pid" ] || { echo "  the service was restarted"; return 1; }
-    append "$SETUP_EKOS_LOG" setup-rerun 1 3
-    wait_for 30 delivered setup-rerun 1 3 || { missing setup-rerun 1 3; return 1; }
+    append "$SETUP_EKOS_LOG" setup-rerun 1 10
+    wait_for 30 delivered setup-rerun 1 10 || { missing setup-rerun 1 10; show_journal; return 1; }
 }
 check "setup --yes again: nothing changed, not restarted, still delivering" t_setup_rerun
 
