@@ -532,6 +532,33 @@ fn bad_answers_exit_1_with_one_line_and_change_nothing() {
     // reached the test message (none: the user or directory failed first).
     assert_eq!(fake.messages().len(), 0);
 
+    // A tree the service cannot read, and no setfacl to let it.
+    let f = webhook_file(answers.path(), &good);
+    let out = Command::new(BIN)
+        .args([
+            "setup",
+            "--yes",
+            "--ekos-user",
+            "astro",
+            "--scripts",
+            "/srv/service/event",
+        ])
+        .arg("--webhook-file")
+        .arg(&f)
+        .arg("--root")
+        .arg(root)
+        .env("PATH", answers.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot read /srv/service/event, and setfacl, needed to let it, is missing: apt install acl"),
+        "{err}"
+    );
+    assert_eq!(snapshot(root), before);
+    assert_eq!(fake.messages().len(), 0);
+
     // A machine without systemd (container, WSL).
     std::fs::remove_dir(root.join("run/systemd/system")).unwrap();
     let before = snapshot(root);
