@@ -95,7 +95,8 @@ pub enum Command {
 /// The options of `setup`; each one answers a question it would ask.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct SetupArgs {
-    /// Read the webhook URL from the first line of FILE instead of asking.
+    /// Read the webhook URL from the first line of FILE (- for standard
+    /// input) instead of asking.
     #[arg(long, value_name = "FILE")]
     pub webhook_file: Option<PathBuf>,
 
@@ -120,6 +121,25 @@ pub struct SetupArgs {
     /// Write the settings but do not enable nor start the service.
     #[arg(long)]
     pub no_start: bool,
+
+    /// Tests only: treat DIR as / for every file read or written, do not
+    /// require root, print the systemctl commands instead of running them.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub root: Option<PathBuf>,
+}
+
+impl From<SetupArgs> for crate::setup::Options {
+    fn from(a: SetupArgs) -> Self {
+        crate::setup::Options {
+            webhook_file: a.webhook_file,
+            ekos_users: a.ekos_users,
+            scripts: a.scripts,
+            no_scripts: a.no_scripts,
+            yes: a.yes,
+            no_start: a.no_start,
+            root: a.root,
+        }
+    }
 }
 
 impl Cli {

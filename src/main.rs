@@ -16,11 +16,16 @@ fn main() -> ExitCode {
     let args = Cli::from_env();
     let command = args.effective_command();
     let dry_run = args.dry_run || args.replay.is_some();
-    service::init_logging(log::LevelFilter::Info);
-    if let Command::Setup(_) = command {
-        eprintln!("ekos-log-monitor: setup is not wired yet");
-        return ExitCode::from(1);
+    if let Command::Setup(setup) = command {
+        // setup manages /etc/ekos-log-monitor/config.toml itself and talks
+        // to the terminal, not the journal.
+        if args.config.is_some() || dry_run {
+            eprintln!("ekos-log-monitor: setup takes neither --config nor --dry-run");
+            return ExitCode::from(2);
+        }
+        return ekos_log_monitor::setup::run(setup.into());
     }
+    service::init_logging(log::LevelFilter::Info);
     let inputs = Inputs::from_process(args.config.clone(), dry_run);
     let cfg = match Config::load(&inputs) {
         Ok(c) => c,

@@ -105,7 +105,7 @@ _ekos__log__monitor() {
             return 0
             ;;
         ekos__log__monitor__subcmd__setup)
-            opts="-y -c -h --webhook-file --ekos-user --scripts --no-scripts --yes --no-start --config --dry-run --help"
+            opts="-y -c -h --webhook-file --ekos-user --scripts --no-scripts --yes --no-start --root --config --dry-run --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -120,6 +120,10 @@ _ekos__log__monitor() {
                     return 0
                     ;;
                 --scripts)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --root)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

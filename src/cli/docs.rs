@@ -449,6 +449,7 @@ fn parses_setup() {
             no_scripts: false,
             yes: true,
             no_start: false,
+            root: None,
         })
     );
 }
