@@ -26,6 +26,7 @@ pub mod format;
 pub mod limits;
 pub mod sender;
 pub mod service;
+pub mod session;
 pub mod tail;
 pub mod watcher;
 pub mod webhook;
