@@ -33,15 +33,24 @@
 //!
 //! | name | matches | severity | title |
 //! | --- | --- | --- | --- |
-//! | `indi-driver-crashed` | `INDI driver "X" crashed!` (also unquoted) | critical | INDI driver X crashed |
+//! | `indi-driver-crashed` | KStars `INDI driver "X" crashed!` (also unquoted, and `KStars detected INDI driver X crashed`) | critical | INDI driver X crashed |
 //! | `indi-driver-terminated` | indiserver `Driver X: Terminated after #N restarts.` | critical | INDI driver X terminated after N restarts |
+//! | `indi-driver-killed` | indiserver `Driver X: process P killed with signal S - name` | critical | INDI driver X killed by signal S |
+//! | `indi-driver-exited` | indiserver `Driver X: process P exited with status S` | error | INDI driver X exited with status S |
 //! | `indi-driver-eof` | indiserver `Driver X: stderr EOF` (or `stdin EOF`) | error | INDI driver X exited (stderr EOF) |
+//! | `indi-driver-pipe-error` | indiserver `Driver X: stderr <error>`, `stdin <error>`, `Error on stderr: <error>` | error | INDI driver X pipe error: error |
+//! | `indi-driver-start-failed` | indiserver `Driver X: execlp <exe>: <error>` | error | INDI driver X failed to start: error |
+//! | `indi-driver-died` | old indiserver `Child process P died` | error | INDI driver process P died |
+//! | `indi-driver-restart` | indiserver `Driver X: restart #N` | warning | INDI driver X restarted (#N) |
 //! | `guide-aborted` | `Autoguiding aborted.` | error | Autoguiding aborted |
 //! | `guide-star-lost` | `Lost track of the guide star...` | warning | Lost track of the guide star |
 //! | `guide-suspended` | `Guiding suspended.` | warning | Guiding suspended |
+//! | `guide-calibration-failed` | `Calibration rejected...`, `Warning: job 'X' calibration failed.` | error | Guide calibration failed |
+//! | `dither-failed` | `Dithering failed.` | warning | Dithering failed |
 //! | `capture-failed` | `Capture failed. Check INDI Control Panel for details.` | error | Capture failed |
 //! | `capture-aborted` | `CCD capture aborted` (or `Camera capture aborted`) | warning | Capture aborted |
-//! | `solver-failed` | `Solver Failed` / `Solver failed.` | warning | Plate solving failed |
+//! | `capture-suspended` | `CCD capture suspended` | warning | Capture suspended |
+//! | `solver-failed` | `Solver Failed` / `Solver failed after N seconds.` / `Solver timed out...` | warning | Plate solving failed |
 //! | `image-received` | `Received image N out of M.` | info | Image N/M received |
 //! | `solver-success` | `Astrometric solver is successful.` / `Solver completed after X seconds.` | success | Plate solved |
 //! | `autofocus-complete` | `Autofocus complete after N iterations.` | success | Autofocus complete after N iterations |
@@ -50,13 +59,42 @@
 //! | `meridian-flip-failed` | `Meridian flip failed...` | error | Meridian flip failed |
 //! | `meridian-flip-started` | `Meridian flip started` / `Starting meridian flip` | info | Meridian flip started |
 //! | `job-complete` | `Job 'X' is complete.` | success | Job X complete |
+//! | `job-failed` | `Job 'X' is terminated due to errors.` | error | Job X failed |
+//! | `job-aborted` | `Job 'X' is aborted.` / `Job 'X' has not been processed upon scheduler stop, marking aborted.` | warning | Job X aborted |
+//! | `weather-alert` | `Weather alert detected...` / `Job 'X' cannot start because weather status is...` | error | Weather alert |
+//! | `mount-park-failed` | `Mount parking error.` / `Mount unparking error.` / `...park operation timed out on last attempt.` | error | Mount parking failed |
+//! | `dome-park-failed` | `Dome parking error.` / `Dome unparking failed...` | error | Dome parking failed |
+//! | `shutdown-failed` | `Shutdown procedure failed, aborting...` / `Shutdown script failed...` | error | Shutdown failed |
 //! | `mount-parked` | `Mount parked.` | info | Mount parked |
+//! | `mount-parking` | `Parking mount in progress...` | info | Mount parking |
+//! | `mount-unparked` | `Mount unparked.` | info | Mount unparked |
+//! | `dome-parked` | `Dome parked.` | info | Dome parked |
+//! | `dome-unparked` | `Dome unparked.` | info | Dome unparked |
+//! | `dome-parking` | `Parking dome...` / `Unparking dome...` | info | Dome moving |
+//! | `guide-calibration-complete` | `Calibration completed.` | success | Guider calibrated |
+//! | `guide-started` | `Autoguiding started.` / `Guiding resumed.` | info | Guiding |
+//! | `autofocus-started` | `Autofocus starting...` / `Autofocus in progress...` | info | Autofocus started |
+//! | `job-started` | `Executing Job "X"` | info | Job X started |
+//! | `job-capturing` | `Job 'X' capture is in progress...` | info | Job X capturing |
+//! | `slew-started` | `Job 'X' is slewing to target.` | info | Slewing to X |
+//! | `slew-complete` | `Job 'X' slew is complete.` / `Job 'X' repositioning is complete.` | info | Slew to X complete |
+//! | `scheduler-started` | `Scheduler started.` | info | Scheduler started |
+//! | `scheduler-sleeping` | `Sleeping until observation job...` / `Observatory scheduled for (soft) shutdown until...` | info | Scheduler sleeping |
+//! | `shutdown-started` | `Starting shutdown process...` | info | Observatory shutdown started |
+//! | `shutdown-complete` | `Shutdown complete.` | success | Observatory shutdown complete |
 //! | `indi-error` | level error: an embedded `[ERROR]` or an INDI log file `ERROR` line | error | `<device>: <message>` |
 //! | `critical` | any `CRIT` line | critical | `Critical: <message, 200 chars>` |
 //! | `fatal` | any `FATL` line | critical | `Fatal: <message, 200 chars>` |
 //!
 //! `WARN` lines are deliberately not events: Ekos warns about many transient,
-//! self-correcting conditions. Users add their own rules with [`RuleSpec`]
+//! self-correcting conditions.
+//!
+//! The texts come from KStars' sources (`kstars/ekos/scheduler/schedulerprocess.cpp`,
+//! `ekos/guide/guide.cpp` and `internalguide/`, `ekos/capture/`, `ekos/focus/focus.cpp`,
+//! `ekos/align/align.cpp`, `ekos/mount/`) and INDI's `indiserver/` (`DvrInfo.cpp`,
+//! `LocalDvrInfo.cpp`, and the older `indiserver.c`). Every `kstars.notifyrc` event
+//! that KStars accompanies with a log line has a rule; see [`crate::session`] for the
+//! state those lines move. Users add their own rules with [`RuleSpec`]
 //! (for instance for a translated KStars, whose messages are localised).
 
 use std::collections::HashSet;
@@ -645,16 +683,37 @@ const BUILTINS: &[Builtin] = &[
     text("indi-driver-terminated", &["rmi"],
         r"(?i-u)(?:Driver\s+([\w.-]+?):\s*)?Terminated after #?(\d+) restarts",
         Severity::Critical, "INDI driver $1 terminated after $2 restarts"),
+    text("indi-driver-killed", &["kil"],
+        r"(?i-u)Driver\s+([\w.-]+?):\s*process\s+\d+\s+killed with signal\s+(\d+)",
+        Severity::Critical, "INDI driver $1 killed by signal $2"),
+    text("indi-driver-exited", &["xit"],
+        r"(?i-u)Driver\s+([\w.-]+?):\s*process\s+\d+\s+exited with status\s+(\d+)",
+        Severity::Error, "INDI driver $1 exited with status $2"),
     text("indi-driver-eof", &["eof"], r"(?i-u)(?:Driver\s+([\w.-]+?):\s*)?(stderr|stdin) EOF",
         Severity::Error, "INDI driver $1 exited ($2 EOF)"),
+    text("indi-driver-pipe-error", &["std"],
+        r#"(?i-u)Driver\s+([\w.-]+?):\s*(?:Error on stderr:|stderr|stdin)\s+((?u:[^\s"][^"]*))"#,
+        Severity::Error, "INDI driver $1 pipe error: $2"),
+    text("indi-driver-start-failed", &["xec"], r#"(?i-u)Driver\s+([\w.-]+?):\s*execlp\s+(?u:\S+):\s*((?u:[^"]*))"#,
+        Severity::Error, "INDI driver $1 failed to start: $2"),
+    text("indi-driver-died", &["die"], r"(?i-u)Child process (\d+) died",
+        Severity::Error, "INDI driver process $1 died"),
+    text("indi-driver-restart", &["t #"], r"(?i-u)Driver\s+([\w.-]+?):\s*restart #(\d+)",
+        Severity::Warning, "INDI driver $1 restarted (#$2)"),
     text("guide-aborted", &["bor"], r"(?i-u)Autoguiding aborted", Severity::Error, "Autoguiding aborted"),
     text("guide-star-lost", &["los"], r"(?i-u)Lost track of the guide star",
         Severity::Warning, "Lost track of the guide star"),
     text("guide-suspended", &["usp"], r"(?i-u)Guiding suspended", Severity::Warning, "Guiding suspended"),
+    text("guide-calibration-failed", &["bra"], r"(?i-u)Calibration rejected|calibration failed",
+        Severity::Error, "Guide calibration failed"),
+    text("dither-failed", &["ith"], r"(?i-u)Dithering failed", Severity::Warning, "Dithering failed"),
     text("capture-failed", &["fai"], r"(?i-u)Capture failed", Severity::Error, "Capture failed"),
     text("capture-aborted", &["bor"], r"(?i-u)(?:CCD|camera) capture aborted",
         Severity::Warning, "Capture aborted"),
-    text("solver-failed", &["fai"], r"(?i-u)Solver failed", Severity::Warning, "Plate solving failed"),
+    text("capture-suspended", &["usp"], r"(?i-u)(?:CCD|camera) capture suspended",
+        Severity::Warning, "Capture suspended"),
+    text("solver-failed", &["fai", "tim"], r"(?i-u)Solver failed|Solver timed out",
+        Severity::Warning, "Plate solving failed"),
     text("image-received", &["eiv"], r"(?i-u)Received image (\d+) out of (\d+)",
         Severity::Info, "Image $1/$2 received"),
     text("solver-success", &["ucc", "mpl"],
@@ -671,7 +730,48 @@ const BUILTINS: &[Builtin] = &[
         Severity::Info, "Meridian flip started"),
     text("job-complete", &["mpl"], r"(?i-u)Job '((?u:[^']*))' is complete",
         Severity::Success, "Job $1 complete"),
+    text("job-failed", &["rmi"], r"(?i-u)Job '((?u:[^']*))' is terminated due to errors",
+        Severity::Error, "Job $1 failed"),
+    text("job-aborted", &["bor", "ces"],
+        r"(?i-u)Job '((?u:[^']*))' (?:is aborted|has not been processed upon scheduler stop)",
+        Severity::Warning, "Job $1 aborted"),
+    text("weather-alert", &["eat"], r"(?i-u)Weather alert detected|cannot start because weather status is",
+        Severity::Error, "Weather alert"),
+    text("mount-park-failed", &["rki", "ast"],
+        r"(?i-u)Mount (?:un)?parking error|(?:un)?park operation timed out on last attempt",
+        Severity::Error, "Mount parking failed"),
+    text("dome-park-failed", &["dom"], r"(?i-u)Dome (?:un)?parking (?:error|failed)",
+        Severity::Error, "Dome parking failed"),
+    text("shutdown-failed", &["tdo"], r"(?i-u)Shutdown (?:procedure|script) failed",
+        Severity::Error, "Shutdown failed"),
     text("mount-parked", &["rke"], r"(?i-u)Mount parked", Severity::Info, "Mount parked"),
+    text("mount-parking", &["rki"], r"(?i-u)Parking mount", Severity::Info, "Mount parking"),
+    text("mount-unparked", &["npa"], r"(?i-u)Mount unparked", Severity::Info, "Mount unparked"),
+    text("dome-parked", &["dom"], r"(?i-u)Dome parked", Severity::Info, "Dome parked"),
+    text("dome-unparked", &["dom"], r"(?i-u)Dome unparked", Severity::Info, "Dome unparked"),
+    text("dome-parking", &["dom"], r"(?i-u)(?:un)?parking dome", Severity::Info, "Dome moving"),
+    text("guide-calibration-complete", &["bra"], r"(?i-u)Calibration completed",
+        Severity::Success, "Guider calibrated"),
+    text("guide-started", &["uto", "sum"], r"(?i-u)Autoguiding started|Guiding resumed",
+        Severity::Info, "Guiding"),
+    text("autofocus-started", &["ofo"], r"(?i-u)Autofocus (?:starting|in progress)",
+        Severity::Info, "Autofocus started"),
+    text("job-started", &["xec"], r#"(?i-u)Executing Job\s+"?((?u:[^"]*))"?"#,
+        Severity::Info, "Job $1 started"),
+    text("job-capturing", &["ogr"], r"(?i-u)Job '((?u:[^']*))' capture is in progress",
+        Severity::Info, "Job $1 capturing"),
+    text("slew-started", &["lew"], r"(?i-u)Job '((?u:[^']*))' is slewing to target",
+        Severity::Info, "Slewing to $1"),
+    text("slew-complete", &["lew", "osi"], r"(?i-u)Job '((?u:[^']*))' (?:slew|repositioning) is complete",
+        Severity::Info, "Slew to $1 complete"),
+    text("scheduler-started", &["dul"], r"(?i-u)Scheduler started", Severity::Info, "Scheduler started"),
+    text("scheduler-sleeping", &["eep", "vat"],
+        r"(?i-u)Sleeping until observation job|Observatory scheduled for (?:soft )?shutdown until",
+        Severity::Info, "Scheduler sleeping"),
+    text("shutdown-started", &["tdo"], r"(?i-u)Starting shutdown process",
+        Severity::Info, "Observatory shutdown started"),
+    text("shutdown-complete", &["tdo"], r"(?i-u)Shutdown complete",
+        Severity::Success, "Observatory shutdown complete"),
     level("indi-error", LevelMatch::IndiError, ""),
     level("critical", LevelMatch::Critical, "Critical: "),
     level("fatal", LevelMatch::Fatal, "Fatal: "),
@@ -1416,6 +1516,67 @@ mod tests {
             serde_json::from_value(serde_json::json!({"min_level": "info"})).unwrap();
         assert_eq!(f.min_level.as_deref(), Some("info"));
         assert!(f.modules.is_empty());
+    }
+
+    #[test]
+    fn notifyrc_and_indiserver_rule_titles() {
+        let rules = Rules::builtin();
+        let server = |t: &str| {
+            format!(
+                r#"[2023-06-16T22:01:03.123 CEST DEBG ][org.kde.kstars.indi] - INDI Server:  "2023-06-16T20:01:03: {t}""#
+            )
+        };
+        let ekos = |m: &str| {
+            format!(
+                r#"[2023-06-16T22:01:03.123 CEST INFO ][org.kde.kstars.ekos.scheduler] - "{m}""#
+            )
+        };
+        for (line, rule, severity, title) in [
+            (server("Driver indi_asi_ccd: process 42 killed with signal 11 - Segmentation fault"),
+                "indi-driver-killed", Severity::Critical, "INDI driver indi_asi_ccd killed by signal 11"),
+            (server("Driver indi_asi_ccd: process 42 exited with status 1"),
+                "indi-driver-exited", Severity::Error, "INDI driver indi_asi_ccd exited with status 1"),
+            (server("Driver indi_asi_ccd: Error on stderr: Connection reset by peer"),
+                "indi-driver-pipe-error", Severity::Error, "INDI driver indi_asi_ccd pipe error: Connection reset by peer"),
+            (server("Driver indi_asi_ccd: stdin EOF"),
+                "indi-driver-eof", Severity::Error, "INDI driver indi_asi_ccd exited (stdin EOF)"),
+            (server("Driver indi_nope: execlp indi_nope: No such file or directory"),
+                "indi-driver-start-failed", Severity::Error, "INDI driver indi_nope failed to start: No such file or directory"),
+            (server("Driver indi_asi_ccd: restart #2"),
+                "indi-driver-restart", Severity::Warning, "INDI driver indi_asi_ccd restarted (#2)"),
+            (r#"[2023-06-16T22:01:03.123 CEST INFO ][org.kde.kstars.ekos.scheduler] - Executing Job  "M31 LRGB""#.to_string(),
+                "job-started", Severity::Info, "Job M31 LRGB started"),
+            (ekos("Job 'M31' has not been processed upon scheduler stop, marking aborted."),
+                "job-aborted", Severity::Warning, "Job M31 aborted"),
+            (ekos("Job 'M31' is terminated due to errors."), "job-failed", Severity::Error, "Job M31 failed"),
+            (ekos("Job 'M31' repositioning is complete."), "slew-complete", Severity::Info, "Slew to M31 complete"),
+            (ekos("Job 'M42' cannot start because weather status is Alert. Waiting until weather improves or until x"),
+                "weather-alert", Severity::Error, "Weather alert"),
+            (ekos("Warning: mount park operation timed out on last attempt."),
+                "mount-park-failed", Severity::Error, "Mount parking failed"),
+            (ekos("Job 'M42' scheduled for execution at x. Observatory scheduled for shutdown until next job is ready."),
+                "scheduler-sleeping", Severity::Info, "Scheduler sleeping"),
+            (ekos("Warning: job 'M31' calibration failed."),
+                "guide-calibration-failed", Severity::Error, "Guide calibration failed"),
+            (ekos("Guiding resumed."), "guide-started", Severity::Info, "Guiding"),
+            (ekos("Parking dome..."), "dome-parking", Severity::Info, "Dome moving"),
+        ] {
+            let ev = event(&rules, &line).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(
+                (ev.rule.as_str(), ev.severity, ev.title.as_str()),
+                (rule, severity, title),
+                "{line}"
+            );
+        }
+        // Driver traffic and a deliberate FIFO stop are not events.
+        for quiet in [
+            server("Driver indi_asi_ccd: snooping on Telescope.EQUATORIAL_EOD_COORD"),
+            server("FIFO: Shutting down driver: indi_asi_ccd"),
+            ekos("Manual shutdown procedure completed successfully."),
+            ekos("Job 'M31' alignment is complete."),
+        ] {
+            assert_eq!(event(&rules, &quiet), None, "{quiet}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod format;
 pub mod limits;
 pub mod sender;
 pub mod service;
+pub mod session;
 pub mod setup;
 pub mod tail;
 pub mod watcher;
