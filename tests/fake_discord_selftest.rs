@@ -1122,3 +1122,38 @@ fn forum_channels_need_a_thread() {
         .collect();
     assert_eq!(in_thread, [true, true, true, true, false]);
 }
+
+#[test]
+fn deleted_messages_and_threads_are_unknown() {
+    let server = no_limit();
+    server.set_forum(FakeDiscord::WEBHOOK_ID, true);
+    let mut c = Client::connect(server.port());
+    let named = json!({"content": "card", "thread_name": "Night"});
+    let v = c.post_json(&format!("{PATH}?wait=true"), &named).json();
+    let (card, thread) = (v["id"].as_str().unwrap(), v["channel_id"].as_str().unwrap());
+    let into = format!("{PATH}?wait=true&thread_id={thread}");
+    let v = c.post_json(&into, &json!({"content": "line"})).json();
+    let line = v["id"].as_str().unwrap();
+    let edit = |id: &str| format!("{}?thread_id={thread}", message_path(id));
+    assert!(server.delete_message(line));
+    assert!(!server.delete_message(line));
+    let r = c.patch_json(&edit(line), &json!({"content": "y"}));
+    assert_eq!((r.status, error_code(&r)), (404, 10008));
+    assert_eq!(
+        c.patch_json(&edit(card), &json!({"content": "y"})).status,
+        200
+    );
+    assert!(server.delete_thread(thread));
+    let r = c.post_json(&into, &json!({"content": "line"}));
+    assert_eq!((r.status, error_code(&r)), (400, 10003));
+    let r = c.patch_json(&edit(card), &json!({"content": "z"}));
+    assert_eq!((r.status, error_code(&r)), (400, 10003));
+    // A scripted Unknown Message answers an edit of a message that exists.
+    let v = c.post_json(&format!("{PATH}?wait=true"), &named).json();
+    let (card, thread) = (v["id"].as_str().unwrap(), v["channel_id"].as_str().unwrap());
+    server.push_faults(FakeDiscord::WEBHOOK_ID, [Fault::unknown_message()]);
+    let path = format!("{}?thread_id={thread}", message_path(card));
+    let r = c.patch_json(&path, &json!({"content": "y"}));
+    assert_eq!((r.status, error_code(&r)), (404, 10008));
+    assert_eq!(c.patch_json(&path, &json!({"content": "y"})).status, 200);
+}

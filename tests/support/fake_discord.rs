@@ -103,6 +103,14 @@ impl Fault {
         )
     }
 
+    /// 404 "Unknown Message": what an edit of a deleted message gets.
+    pub fn unknown_message() -> Fault {
+        Fault::Status(
+            404,
+            json!({"code": 10008, "message": "Unknown Message"}).to_string(),
+        )
+    }
+
     /// 404 "Unknown Webhook".
     pub fn not_found() -> Fault {
         Fault::Status(
@@ -376,6 +384,26 @@ impl FakeDiscord {
         // Snowflakes of one length sort in creation order.
         t.sort();
         t
+    }
+
+    /// Deletes message `id`, as a person in the channel can: edits of it
+    /// get 404 Unknown Message from now on. False if there was none.
+    pub fn delete_message(&self, id: &str) -> bool {
+        let mut found = false;
+        self.shared
+            .update(|st| found = st.stored.remove(id).is_some());
+        found
+    }
+
+    /// Deletes thread `id` (a forum post) and its messages: posts into it
+    /// get 400 Unknown Channel from now on. False if there was none.
+    pub fn delete_thread(&self, id: &str) -> bool {
+        let mut found = false;
+        self.shared.update(|st| {
+            found = st.threads.remove(id).is_some();
+            st.stored.retain(|_, m| m.channel_id != id);
+        });
+        found
     }
 
     /// Wait until `pred(edits)` holds; false on timeout.
