@@ -1,10 +1,14 @@
 //! Stand-alone fake Discord webhook server for benchmarks and the system test.
 //!
 //! fake_discord [--listen 127.0.0.1:0] [--out FILE] [--port-file FILE]
-//!              [--limit 5] [--window 2.0] [--no-rate-limit]
+//!              [--limit 5] [--window 2.0] [--no-rate-limit] [--forum]
 //!
 //! Prints `listening on http://127.0.0.1:PORT`, then appends one JSON line per
-//! accepted message and per 429 to --out (default stdout). Runs until killed.
+//! accepted message (`"kind":"post"`), per accepted edit (`"kind":"edit"`,
+//! with the edited `message_id` and the message as it is after the edit) and
+//! per 429 to --out (default stdout). Runs until killed. `--forum` makes
+//! every webhook a forum channel's (a POST then needs `thread_name` or
+//! `?thread_id=`).
 //! Switch failure modes with e.g. `curl -d 'fail500 3' http://127.0.0.1:PORT/control/mode`
 //! (normal | fail500 N | down | slow MS | notfound | html429 N).
 
@@ -19,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "usage: fake_discord [--listen 127.0.0.1:0] [--out FILE] [--port-file FILE] \
-                     [--limit 5] [--window 2.0] [--no-rate-limit]";
+                     [--limit 5] [--window 2.0] [--no-rate-limit] [--forum]";
 
 fn fail(msg: &str) -> ! {
     eprintln!("fake_discord: {msg}\n{USAGE}");
@@ -30,6 +34,7 @@ fn main() {
     let mut listen = "127.0.0.1:0".to_string();
     let (mut out, mut port_file) = (None, None);
     let (mut limit, mut window, mut rate_limited) = (5u32, 2.0f64, true);
+    let mut forum = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -48,6 +53,7 @@ fn main() {
                 }
             }
             "--no-rate-limit" => rate_limited = false,
+            "--forum" => forum = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
@@ -63,6 +69,7 @@ fn main() {
         eprintln!("fake_discord: cannot listen on {listen}: {e}");
         exit(1)
     });
+    server.set_forum_all(forum);
     let sink: Box<dyn Write + Send> = match &out {
         None => Box::new(std::io::stdout()),
         Some(path) => Box::new(
@@ -82,14 +89,16 @@ fn main() {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let line = match ev {
-            Event::Accepted(m) => {
+            Event::Accepted(m) | Event::Edited(m) => {
                 let files: Vec<_> = m
                     .attachments
                     .iter()
                     .map(|(name, data)| json!({"filename": name, "size": data.len()}))
                     .collect();
                 json!({
-                    "t": t, "webhook_id": m.webhook_id, "content": m.content,
+                    "t": t, "kind": if m.edit { "edit" } else { "post" },
+                    "webhook_id": m.webhook_id, "message_id": m.message_id,
+                    "channel_id": m.channel_id, "content": m.content, "embeds": m.embeds,
                     "body": m.body, "attachments": files,
                 })
             }

@@ -1,9 +1,14 @@
-//! Talking to Discord: one POST, and what its answer means for the caller.
+//! Talking to Discord: one request, and what its answer means for the caller.
 //!
-//! [`Client::post`] sends one JSON body to the webhook and [`classify`]
-//! turns the answer into an [`Outcome`] the sender acts on without knowing
-//! HTTP. Every answer has exactly one outcome, decided by this table (the
-//! README repeats it); the unit tests below check every row:
+//! [`Client::post`] sends one body to the webhook and [`classify`] turns
+//! the answer into an [`Outcome`] the sender acts on without knowing HTTP.
+//! [`Sink::send`] does the same for any [`Request`]: a post that asks for
+//! the created message (`?wait=true`), into a thread or opening a forum
+//! post, or an edit of an earlier message (`PATCH`); [`read_reply`] reads
+//! its answer into a [`Reply`], the same outcome plus the message Discord
+//! returned ([`Posted`]: its id, to edit it later). Every answer has
+//! exactly one outcome, decided by this table (the README repeats it); the
+//! unit tests below check every row:
 //!
 //! | Discord's answer | Outcome | What the sender does |
 //! |---|---|---|
@@ -13,8 +18,12 @@
 //! | 5xx, 408, 425, a timeout, a connection or DNS error | `Retry` | send the same body again, backoff 1 s doubling to 5 min, with jitter |
 //! | 413; a 4xx whose JSON names a size limit: code 40005 or 50045, a 50035 error `BASE_TYPE_MAX_LENGTH`, `BASE_TYPE_BAD_LENGTH` or `MAX_EMBED_SIZE_EXCEEDED`, or a message "… too large" | `Rejected` | split the message in halves; a single line is posted again as a `.log` attachment (`Message::fallback`) |
 //! | a 4xx whose JSON names this body's content: 50035 on a field we send (`content`, `embeds`, `files`, `attachments`, `allowed_mentions`, `username`, `payload_json`), 50006 (empty message), 50109 (invalid JSON), 200000/200001 (AutoMod), 240000 (harmful link), 20009 (explicit content) | `Rejected` | as above |
-//! | 401, 403, 404; a 4xx that no smaller body can fix: 220001–220004 (forum channel webhook without `thread_name`…), 40058, 40067, 50008, 50024, 50083 (channel type, archived thread), 10003, 10015, 50001, 50013, 50027 (unknown channel or webhook, missing access, bad token), a 50035 error only on fields we never send (`thread_name`…) | `Stop` | keep the message; the route stops and tries again every 10 min; logged once |
+//! | 401, 403, 404; a 4xx that no smaller body can fix: 220001–220004 (forum channel webhook without `thread_name`…), 40058, 40067, 50008, 50024, 50083 (channel type, archived thread), 10003, 10015, 50001, 50013, 50027 (unknown channel or webhook, missing access, bad token), a 50035 error only on fields not in `OUR_FIELDS` (`thread_name`, which only a forum post's first request sends, cut to its limit by [`thread_name`]) | `Stop` | keep the message; the route stops and tries again every 10 min; logged once |
 //! | any other 4xx (400, 409, 422… whose JSON names neither size nor content, or a proxy's HTML page), 3xx | `Retry` | as for 5xx: nothing in the body is to blame, so it is never split or changed |
+//! | only for a [`Request`] other than a plain post: an edit's 404 code 10008 (Unknown Message, the message was deleted); code 10003 (Unknown Channel) or 50083 (archived thread) to a request naming its own thread | `Gone` | the webhook works, the message or thread it named does not exist: post the message anew (in a new thread if the thread is gone); never send the same request again |
+//!
+//! The log lines' plain posts never get `Gone`: for them the table is the
+//! rows above it, unchanged.
 //!
 //! Only `Rejected` ever changes what is posted, and only down to a single
 //! line posted as an attachment: a line is never skipped. Every error text
@@ -26,6 +35,13 @@ use std::time::Duration;
 
 use crate::format::Payload;
 use crate::webhook::Webhook;
+
+mod request;
+
+pub use request::{
+    MessageId, NewFile, Posted, Request, RequestError, Snowflake, THREAD_NAME_MAX, Thread,
+    ThreadId, payload, request_url, thread_name, with_thread_name,
+};
 
 /// What Discord said about the webhook's rate-limit bucket.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -53,11 +69,32 @@ pub enum Outcome {
     /// Discord refuses every message to this webhook until someone fixes
     /// it (deleted webhook, wrong token, forum channel): stop the route.
     Stop { status: u16, why: String },
+    /// The message an edit names, or the thread a request names, does not
+    /// exist (any more): the webhook works, so the route goes on; the
+    /// caller posts the message anew instead (opening a new thread if the
+    /// thread is gone). Never the answer to a plain post.
+    Gone { info: RateInfo, why: String },
+}
+
+/// Discord's answer to one [`Request`], read by [`read_reply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// What it means; see the table in the module documentation.
+    pub outcome: Outcome,
+    /// The message Discord returned, with a `Delivered` outcome to a
+    /// request that asks for it ([`Request::answers_message`]); `None` when
+    /// the answer held none (a proxy that strips bodies): the message was
+    /// posted, but cannot be edited.
+    pub message: Option<Posted>,
 }
 
 /// Where messages go: Discord, or stdout in dry-run mode.
 pub trait Sink: Send {
+    /// A plain post ([`Request::PLAIN`]): what the log lines use.
     fn post(&mut self, payload: &Payload, timeout: Duration) -> Outcome;
+    /// Any request: a post that asks for the message, one into a thread or
+    /// opening a forum post, or an edit of an earlier message.
+    fn send(&mut self, req: &Request, payload: &Payload, timeout: Duration) -> Reply;
     /// The destination for log messages (token redacted).
     fn describe(&self) -> String;
     /// Called before the sender waits: buffered output goes out now.
@@ -293,6 +330,51 @@ pub fn classify(
     }
 }
 
+/// Reads the answer to `req`: [`classify`], except where the request names
+/// a message or a thread that Discord no longer has (`Gone`, see the
+/// table), and the message Discord answered with. A plain post reads
+/// exactly as [`classify`] says.
+pub fn read_reply(
+    req: &Request,
+    status: u16,
+    info: RateInfo,
+    retry_after_header: Option<Duration>,
+    body: &str,
+) -> Reply {
+    if let Some(why) = gone(req, status, body) {
+        return Reply {
+            outcome: Outcome::Gone { info, why },
+            message: None,
+        };
+    }
+    let outcome = classify(status, info, retry_after_header, body);
+    let message = match outcome {
+        Outcome::Delivered(_) if req.answers_message() => Posted::parse(body),
+        _ => None,
+    };
+    Reply { outcome, message }
+}
+
+/// Why the message or thread `req` names is gone, if this answer says so.
+fn gone(req: &Request, status: u16, body: &str) -> Option<String> {
+    if !(400..=499).contains(&status) {
+        return None;
+    }
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get("code")?
+        .as_u64()?;
+    let edit = matches!(req, Request::Edit { .. });
+    let thread = req.thread().is_some();
+    let what = match code {
+        10008 if edit && status == 404 => "the message was deleted",
+        10003 if thread => "the thread was deleted",
+        50083 if thread => "the thread is archived",
+        _ => return None,
+    };
+    Some(format!("{what}: HTTP {status} {}", short(body)))
+}
+
 /// Discord's error bodies are short JSON; anything else (an HTML page) is
 /// cut so one answer cannot flood the journal.
 fn short(body: &str) -> String {
@@ -307,42 +389,84 @@ fn short(body: &str) -> String {
     s
 }
 
-impl Sink for Client {
-    fn post(&mut self, payload: &Payload, timeout: Duration) -> Outcome {
-        let result = self
-            .agent
-            .post(self.webhook.url())
+impl Client {
+    /// Makes one request and reads its answer; every error text redacted.
+    fn exchange(&self, req: &Request, payload: &Payload, timeout: Duration) -> Reply {
+        let url = request_url(self.webhook.url(), req);
+        let named;
+        let payload = match req {
+            Request::Post {
+                thread: Thread::Open(name),
+                ..
+            } => match with_thread_name(payload, name) {
+                Ok(p) => {
+                    named = p;
+                    &named
+                }
+                // Our own bodies are always readable: a bug, to be fixed.
+                Err(e) => {
+                    return Reply {
+                        outcome: Outcome::Stop {
+                            status: 0,
+                            why: e.to_string(),
+                        },
+                        message: None,
+                    };
+                }
+            },
+            _ => payload,
+        };
+        let builder = match req {
+            Request::Post { .. } => self.agent.post(&url),
+            Request::Edit { .. } => self.agent.patch(&url),
+        };
+        let result = builder
             .config()
             .timeout_global(Some(timeout))
             .build()
             .header("Content-Type", &payload.content_type)
             .send(&payload.body[..]);
-        match result {
+        let mut reply = match result {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
                 let info = rate_info(&resp);
                 let retry_after = header(&resp, "retry-after").and_then(secs);
-                // A 2xx body is read too (Discord's is empty): a page in
-                // it means the POST never reached Discord; see `classify`.
+                // A 2xx body is read too (Discord's is empty, or the
+                // message): a page in it means the request never reached
+                // Discord; see `classify`.
                 let text = resp
                     .body_mut()
                     .with_config()
                     .limit(64 * 1024)
                     .read_to_string()
                     .unwrap_or_default();
-                let mut out = classify(status, info, retry_after, &text);
-                if let Outcome::Rejected { why, .. }
-                | Outcome::Stop { why, .. }
-                | Outcome::Retry { why } = &mut out
-                {
-                    *why = self.webhook.redact(why);
-                }
-                out
+                read_reply(req, status, info, retry_after, &text)
             }
-            Err(e) => Outcome::Retry {
-                why: self.webhook.redact(&describe_error(&e)),
+            Err(e) => Reply {
+                outcome: Outcome::Retry {
+                    why: describe_error(&e),
+                },
+                message: None,
             },
+        };
+        if let Outcome::Rejected { why, .. }
+        | Outcome::Stop { why, .. }
+        | Outcome::Retry { why }
+        | Outcome::Gone { why, .. } = &mut reply.outcome
+        {
+            *why = self.webhook.redact(why);
         }
+        reply
+    }
+}
+
+impl Sink for Client {
+    fn post(&mut self, payload: &Payload, timeout: Duration) -> Outcome {
+        self.exchange(&Request::PLAIN, payload, timeout).outcome
+    }
+
+    fn send(&mut self, req: &Request, payload: &Payload, timeout: Duration) -> Reply {
+        self.exchange(req, payload, timeout)
     }
 
     fn describe(&self) -> String {
@@ -364,6 +488,9 @@ fn describe_error(e: &ureq::Error) -> String {
 /// `--dry-run`: each request body becomes one JSON line on stdout.
 pub struct DryRun {
     out: Box<dyn Write + Send>,
+    /// The last made-up message id: a dry run answers requests that ask
+    /// for the message with ids of its own, so editing goes on as live.
+    last_id: u64,
 }
 
 impl DryRun {
@@ -375,15 +502,15 @@ impl DryRun {
                 256 * 1024,
                 std::io::stdout(),
             )),
+            last_id: 0,
         }
     }
-}
 
-impl Sink for DryRun {
-    fn post(&mut self, payload: &Payload, _timeout: Duration) -> Outcome {
+    /// Writes one line: the body, as for a plain post.
+    fn print(&mut self, line: &[u8]) -> Outcome {
         let ok = self
             .out
-            .write_all(&payload.printable)
+            .write_all(line)
             .and_then(|_| self.out.write_all(b"\n"));
         match ok {
             Ok(()) => Outcome::Delivered(RateInfo::default()),
@@ -391,6 +518,80 @@ impl Sink for DryRun {
                 why: format!("cannot write to stdout: {e}"),
             },
         }
+    }
+}
+
+/// The `--dry-run` line of a request other than a plain post: what it
+/// asks (`method`, `message_id`, `thread_id`, `thread_name`, `wait`) and
+/// the body as printed for a plain post.
+fn dry_run_line(req: &Request, printable: &[u8]) -> Vec<u8> {
+    let mut what = serde_json::json!({ "method": req.method() });
+    match req {
+        Request::Post { thread, wait } => {
+            what["wait"] = (*wait).into();
+            match thread {
+                Thread::Channel => {}
+                Thread::In(t) => what["thread_id"] = t.as_str().into(),
+                Thread::Open(name) => what["thread_name"] = thread_name(name).into(),
+            }
+        }
+        Request::Edit { id, thread } => {
+            what["message_id"] = id.as_str().into();
+            if let Some(t) = thread {
+                what["thread_id"] = t.as_str().into();
+            }
+        }
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(printable).unwrap_or(serde_json::Value::Null);
+    serde_json::to_vec(&serde_json::json!({ "request": what, "body": body }))
+        .expect("a JSON value always serializes")
+}
+
+impl Sink for DryRun {
+    fn post(&mut self, payload: &Payload, _timeout: Duration) -> Outcome {
+        self.print(&payload.printable)
+    }
+
+    fn send(&mut self, req: &Request, payload: &Payload, _timeout: Duration) -> Reply {
+        if *req == Request::PLAIN {
+            return Reply {
+                outcome: self.print(&payload.printable),
+                message: None,
+            };
+        }
+        let outcome = self.print(&dry_run_line(req, &payload.printable));
+        let delivered = matches!(outcome, Outcome::Delivered(_));
+        let message = (delivered && req.answers_message()).then(|| {
+            let id = match req {
+                Request::Edit { id, .. } => id.clone(),
+                Request::Post { .. } => {
+                    self.last_id += 1;
+                    Snowflake::parse(&self.last_id.to_string()).expect("digits")
+                }
+            };
+            let channel_id = match req {
+                Request::Post {
+                    thread: Thread::In(t),
+                    ..
+                }
+                | Request::Edit {
+                    thread: Some(t), ..
+                } => t.clone(),
+                // A new forum post's thread has its first message's id.
+                Request::Post {
+                    thread: Thread::Open(_),
+                    ..
+                } => id.clone(),
+                _ => Snowflake::parse("0").expect("digits"),
+            };
+            Posted {
+                id,
+                channel_id,
+                attachments: Vec::new(),
+            }
+        });
+        Reply { outcome, message }
     }
 
     fn idle(&mut self) {
@@ -422,6 +623,7 @@ mod tests {
             Outcome::Retry { .. } => "retry",
             Outcome::Rejected { .. } => "rejected",
             Outcome::Stop { .. } => "stop",
+            Outcome::Gone { .. } => "gone",
         }
     }
 
@@ -579,6 +781,210 @@ mod tests {
         assert_eq!(kind(422, "{}"), "retry");
         assert_eq!(kind(405, &coded(0, "405: Method Not Allowed")), "retry");
         assert_eq!(kind(301, ""), "retry");
+    }
+
+    fn sf(s: &str) -> Snowflake {
+        Snowflake::parse(s).unwrap()
+    }
+
+    fn edit(thread: Option<&str>) -> Request {
+        Request::Edit {
+            id: sf("99"),
+            thread: thread.map(sf),
+        }
+    }
+
+    fn post_in(thread: Option<&str>, wait: bool) -> Request {
+        let thread = thread.map_or(Thread::Channel, |t| Thread::In(sf(t)));
+        Request::Post { thread, wait }
+    }
+
+    fn reply_kind(req: &Request, status: u16, body: &str) -> &'static str {
+        match read_reply(req, status, NONE, None, body).outcome {
+            Outcome::Gone { .. } => "gone",
+            Outcome::Delivered(_) => "delivered",
+            Outcome::RateLimited { .. } => "rate limited",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Stop { .. } => "stop",
+        }
+    }
+
+    const MESSAGE: &str = r#"{"id":"1300000000000000005","channel_id":"1300000000000000004","content":"x","embeds":[],"attachments":[{"id":"1300000000000000006"}]}"#;
+
+    #[test]
+    fn row_gone_an_edit_of_a_deleted_message() {
+        let unknown = coded(10008, "Unknown Message");
+        assert_eq!(reply_kind(&edit(None), 404, &unknown), "gone");
+        assert_eq!(reply_kind(&edit(Some("7")), 404, &unknown), "gone");
+        // The webhook itself gone, or a 404 page: as for a post.
+        assert_eq!(
+            reply_kind(&edit(None), 404, &coded(10015, "Unknown Webhook")),
+            "stop"
+        );
+        assert_eq!(
+            reply_kind(&edit(None), 404, "<html>not found</html>"),
+            "stop"
+        );
+        assert_eq!(
+            reply_kind(&edit(None), 401, &coded(50027, "Invalid Webhook Token")),
+            "stop"
+        );
+        // Everything else reads as for a post.
+        assert_eq!(
+            reply_kind(&edit(None), 400, &coded(50035, "Invalid Form Body")),
+            "rejected"
+        );
+        assert_eq!(reply_kind(&edit(None), 503, ""), "retry");
+        assert_eq!(reply_kind(&edit(None), 200, MESSAGE), "delivered");
+        let r = read_reply(&edit(None), 404, NONE, None, &unknown);
+        match r.outcome {
+            Outcome::Gone { why, .. } => assert!(
+                why.starts_with("the message was deleted: HTTP 404"),
+                "{why}"
+            ),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn row_gone_a_thread_that_is_no_more() {
+        let unknown = coded(10003, "Unknown Channel");
+        let archived = coded(50083, "Operation cannot be performed on an archived thread");
+        for req in [
+            post_in(Some("7"), true),
+            post_in(Some("7"), false),
+            edit(Some("7")),
+        ] {
+            assert_eq!(reply_kind(&req, 400, &unknown), "gone", "{req:?}");
+            assert_eq!(reply_kind(&req, 404, &unknown), "gone", "{req:?}");
+            assert_eq!(reply_kind(&req, 400, &archived), "gone", "{req:?}");
+        }
+        // Without a thread of its own, the channel is the webhook's: stop.
+        for req in [post_in(None, true), edit(None), Request::PLAIN] {
+            assert_eq!(reply_kind(&req, 400, &unknown), "stop", "{req:?}");
+            assert_eq!(reply_kind(&req, 400, &archived), "stop", "{req:?}");
+        }
+        let open = Request::Post {
+            thread: Thread::Open("n".into()),
+            wait: true,
+        };
+        assert_eq!(reply_kind(&open, 400, &unknown), "stop");
+        let forum = coded(220003, "Webhooks can only create threads in forum channels");
+        assert_eq!(reply_kind(&open, 400, &forum), "stop");
+    }
+
+    /// A plain post reads exactly as `classify` says, for every row.
+    #[test]
+    fn a_plain_post_reads_as_the_table_says() {
+        let bodies = [
+            String::new(),
+            MESSAGE.to_string(),
+            coded(10008, "Unknown Message"),
+            coded(10003, "Unknown Channel"),
+            coded(50083, "archived"),
+            coded(40005, "too large"),
+            r#"{"retry_after": 1.5}"#.to_string(),
+            "<html></html>".to_string(),
+        ];
+        for status in [200, 204, 400, 401, 403, 404, 413, 429, 500] {
+            for body in &bodies {
+                let r = read_reply(&Request::PLAIN, status, NONE, None, body);
+                assert_eq!(
+                    r.outcome,
+                    classify(status, NONE, None, body),
+                    "{status} {body}"
+                );
+                assert_eq!(r.message, None);
+            }
+        }
+    }
+
+    #[test]
+    fn the_message_comes_back_when_asked_for() {
+        let r = read_reply(&post_in(None, true), 200, NONE, None, MESSAGE);
+        assert_eq!(r.outcome, Outcome::Delivered(NONE));
+        let m = r.message.unwrap();
+        assert_eq!(
+            (m.id.as_str(), m.channel_id.as_str()),
+            ("1300000000000000005", "1300000000000000004")
+        );
+        assert_eq!(m.attachments, [sf("1300000000000000006")]);
+        assert!(
+            read_reply(&edit(None), 200, NONE, None, MESSAGE)
+                .message
+                .is_some()
+        );
+        // Not asked for, or not a message: none.
+        assert_eq!(
+            read_reply(&post_in(Some("4"), false), 200, NONE, None, MESSAGE).message,
+            None
+        );
+        let r = read_reply(&post_in(None, true), 204, NONE, None, "");
+        assert_eq!((r.outcome, r.message), (Outcome::Delivered(NONE), None));
+        assert_eq!(
+            read_reply(&post_in(None, true), 500, NONE, None, MESSAGE).message,
+            None
+        );
+    }
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn dry_run_prints_each_request_and_makes_up_message_ids() {
+        let out = Shared::default();
+        let mut dry = DryRun {
+            out: Box::new(out.clone()),
+            last_id: 0,
+        };
+        let body = payload(&serde_json::json!({"content": "card"}), &[], None);
+        let t = Duration::from_secs(1);
+        let plain = dry.send(&Request::PLAIN, &body, t);
+        assert_eq!(
+            (plain.outcome, plain.message),
+            (Outcome::Delivered(RateInfo::default()), None)
+        );
+        let open = Request::Post {
+            thread: Thread::Open("Night 1".into()),
+            wait: true,
+        };
+        let first = dry.send(&open, &body, t).message.unwrap();
+        assert_eq!(first.id, first.channel_id);
+        let into = post_in(Some(first.channel_id.as_str()), true);
+        let second = dry.send(&into, &body, t).message.unwrap();
+        assert_ne!(second.id, first.id);
+        assert_eq!(second.channel_id, first.channel_id);
+        let edited = Request::Edit {
+            id: second.id.clone(),
+            thread: Some(first.channel_id.clone()),
+        };
+        assert_eq!(dry.send(&edited, &body, t).message.unwrap().id, second.id);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0], serde_json::json!({"content": "card"}));
+        assert_eq!(
+            lines[1],
+            serde_json::json!({"request": {"method": "POST", "wait": true, "thread_name": "Night 1"}, "body": {"content": "card"}})
+        );
+        assert_eq!(lines[2]["request"]["thread_id"], first.channel_id.as_str());
+        assert_eq!(lines[3]["request"]["method"], "PATCH");
+        assert_eq!(lines[3]["request"]["message_id"], second.id.as_str());
+        assert_eq!(lines.len(), 4);
     }
 
     #[test]

@@ -164,6 +164,11 @@ fn test_webhook(cfg: &Config, dry_run: bool) -> ExitCode {
                 failed = true;
                 println!("{dest}: Discord rejected the message (HTTP {status}): {why}")
             }
+            // A plain post names no message nor thread of its own.
+            Outcome::Gone { why, .. } => {
+                failed = true;
+                println!("{dest}: Discord answered that the target is gone: {why}")
+            }
             Outcome::Stop { status, why } => {
                 failed = true;
                 println!(

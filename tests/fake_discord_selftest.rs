@@ -80,8 +80,12 @@ impl Client {
     }
 
     fn post(&mut self, path: &str, ctype: &str, body: &[u8]) -> Response {
+        self.request("POST", path, ctype, body)
+    }
+
+    fn request(&mut self, method: &str, path: &str, ctype: &str, body: &[u8]) -> Response {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         self.send_raw(head.as_bytes());
@@ -91,6 +95,10 @@ impl Client {
 
     fn post_json(&mut self, path: &str, v: &Value) -> Response {
         self.post(path, "application/json", v.to_string().as_bytes())
+    }
+
+    fn patch_json(&mut self, path: &str, v: &Value) -> Response {
+        self.request("PATCH", path, "application/json", v.to_string().as_bytes())
     }
 }
 
@@ -724,4 +732,428 @@ fn hang_and_close_give_no_answer_and_accept_nothing() {
     assert!(server.messages().is_empty());
     // The next request is served normally.
     assert_eq!(post_json(&server, &msg).status, 204);
+}
+
+// ------------------------------------------------- ?wait=true, PATCH, forums
+
+/// A multipart body: `payload_json`, then each file as `files[n]`.
+fn multipart(payload: &Value, files: &[(usize, &str, &[u8])]) -> (String, Vec<u8>) {
+    let b = "selftest-boundary-7";
+    let mut body = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"payload_json\"\r\n\r\n{payload}\r\n"
+    )
+    .into_bytes();
+    for (n, name, data) in files {
+        body.extend(
+            format!(
+                "--{b}\r\nContent-Disposition: form-data; name=\"files[{n}]\"; filename=\"{name}\"\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend(*data);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{b}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={b}"), body)
+}
+
+fn message_path(id: &str) -> String {
+    format!("{PATH}/messages/{id}")
+}
+
+fn is_snowflake(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| (17..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[test]
+fn wait_true_answers_the_created_message() {
+    let server = no_limit();
+    let mut c = Client::connect(server.port());
+    let (ctype, body) = multipart(
+        &json!({"content": "with a file", "embeds": [{"title": "t", "description": "d"}]}),
+        &[(0, "context.log", b"line 1\nline 2\n")],
+    );
+    let r = c.post(&format!("{PATH}?wait=true"), &ctype, &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert!(is_snowflake(&v["id"]), "{v}");
+    assert_eq!(v["channel_id"], CHANNEL_ID);
+    assert_eq!(v["webhook_id"], FakeDiscord::WEBHOOK_ID);
+    assert_eq!(v["content"], "with a file");
+    assert_eq!(v["embeds"], json!([{"title": "t", "description": "d"}]));
+    assert_eq!(v["attachments"][0]["filename"], "context.log");
+    assert_eq!(v["attachments"][0]["size"], 14);
+    assert!(is_snowflake(&v["attachments"][0]["id"]));
+    assert_eq!(v["edited_timestamp"], Value::Null);
+    // Without wait: 204 and no body, but the message has an id all the same.
+    let r = c.post_json(PATH, &json!({"content": "plain"}));
+    assert_eq!((r.status, r.body.len()), (204, 0));
+    let m = server.messages();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].message_id, v["id"].as_str().unwrap());
+    assert!(!m[0].edit && m[0].embeds.len() == 1);
+    assert!(m[1].message_id > m[0].message_id, "ids grow");
+    assert!(server.edits().is_empty());
+}
+
+#[test]
+fn patch_edits_the_message_in_place() {
+    let server = no_limit();
+    let mut c = Client::connect(server.port());
+    let first = json!({"content": "incident: 1 time", "embeds": [{"title": "Star lost"}]});
+    let id = c.post_json(&format!("{PATH}?wait=true"), &first).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 2..=4 {
+        let r = c.patch_json(
+            &message_path(&id),
+            &json!({"content": format!("incident: {n} times")}),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        assert_eq!(
+            (v["id"].as_str(), v["content"].as_str()),
+            (
+                Some(id.as_str()),
+                Some(format!("incident: {n} times").as_str())
+            )
+        );
+        // Fields left out of the edit stay as they were.
+        assert_eq!(v["embeds"], json!([{"title": "Star lost"}]));
+        assert!(
+            v["edited_timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("+00:00")),
+            "{v}"
+        );
+    }
+    // The versioned path and `embeds: []` (clear them) work too.
+    let r = c.patch_json(
+        &format!(
+            "/api/v10/webhooks/{}/tok/messages/{id}",
+            FakeDiscord::WEBHOOK_ID
+        ),
+        &json!({"embeds": []}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(server.messages().len(), 1, "an edit is not a new message");
+    assert_eq!(server.count_edits(&id), 4);
+    let edits = server.edits();
+    assert!(
+        edits
+            .iter()
+            .all(|e| e.edit && e.message_id == id && e.channel_id == CHANNEL_ID)
+    );
+    assert_eq!(edits[0].body, json!({"content": "incident: 2 times"}));
+    let now = server.message(&id).unwrap();
+    assert_eq!(
+        (now.content.as_str(), now.embeds.len()),
+        ("incident: 4 times", 0)
+    );
+    assert_eq!(server.message(&id).map(|m| m.edit), Some(true));
+    assert!(server.message("1").is_none());
+    assert!(server.wait_for_edits(Duration::from_secs(1), |e| e.len() == 4));
+}
+
+#[test]
+fn patch_enforces_discords_rules() {
+    let server = no_limit();
+    let mut c = Client::connect(server.port());
+    let id = c
+        .post_json(&format!("{PATH}?wait=true"), &json!({"content": "x"}))
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = message_path(&id);
+    // Unknown message, and another webhook's message: 404 Unknown Message.
+    let r = c.patch_json(
+        &message_path("1300000000000000999"),
+        &json!({"content": "y"}),
+    );
+    assert_eq!((r.status, error_code(&r)), (404, 10008));
+    assert_eq!(r.json()["message"], "Unknown Message");
+    let r = c.patch_json(&format!("{OTHER}/messages/{id}"), &json!({"content": "y"}));
+    assert_eq!((r.status, error_code(&r)), (404, 10008));
+    // The limits of a new message.
+    let r = c.patch_json(&path, &json!({"content": "é".repeat(2001)}));
+    assert_eq!((r.status, error_code(&r)), (400, 50035));
+    assert_eq!(
+        r.json()["errors"]["content"]["_errors"][0]["code"],
+        "BASE_TYPE_MAX_LENGTH"
+    );
+    let big =
+        json!({"embeds": [{"description": "d".repeat(4096)}, {"description": "d".repeat(2000)}]});
+    let r = c.patch_json(&path, &big);
+    assert_eq!(
+        r.json()["errors"]["embeds"]["_errors"][0]["code"],
+        "MAX_EMBED_SIZE_EXCEEDED"
+    );
+    let r = c.patch_json(&path, &json!({"embeds": [{"title": "t".repeat(257)}]}));
+    assert_eq!(error_code(&r), 50035);
+    // An edit that leaves nothing: Discord's empty-message error.
+    let r = c.patch_json(&path, &json!({"content": ""}));
+    assert_eq!((r.status, error_code(&r)), (400, 50006));
+    let r = c.patch_json(&path, &json!({"content": null}));
+    assert_eq!((r.status, error_code(&r)), (400, 50006));
+    let r = c.request("PATCH", &path, "application/json", b"{nope");
+    assert_eq!((r.status, error_code(&r)), (400, 50109));
+    // Methods: no PATCH of the webhook itself here, no POST to a message.
+    assert_eq!(c.patch_json(PATH, &json!({"content": "y"})).status, 405);
+    assert_eq!(c.post_json(&path, &json!({"content": "y"})).status, 405);
+    assert_eq!(
+        c.patch_json(&format!("{path}/extra"), &json!({"content": "y"}))
+            .status,
+        404
+    );
+    assert!(server.edits().is_empty());
+    assert_eq!(server.message(&id).unwrap().content, "x");
+    assert_eq!(server.count_rejected(), 11);
+}
+
+#[test]
+fn patch_attachments_keep_drop_and_add() {
+    let server = no_limit();
+    let mut c = Client::connect(server.port());
+    let (ctype, body) = multipart(
+        &json!({"content": "two files"}),
+        &[(0, "a.log", b"A"), (1, "b.log", b"B")],
+    );
+    let v = c.post(&format!("{PATH}?wait=true"), &ctype, &body).json();
+    let id = v["id"].as_str().unwrap().to_string();
+    let (a, b) = (
+        v["attachments"][0]["id"].clone(),
+        v["attachments"][1]["id"].clone(),
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["filename"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // No `attachments`: every file stays.
+    let r = c.patch_json(&message_path(&id), &json!({"content": "edited"}));
+    assert_eq!(names(&r.json()), ["a.log", "b.log"]);
+    // Keep b (by id), drop a, add a new file listed by its index.
+    let (ctype, body) = multipart(
+        &json!({"content": "kept b, new c", "attachments": [{"id": b}, {"id": 0, "filename": "c.log"}]}),
+        &[(0, "c.log", b"CCC")],
+    );
+    let r = c.request("PATCH", &message_path(&id), &ctype, &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(names(&v), ["b.log", "c.log"]);
+    assert_eq!(v["attachments"][0]["id"], b);
+    assert_ne!(v["attachments"][1]["id"], a);
+    let now = server.message(&id).unwrap();
+    assert_eq!(
+        now.attachments,
+        [
+            ("b.log".to_string(), b"B".to_vec()),
+            ("c.log".to_string(), b"CCC".to_vec())
+        ]
+    );
+    // A new file the array does not list is not added (API v10).
+    let (ctype, body) = multipart(&json!({"attachments": [{"id": b}]}), &[(0, "d.log", b"D")]);
+    let r = c.request("PATCH", &message_path(&id), &ctype, &body);
+    assert_eq!(names(&r.json()), ["b.log"]);
+    // Without the array, new files are added to the kept ones.
+    let (ctype, body) = multipart(&json!({}), &[(0, "e.log", b"E")]);
+    let r = c.request("PATCH", &message_path(&id), &ctype, &body);
+    assert_eq!(names(&r.json()), ["b.log", "e.log"]);
+    // An empty array drops them all (the content keeps the message alive).
+    let r = c.patch_json(&message_path(&id), &json!({"attachments": []}));
+    assert_eq!(names(&r.json()), Vec::<String>::new());
+    // More than 10 files after the edit, or one over 10 MiB: refused.
+    let files: Vec<(usize, String)> = (0..11).map(|n| (n, format!("f{n}"))).collect();
+    let parts: Vec<(usize, &str, &[u8])> = files
+        .iter()
+        .map(|(n, f)| (*n, f.as_str(), &b"x"[..]))
+        .collect();
+    let (ctype, body) = multipart(&json!({}), &parts);
+    let r = c.request("PATCH", &message_path(&id), &ctype, &body);
+    assert_eq!((r.status, error_code(&r)), (400, 50035));
+    assert_eq!(
+        r.json()["errors"]["attachments"]["_errors"][0]["code"],
+        "BASE_TYPE_MAX_LENGTH"
+    );
+    let huge = vec![b'z'; 10 * 1024 * 1024 + 1];
+    let (ctype, body) = multipart(&json!({}), &[(0, "big", &huge)]);
+    let r = c.request("PATCH", &message_path(&id), &ctype, &body);
+    assert_eq!((r.status, error_code(&r)), (413, 40005));
+    assert_eq!(server.count_edits(&id), 5);
+}
+
+#[test]
+fn edits_share_the_webhooks_rate_limit_bucket() {
+    let server = FakeDiscord::start();
+    let mut c = Client::connect(server.port());
+    let start = Instant::now();
+    let r = c.post_json(&format!("{PATH}?wait=true"), &json!({"content": "x"}));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("4"));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let bucket = r.header("x-ratelimit-bucket").unwrap().to_string();
+    for left in (0..4).rev() {
+        let r = c.patch_json(&message_path(&id), &json!({"content": format!("{left}")}));
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-ratelimit-remaining"),
+            Some(left.to_string().as_str())
+        );
+        assert_eq!(r.header("x-ratelimit-bucket"), Some(bucket.as_str()));
+    }
+    // The bucket is empty for edits and new messages alike.
+    let r = c.patch_json(&message_path(&id), &json!({"content": "late"}));
+    assert_eq!(r.status, 429);
+    assert!(
+        r.json()["retry_after"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0 && s <= 2.0)
+    );
+    let r = c.post_json(PATH, &json!({"content": "late"}));
+    assert_eq!(r.status, 429);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "test too slow to be meaningful"
+    );
+    assert_eq!(server.count_429(), 2);
+    assert_eq!(server.count_edits(&id), 4);
+    assert_eq!(server.message(&id).unwrap().content, "0");
+}
+
+#[test]
+fn forum_channels_need_a_thread() {
+    let server = no_limit();
+    server.set_forum(FakeDiscord::WEBHOOK_ID, true);
+    let mut c = Client::connect(server.port());
+    let msg = json!({"content": "night of 2024-05-01"});
+    let r = c.post_json(PATH, &msg);
+    assert_eq!((r.status, error_code(&r)), (400, 220001));
+    assert_eq!(
+        r.json()["message"],
+        "Webhooks posted to forum channels must have a thread_name or thread_id"
+    );
+    // thread_name opens a post: a thread whose id is the message's channel_id.
+    let named = json!({"content": "first", "thread_name": "Night 2024-05-01: M31, M42"});
+    let r = c.post_json(&format!("{PATH}?wait=true"), &named);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let thread = v["channel_id"].as_str().unwrap().to_string();
+    assert!(is_snowflake(&v["channel_id"]) && thread != CHANNEL_ID);
+    assert_eq!(
+        server.threads(),
+        [(thread.clone(), "Night 2024-05-01: M31, M42".to_string())]
+    );
+    // ?thread_id= posts into it.
+    let r = c.post_json(
+        &format!("{PATH}?wait=true&thread_id={thread}"),
+        &json!({"content": "second"}),
+    );
+    assert_eq!(r.status, 200);
+    let second = r.json();
+    assert_eq!(second["channel_id"], thread.as_str());
+    assert_eq!(
+        c.post_json(&format!("{PATH}?thread_id={thread}"), &msg)
+            .status,
+        204
+    );
+    // Unknown thread, both at once, a name too long or empty.
+    let r = c.post_json(&format!("{PATH}?thread_id=1300000000000000999"), &msg);
+    assert_eq!((r.status, error_code(&r)), (400, 10003));
+    let r = c.post_json(&format!("{PATH}?thread_id={thread}"), &named);
+    assert_eq!((r.status, error_code(&r)), (400, 220002));
+    let r = c.post_json(
+        PATH,
+        &json!({"content": "x", "thread_name": "n".repeat(101)}),
+    );
+    assert_eq!((r.status, error_code(&r)), (400, 50035));
+    assert_eq!(
+        r.json()["errors"]["thread_name"]["_errors"][0]["code"],
+        "BASE_TYPE_MAX_LENGTH"
+    );
+    let r = c.post_json(PATH, &json!({"content": "x", "thread_name": ""}));
+    assert_eq!(
+        r.json()["errors"]["thread_name"]["_errors"][0]["code"],
+        "BASE_TYPE_REQUIRED"
+    );
+    assert_eq!(
+        c.post_json(
+            PATH,
+            &json!({"content": "x", "thread_name": "n".repeat(100)})
+        )
+        .status,
+        204
+    );
+    // A text channel's webhook cannot create threads, nor post in another's.
+    let r = c.post_json(OTHER, &named);
+    assert_eq!((r.status, error_code(&r)), (400, 220003));
+    let r = c.post_json(&format!("{OTHER}?thread_id={thread}"), &msg);
+    assert_eq!((r.status, error_code(&r)), (400, 10003));
+    // Editing a message in a thread needs the thread's id, as on Discord.
+    let second_id = second["id"].as_str().unwrap();
+    let edit = json!({"content": "second, edited"});
+    let r = c.patch_json(&message_path(second_id), &edit);
+    assert_eq!((r.status, error_code(&r)), (404, 10008));
+    let r = c.patch_json(
+        &format!("{}?thread_id=1300000000000000999", message_path(second_id)),
+        &edit,
+    );
+    assert_eq!((r.status, error_code(&r)), (400, 10003));
+    let r = c.patch_json(
+        &format!("{}?thread_id={thread}", message_path(second_id)),
+        &edit,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["channel_id"], thread.as_str());
+    assert_eq!(server.edits()[0].channel_id, thread);
+    // Back to a text channel: no thread needed.
+    server.set_forum(FakeDiscord::WEBHOOK_ID, false);
+    assert_eq!(c.post_json(PATH, &msg).status, 204);
+    server.set_forum_all(true);
+    assert_eq!(error_code(&c.post_json(OTHER, &msg)), 220001);
+    let in_thread: Vec<bool> = server
+        .messages()
+        .iter()
+        .map(|m| m.channel_id != CHANNEL_ID)
+        .collect();
+    assert_eq!(in_thread, [true, true, true, true, false]);
+}
+
+#[test]
+fn deleted_messages_and_threads_are_unknown() {
+    let server = no_limit();
+    server.set_forum(FakeDiscord::WEBHOOK_ID, true);
+    let mut c = Client::connect(server.port());
+    let named = json!({"content": "card", "thread_name": "Night"});
+    let v = c.post_json(&format!("{PATH}?wait=true"), &named).json();
+    let (card, thread) = (v["id"].as_str().unwrap(), v["channel_id"].as_str().unwrap());
+    let into = format!("{PATH}?wait=true&thread_id={thread}");
+    let v = c.post_json(&into, &json!({"content": "line"})).json();
+    let line = v["id"].as_str().unwrap();
+    let edit = |id: &str| format!("{}?thread_id={thread}", message_path(id));
+    assert!(server.delete_message(line));
+    assert!(!server.delete_message(line));
+    let r = c.patch_json(&edit(line), &json!({"content": "y"}));
+    assert_eq!((r.status, error_code(&r)), (404, 10008));
+    assert_eq!(
+        c.patch_json(&edit(card), &json!({"content": "y"})).status,
+        200
+    );
+    assert!(server.delete_thread(thread));
+    let r = c.post_json(&into, &json!({"content": "line"}));
+    assert_eq!((r.status, error_code(&r)), (400, 10003));
+    let r = c.patch_json(&edit(card), &json!({"content": "z"}));
+    assert_eq!((r.status, error_code(&r)), (400, 10003));
+    // A scripted Unknown Message answers an edit of a message that exists.
+    let v = c.post_json(&format!("{PATH}?wait=true"), &named).json();
+    let (card, thread) = (v["id"].as_str().unwrap(), v["channel_id"].as_str().unwrap());
+    server.push_faults(FakeDiscord::WEBHOOK_ID, [Fault::unknown_message()]);
+    let path = format!("{}?thread_id={thread}", message_path(card));
+    let r = c.patch_json(&path, &json!({"content": "y"}));
+    assert_eq!((r.status, error_code(&r)), (404, 10008));
+    assert_eq!(c.patch_json(&path, &json!({"content": "y"})).status, 200);
 }

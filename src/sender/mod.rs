@@ -402,7 +402,9 @@ impl Sender {
                 self.commit(out);
                 self.stats.record_post(lines);
             }
-            Next::Again | Next::Stopped => lane.queue.push_front(msg),
+            // Lines go as plain posts, which Discord never answers `Gone`;
+            // were one to, posting the lines anew is what a repost means.
+            Next::Again | Next::Stopped | Next::Repost => lane.queue.push_front(msg),
             Next::Split => match msg.split() {
                 Some((a, b)) => {
                     lane.queue.push_front(b);

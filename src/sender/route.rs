@@ -57,6 +57,10 @@ pub enum Next {
     Fallback,
     /// Keep it: the route is stopped until [`Decision::at`].
     Stopped,
+    /// What it edited or posted into is gone ([`Outcome::Gone`]): post it
+    /// as a new message (outside the gone thread) at [`Decision::at`];
+    /// sending the same request again would only be refused again.
+    Repost,
 }
 
 /// The answer of [`Route::answer`].
@@ -181,23 +185,21 @@ impl Route {
         match outcome {
             Outcome::Delivered(info) => {
                 d.next = Next::Commit;
-                if self.reported {
-                    d.log = Some((
+                self.healthy(info, now, &mut d);
+            }
+            Outcome::Gone { info, why } => {
+                // The webhook answered: the route is fine, the target is not.
+                d.next = Next::Repost;
+                self.healthy(info, now, &mut d);
+                d.log.get_or_insert_with(|| {
+                    (
                         log::Level::Info,
-                        format!("posting to {} works again", self.name),
-                    ));
-                    d.status = Some(None);
-                }
-                self.failures = 0;
-                self.reported = false;
-                self.splitting = false;
-                if info.remaining == Some(0) {
-                    if let Some(reset) = info.reset_after {
-                        // The bucket is empty: wait for it to refill rather
-                        // than collect a 429.
-                        self.next_at = self.next_at.max(now + reset);
-                    }
-                }
+                        format!(
+                            "{} no longer has what a request named ({why}); posting it as a new message",
+                            self.name
+                        ),
+                    )
+                });
             }
             Outcome::RateLimited {
                 wait, cloudflare, ..
@@ -298,6 +300,28 @@ impl Route {
         }
         d.at = self.next_at;
         d
+    }
+
+    /// Discord answered as a working webhook does: a streak of trouble
+    /// ends, and an empty bucket is waited for rather than hit.
+    fn healthy(&mut self, info: &crate::discord::RateInfo, now: Instant, d: &mut Decision) {
+        if self.reported {
+            d.log = Some((
+                log::Level::Info,
+                format!("posting to {} works again", self.name),
+            ));
+            d.status = Some(None);
+        }
+        self.failures = 0;
+        self.reported = false;
+        self.splitting = false;
+        if info.remaining == Some(0) {
+            if let Some(reset) = info.reset_after {
+                // The bucket is empty: wait for it to refill rather
+                // than collect a 429.
+                self.next_at = self.next_at.max(now + reset);
+            }
+        }
     }
 
     /// Discord rejects a message that cannot get smaller or simpler: the
@@ -524,6 +548,48 @@ mod tests {
         r.sent(d.at);
         let d = r.answer(&ok(), Shape::Several, d.at);
         assert_eq!((d.next, level(&d)), (Next::Commit, Some(log::Level::Info)));
+    }
+
+    /// A gone message or thread: repost, without backoff; the webhook
+    /// works, so a streak of trouble ends and the bucket is honoured.
+    #[test]
+    fn a_gone_target_is_reposted_at_once_and_ends_a_streak() {
+        let t = Instant::now();
+        let mut r = route(100, 3, t);
+        r.sent(t);
+        let d = r.answer(&retry(), Shape::Single, t);
+        assert_eq!(d.next, Next::Again);
+        r.sent(d.at);
+        let gone = Outcome::Gone {
+            info: RateInfo {
+                remaining: Some(0),
+                reset_after: Some(Duration::from_secs(2)),
+            },
+            why: "the message was deleted: HTTP 404".into(),
+        };
+        let d = r.answer(&gone, Shape::Single, d.at);
+        assert_eq!(d.next, Next::Repost);
+        assert!(
+            d.at >= t + Duration::from_secs(2),
+            "an empty bucket is waited for"
+        );
+        let (lvl, text) = d.log.clone().unwrap();
+        assert_eq!(lvl, log::Level::Info);
+        assert!(text.contains("the message was deleted"), "{text}");
+        assert!(!r.troubled());
+        // The next failure starts the backoff from the beginning.
+        r.sent(d.at);
+        let again = r.answer(&retry(), Shape::Single, d.at);
+        assert!(again.at - d.at <= Duration::from_secs(1));
+        // After a reported streak, Gone says the route works again.
+        let mut r = route(0, 1, t);
+        r.sent(t);
+        let d = r.answer(&retry(), Shape::Single, t);
+        assert!(r.troubled());
+        r.sent(d.at);
+        let d = r.answer(&gone, Shape::Single, d.at);
+        assert_eq!(d.status, Some(None));
+        assert!(d.log.unwrap().1.contains("works again"));
     }
 
     #[test]

@@ -110,6 +110,20 @@ impl Sink for Fake {
         outcome
     }
 
+    fn send(
+        &mut self,
+        req: &crate::discord::Request,
+        payload: &Payload,
+        timeout: Duration,
+    ) -> crate::discord::Reply {
+        // The sender makes plain posts only, through `post`.
+        assert_eq!(*req, crate::discord::Request::PLAIN, "not a plain post");
+        crate::discord::Reply {
+            outcome: self.post(payload, timeout),
+            message: None,
+        }
+    }
+
     fn describe(&self) -> String {
         format!("fake-{}", self.route)
     }

@@ -10,10 +10,23 @@
 //! ([`FakeDiscord::push_faults`]) and a standing fault
 //! ([`FakeDiscord::set_hook_fault`]), so one webhook can fail while another
 //! works.
+//!
+//! Messages are kept, as Discord keeps them: `?wait=true` answers 200 with
+//! the created message object (204 without it), and `PATCH
+//! /api/webhooks/{id}/{token}/messages/{message_id}` edits one (JSON or
+//! multipart; an `attachments` array says which existing files stay and
+//! which new `files[n]` are added), under the same limits and the same
+//! per-webhook rate-limit bucket as a POST; an unknown message is 404 code
+//! 10008. A webhook can be made a forum channel's
+//! ([`FakeDiscord::set_forum`]): then a POST needs `thread_name` (max 100
+//! characters: a new thread whose id is the new message's `channel_id`) or
+//! `?thread_id=` (an existing thread), with Discord's codes 220001–220003
+//! and 10003 otherwise. Edits are recorded apart from new messages
+//! ([`FakeDiscord::edits`], [`Event::Edited`]), so a test can count them.
 #![allow(dead_code)]
 
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -90,6 +103,14 @@ impl Fault {
         )
     }
 
+    /// 404 "Unknown Message": what an edit of a deleted message gets.
+    pub fn unknown_message() -> Fault {
+        Fault::Status(
+            404,
+            json!({"code": 10008, "message": "Unknown Message"}).to_string(),
+        )
+    }
+
     /// 404 "Unknown Webhook".
     pub fn not_found() -> Fault {
         Fault::Status(
@@ -99,15 +120,24 @@ impl Fault {
     }
 }
 
-/// One accepted (2xx) message.
+/// One accepted (2xx) message, or one accepted edit of a message.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub at: Instant,
     pub webhook_id: String,
-    /// The JSON payload (`payload_json` of a multipart upload).
+    /// The message's id (a snowflake, as Discord writes it: a string).
+    pub message_id: String,
+    /// Its channel: the webhook's, or the thread (forum post) it is in.
+    pub channel_id: String,
+    /// An edit (`PATCH`) of message `message_id`, not a new message.
+    pub edit: bool,
+    /// The JSON payload of the request (`payload_json` of a multipart upload).
     pub body: Value,
+    /// The message's content (after the edit, for an edit).
     pub content: String,
-    /// (filename, bytes) of each uploaded file, in request order.
+    /// The message's embeds (after the edit, for an edit).
+    pub embeds: Vec<Value>,
+    /// (filename, bytes) of each file the message has (after the edit), in order.
     pub attachments: Vec<(String, Vec<u8>)>,
     /// The payload's `allowed_mentions`, if it had one.
     pub allowed_mentions: Option<Value>,
@@ -116,6 +146,8 @@ pub struct Received {
 /// What an observer set with [`FakeDiscord::on_event`] is told.
 pub enum Event<'a> {
     Accepted(&'a Received),
+    /// An accepted edit (`PATCH`) of an earlier message.
+    Edited(&'a Received),
     /// A 429; `retry_after` is `None` for the Cloudflare HTML 429.
     RateLimited {
         webhook_id: &'a str,
@@ -158,6 +190,44 @@ struct State {
     /// Requests answered with a scripted fault.
     faulted: usize,
     next_id: u64,
+    /// Accepted edits, in order.
+    edits: Vec<Received>,
+    /// message id -> the message as it is now.
+    stored: HashMap<String, Stored>,
+    /// Webhook ids whose channel is a forum channel.
+    forum: HashSet<String>,
+    /// Every webhook's channel is a forum channel.
+    forum_all: bool,
+    /// thread id -> (webhook id that created it, its name).
+    threads: HashMap<String, (String, String)>,
+}
+
+impl State {
+    fn is_forum(&self, webhook_id: &str) -> bool {
+        self.forum_all || self.forum.contains(webhook_id)
+    }
+
+    /// A new snowflake, for a message, a thread or an attachment.
+    fn snowflake(&mut self) -> String {
+        self.next_id += 1;
+        (1_300_000_000_000_000_000 + self.next_id).to_string()
+    }
+}
+
+/// The channel every webhook posts to (a thread aside).
+pub const CHANNEL_ID: &str = "1100000000000000001";
+
+/// A message as Discord keeps it: what a `PATCH` changes and `?wait=true`
+/// returns.
+#[derive(Clone, Debug)]
+struct Stored {
+    webhook_id: String,
+    channel_id: String,
+    content: String,
+    embeds: Vec<Value>,
+    /// (attachment id, filename, bytes), in order.
+    attachments: Vec<(String, String, Vec<u8>)>,
+    edited: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -264,6 +334,81 @@ impl FakeDiscord {
 
     pub fn count_rejected(&self) -> usize {
         lock(&self.shared.state).rejected
+    }
+
+    /// Accepted edits, in order (new messages are in [`Self::messages`]).
+    pub fn edits(&self) -> Vec<Received> {
+        lock(&self.shared.state).edits.clone()
+    }
+
+    /// How many times message `id` was edited.
+    pub fn count_edits(&self, id: &str) -> usize {
+        let st = lock(&self.shared.state);
+        st.edits.iter().filter(|e| e.message_id == id).count()
+    }
+
+    /// Message `id` as it is now (after its last edit), if it exists.
+    pub fn message(&self, id: &str) -> Option<Received> {
+        let st = lock(&self.shared.state);
+        let last_edit = st.edits.iter().rev().find(|e| e.message_id == id);
+        last_edit
+            .or_else(|| st.messages.iter().find(|m| m.message_id == id))
+            .cloned()
+    }
+
+    /// Makes webhook `id`'s channel a forum channel (`true`) or a text
+    /// channel again (`false`), from its next request.
+    pub fn set_forum(&self, id: &str, forum: bool) {
+        self.shared.update(|st| {
+            if forum {
+                st.forum.insert(id.to_string());
+            } else {
+                st.forum.remove(id);
+            }
+        });
+    }
+
+    /// Makes every webhook's channel a forum channel (the example's `--forum`).
+    pub fn set_forum_all(&self, forum: bool) {
+        self.shared.update(|st| st.forum_all = forum);
+    }
+
+    /// The threads (forum posts) created so far: (thread id, name), in order.
+    pub fn threads(&self) -> Vec<(String, String)> {
+        let st = lock(&self.shared.state);
+        let mut t: Vec<_> = st
+            .threads
+            .iter()
+            .map(|(id, v)| (id.clone(), v.1.clone()))
+            .collect();
+        // Snowflakes of one length sort in creation order.
+        t.sort();
+        t
+    }
+
+    /// Deletes message `id`, as a person in the channel can: edits of it
+    /// get 404 Unknown Message from now on. False if there was none.
+    pub fn delete_message(&self, id: &str) -> bool {
+        let mut found = false;
+        self.shared
+            .update(|st| found = st.stored.remove(id).is_some());
+        found
+    }
+
+    /// Deletes thread `id` (a forum post) and its messages: posts into it
+    /// get 400 Unknown Channel from now on. False if there was none.
+    pub fn delete_thread(&self, id: &str) -> bool {
+        let mut found = false;
+        self.shared.update(|st| {
+            found = st.threads.remove(id).is_some();
+            st.stored.retain(|_, m| m.channel_id != id);
+        });
+        found
+    }
+
+    /// Wait until `pred(edits)` holds; false on timeout.
+    pub fn wait_for_edits(&self, timeout: Duration, pred: impl Fn(&[Received]) -> bool) -> bool {
+        self.wait_state(timeout, |st| pred(&st.edits))
     }
 
     /// Called for each accepted message and each 429, in order.
@@ -448,7 +593,7 @@ impl Shared {
             Mode::NotFound => return self.reject(err(404, 10015, "Unknown Webhook")),
             Mode::Html429(n) if n > 0 => {
                 self.update(|st| st.count_429 += 1);
-                let webhook_id = hook.map_or("", |h| h.0);
+                let webhook_id = hook.as_ref().map_or("", |h| h.id);
                 self.notify(Event::RateLimited {
                     webhook_id,
                     retry_after: None,
@@ -462,16 +607,19 @@ impl Shared {
             Mode::Slow(d) => thread::sleep(d),
             _ => {}
         }
-        let Some((id, _token)) = hook else {
+        let Some(hook) = hook else {
             return self.reject(err(404, 0, "404: Not Found"));
         };
+        let id = hook.id;
         if let Some(fault) = self.take_fault(id) {
             return self.answer_fault(id, fault);
         }
-        if req.method != "POST" {
-            return self.reject(err(405, 0, "405: Method Not Allowed"));
+        match (req.method.as_str(), hook.message) {
+            ("POST", None) | ("PATCH", Some(_)) => {}
+            _ => return self.reject(err(405, 0, "405: Method Not Allowed")),
         }
-        // Like Discord, invalid requests count against the bucket too.
+        // Like Discord, invalid requests count against the bucket too, and
+        // edits share the webhook's bucket with new messages.
         let mut st = lock(&self.state);
         let rl = self.rate_check(&mut st, id);
         if let Some(rl) = rl.as_ref().filter(|rl| rl.limited) {
@@ -490,33 +638,33 @@ impl Shared {
                 .extend([("Retry-After", secs), ("X-RateLimit-Scope", "user".into())]);
             return Some(resp);
         }
-        let msg = match parse_message(req) {
-            Ok(m) => m,
+        let done = match hook.message {
+            None => create(&mut st, id, query, req),
+            Some(msg_id) => edit(&mut st, id, msg_id, query, req),
+        };
+        let rec = match done {
+            Ok(rec) => rec,
             Err(resp) => {
                 st.rejected += 1;
                 self.changed.notify_all();
                 return Some(resp.with_rate_headers(rl.as_ref()));
             }
         };
-        st.next_id += 1;
-        let msg_id = (1_300_000_000_000_000_000 + st.next_id).to_string();
-        let wait = query
-            .split('&')
-            .any(|kv| kv.eq_ignore_ascii_case("wait=true") || kv == "wait=1");
-        let answer = match wait {
-            true => Resp::json(200, message_json(&msg_id, id, &msg)),
-            false => Resp::empty(204),
+        let wait = query_flag(query, "wait");
+        let answer = match (rec.edit, wait) {
+            (false, false) => Resp::empty(204),
+            _ => Resp::json(
+                200,
+                message_json(&rec.message_id, &st.stored[&rec.message_id]),
+            ),
         };
-        let rec = Received {
-            at: Instant::now(),
-            webhook_id: id.to_string(),
-            allowed_mentions: msg.body.get("allowed_mentions").cloned(),
-            body: msg.body,
-            content: msg.content,
-            attachments: msg.attachments,
-        };
-        self.notify(Event::Accepted(&rec));
-        st.messages.push(rec);
+        if rec.edit {
+            self.notify(Event::Edited(&rec));
+            st.edits.push(rec);
+        } else {
+            self.notify(Event::Accepted(&rec));
+            st.messages.push(rec);
+        }
         drop(st);
         self.changed.notify_all();
         if let Some(d) = self.opts.wait_delay.filter(|_| wait) {
@@ -621,20 +769,43 @@ fn parse_mode(text: &str) -> Option<Mode> {
     })
 }
 
-/// `/api/webhooks/{id}/{token}` or `/api/vN/webhooks/{id}/{token}`.
-fn webhook_path(path: &str) -> Option<(&str, &str)> {
-    let segs: Vec<&str> = path.strip_prefix("/api/")?.split('/').collect();
+/// The webhook (and message) a request path names.
+struct Hook<'a> {
+    id: &'a str,
+    token: &'a str,
+    /// `.../messages/{message_id}`: a message of the webhook.
+    message: Option<&'a str>,
+}
+
+/// `/api[/vN]/webhooks/{id}/{token}[/messages/{message_id}]`.
+fn webhook_path(path: &str) -> Option<Hook<'_>> {
+    let mut segs: Vec<&str> = path.strip_prefix("/api/")?.split('/').collect();
     let is_version = |s: &str| {
         let n = s.strip_prefix('v').unwrap_or("");
         !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
     };
-    match segs[..] {
-        ["webhooks", id, token] if !id.is_empty() && !token.is_empty() => Some((id, token)),
-        [v, "webhooks", id, token] if is_version(v) && !id.is_empty() && !token.is_empty() => {
-            Some((id, token))
-        }
-        _ => None,
+    if segs.first().is_some_and(|v| is_version(v)) {
+        segs.remove(0);
     }
+    let (id, token, message) = match segs[..] {
+        ["webhooks", id, token] => (id, token, None),
+        ["webhooks", id, token, "messages", m] if !m.is_empty() => (id, token, Some(m)),
+        _ => return None,
+    };
+    (!id.is_empty() && !token.is_empty()).then_some(Hook { id, token, message })
+}
+
+/// The value of `key` in a query string, if present.
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+/// A boolean query parameter the way Discord reads one (`true`/`1`).
+fn query_flag(query: &str, key: &str) -> bool {
+    query_param(query, key).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 struct RateInfo {
@@ -655,6 +826,25 @@ fn unix_now() -> f64 {
     now.map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// `2024-05-01T12:34:56.789000+00:00`, as Discord writes timestamps.
+fn iso8601(unix: f64) -> String {
+    let secs = unix.floor() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let micros = ((unix - unix.floor()) * 1e6) as u32;
+    let (h, mi, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{micros:06}+00:00")
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     let step = |h: u64, b: &u8| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, step)
@@ -666,12 +856,6 @@ used Cloudflare to restrict access</title></head>\n<body><div id=\"cf-error-deta
 (discord.com) has banned you temporarily from accessing this website.</p></div></body></html>\n";
 
 // ------------------------------------------------------------------ messages
-
-struct Message {
-    body: Value,
-    content: String,
-    attachments: Vec<(String, Vec<u8>)>,
-}
 
 /// Discord's JSON error body `{"message": ..., "code": ...}`.
 fn err(status: u16, code: u32, message: &str) -> Resp {
@@ -686,8 +870,16 @@ fn too_large() -> Resp {
     err(413, 40005, "Request entity too large")
 }
 
-/// Parse and validate a webhook body the way Discord does.
-fn parse_message(req: &Request) -> Result<Message, Resp> {
+/// A request body as sent: its JSON and its uploaded files.
+struct Body {
+    json: Map<String, Value>,
+    /// (n of a `files[n]` part, filename, bytes), in request order.
+    files: Vec<(Option<usize>, String, Vec<u8>)>,
+}
+
+/// Reads a webhook request body (JSON, or multipart with `payload_json` and
+/// files) and checks the upload sizes, the way Discord does.
+fn parse_body(req: &Request) -> Result<Body, Resp> {
     let ctype = req.header("content-type").unwrap_or("");
     let lower = ctype.to_ascii_lowercase();
     let mut files = Vec::new();
@@ -697,7 +889,12 @@ fn parse_message(req: &Request) -> Result<Message, Resp> {
         let mut form = Map::new();
         for p in parse_multipart(&req.body, &boundary).ok_or_else(bad_json)? {
             if p.filename.is_some() || p.name.starts_with("files[") || p.name == "file" {
-                files.push((p.filename.unwrap_or(p.name), p.data));
+                let n = p
+                    .name
+                    .strip_prefix("files[")
+                    .and_then(|r| r.strip_suffix(']'));
+                let n = n.and_then(|n| n.parse().ok());
+                files.push((n, p.filename.unwrap_or(p.name), p.data));
             } else if p.name == "payload_json" {
                 payload = Some(serde_json::from_slice(&p.data).map_err(|_| bad_json())?);
             } else {
@@ -711,11 +908,57 @@ fn parse_message(req: &Request) -> Result<Message, Resp> {
     } else {
         Value::Object(Map::new()) // Discord ignores a body it cannot read
     };
-    let total: usize = files.iter().map(|f| f.1.len()).sum();
-    if total > MAX_FILES || files.iter().any(|f| f.1.len() > MAX_FILE) {
+    let total: usize = files.iter().map(|f| f.2.len()).sum();
+    if total > MAX_FILES || files.iter().any(|f| f.2.len() > MAX_FILE) {
         return Err(too_large());
     }
-    let obj = body.as_object().ok_or_else(bad_json)?;
+    match body {
+        Value::Object(json) => Ok(Body { json, files }),
+        _ => Err(bad_json()),
+    }
+}
+
+/// Checks what a new message and an edit have in common: `content`,
+/// `username` and `embeds` within their limits.
+fn check_fields(errs: &mut Errs, obj: &Map<String, Value>) {
+    errs.text("content", obj.get("content"), 2000, false);
+    if obj.contains_key("username") {
+        errs.text("username", obj.get("username"), 80, true);
+    }
+    errs.embeds(obj.get("embeds"));
+}
+
+fn embeds_of(v: Option<&Value>) -> Vec<Value> {
+    v.and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+fn received(msg_id: &str, m: &Stored, body: Map<String, Value>, edit: bool) -> Received {
+    Received {
+        at: Instant::now(),
+        webhook_id: m.webhook_id.clone(),
+        message_id: msg_id.to_string(),
+        channel_id: m.channel_id.clone(),
+        edit,
+        allowed_mentions: body.get("allowed_mentions").cloned(),
+        body: Value::Object(body),
+        content: m.content.clone(),
+        embeds: m.embeds.clone(),
+        attachments: m
+            .attachments
+            .iter()
+            .map(|a| (a.1.clone(), a.2.clone()))
+            .collect(),
+    }
+}
+
+fn unknown_channel() -> Resp {
+    err(400, 10003, "Unknown Channel")
+}
+
+/// Validates and stores a new message of webhook `hook` (`POST`), with
+/// Discord's rules for forum channels and threads.
+fn create(st: &mut State, hook: &str, query: &str, req: &Request) -> Result<Received, Resp> {
+    let Body { json: obj, files } = parse_body(req)?;
     let mut errs = Errs::default();
     if files.len() > 10 {
         errs.add(
@@ -724,28 +967,148 @@ fn parse_message(req: &Request) -> Result<Message, Resp> {
             "Must be 10 or fewer in length.",
         );
     }
-    errs.text("content", obj.get("content"), 2000, false);
-    if obj.contains_key("username") {
-        errs.text("username", obj.get("username"), 80, true);
+    check_fields(&mut errs, &obj);
+    if obj.contains_key("thread_name") {
+        errs.text("thread_name", obj.get("thread_name"), 100, true);
     }
-    let has_embeds = errs.embeds(obj.get("embeds"));
-    if !errs.0.is_empty() {
-        let body = json!({"code": 50035, "message": "Invalid Form Body", "errors": errs.0});
-        return Err(Resp::json(400, body));
-    }
-    let content = obj
-        .get("content")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if content.trim().is_empty() && !has_embeds && files.is_empty() {
+    errs.result()?;
+    let content = obj.get("content").and_then(Value::as_str).unwrap_or("");
+    let embeds = embeds_of(obj.get("embeds"));
+    if content.trim().is_empty() && embeds.is_empty() && files.is_empty() {
         return Err(err(400, 50006, "Cannot send an empty message"));
     }
-    Ok(Message {
-        body,
-        content,
-        attachments: files,
-    })
+    let thread_id = query_param(query, "thread_id");
+    let thread_name = obj.get("thread_name").and_then(Value::as_str);
+    match (st.is_forum(hook), thread_id, thread_name) {
+        (true, None, None) => {
+            let m = "Webhooks posted to forum channels must have a thread_name or thread_id";
+            return Err(err(400, 220001, m));
+        }
+        (true, Some(_), Some(_)) => {
+            let m =
+                "Webhooks posted to forum channels cannot have both a thread_name and thread_id";
+            return Err(err(400, 220002, m));
+        }
+        (false, _, Some(_)) => {
+            let m = "Webhooks can only create threads in forum channels";
+            return Err(err(400, 220003, m));
+        }
+        _ => {}
+    }
+    if thread_id.is_some_and(|t| st.threads.get(t).is_none_or(|th| th.0 != hook)) {
+        return Err(unknown_channel());
+    }
+    let msg_id = st.snowflake();
+    // A forum post's thread has the id of its first message.
+    let channel_id = match (thread_id, thread_name) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(name)) => {
+            let thread = (hook.to_string(), name.to_string());
+            st.threads.insert(msg_id.clone(), thread);
+            msg_id.clone()
+        }
+        (None, None) => CHANNEL_ID.to_string(),
+    };
+    let attachments = files
+        .into_iter()
+        .map(|(_, name, data)| (st.snowflake(), name, data));
+    let stored = Stored {
+        webhook_id: hook.to_string(),
+        channel_id,
+        content: content.to_string(),
+        embeds,
+        attachments: attachments.collect(),
+        edited: false,
+    };
+    let rec = received(&msg_id, &stored, obj, false);
+    st.stored.insert(msg_id, stored);
+    Ok(rec)
+}
+
+/// An attachment id as a string, however the JSON wrote it.
+fn id_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Validates and applies an edit (`PATCH`) of message `msg_id` of webhook
+/// `hook`: fields sent replace the message's, fields left out stay; an
+/// `attachments` array lists the files that remain (existing ones by id,
+/// new `files[n]` by n), and without it every file stays and new ones are
+/// added.
+fn edit(
+    st: &mut State,
+    hook: &str,
+    msg_id: &str,
+    query: &str,
+    req: &Request,
+) -> Result<Received, Resp> {
+    let thread_id = query_param(query, "thread_id");
+    if thread_id.is_some_and(|t| st.threads.get(t).is_none_or(|th| th.0 != hook)) {
+        return Err(unknown_channel());
+    }
+    // A message in a thread is only found with that thread's id, as on
+    // Discord (issue discord-api-docs#3519).
+    let channel = thread_id.unwrap_or(CHANNEL_ID);
+    let Some(old) = st
+        .stored
+        .get(msg_id)
+        .filter(|m| m.webhook_id == hook && m.channel_id == channel)
+    else {
+        return Err(err(404, 10008, "Unknown Message"));
+    };
+    let Body { json: obj, files } = parse_body(req)?;
+    let mut errs = Errs::default();
+    check_fields(&mut errs, &obj);
+    let mut kept: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let mut added: Vec<(String, Vec<u8>)> = Vec::new();
+    match obj.get("attachments") {
+        None | Some(Value::Null) => {
+            kept = old.attachments.clone();
+            added.extend(files.into_iter().map(|f| (f.1, f.2)));
+        }
+        Some(Value::Array(list)) => {
+            let ids: Vec<String> = list.iter().filter_map(|a| id_text(a.get("id"))).collect();
+            let listed = |id: &str| ids.iter().any(|i| i == id);
+            kept.extend(old.attachments.iter().filter(|a| listed(&a.0)).cloned());
+            for (i, (n, name, data)) in files.into_iter().enumerate() {
+                if listed(&n.unwrap_or(i).to_string()) {
+                    added.push((name, data));
+                }
+            }
+        }
+        Some(_) => errs.add("attachments", "BASE_TYPE_ARRAY", "Must be an array."),
+    }
+    if kept.len() + added.len() > 10 {
+        let m = "Must be 10 or fewer in length.";
+        errs.add("attachments", "BASE_TYPE_MAX_LENGTH", m);
+    }
+    errs.result()?;
+    let mut new = old.clone();
+    if let Some(c) = obj.get("content") {
+        new.content = c.as_str().unwrap_or("").to_string();
+    }
+    if obj.contains_key("embeds") {
+        new.embeds = embeds_of(obj.get("embeds"));
+    }
+    new.attachments = kept;
+    if new.content.trim().is_empty()
+        && new.embeds.is_empty()
+        && new.attachments.is_empty()
+        && added.is_empty()
+    {
+        return Err(err(400, 50006, "Cannot send an empty message"));
+    }
+    for (name, data) in added {
+        new.attachments.push((st.snowflake(), name, data));
+    }
+    new.edited = true;
+    let rec = received(msg_id, &new, obj, true);
+    st.stored.insert(msg_id.to_string(), new);
+    Ok(rec)
 }
 
 /// Discord's nested `errors` object of a 50035 "Invalid Form Body".
@@ -764,6 +1127,15 @@ impl Errs {
         if let Some(list) = list.as_array_mut() {
             list.push(json!({"code": code, "message": message}));
         }
+    }
+
+    /// A 400 "Invalid Form Body" listing the errors, if there are any.
+    fn result(self) -> Result<(), Resp> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let body = json!({"code": 50035, "message": "Invalid Form Body", "errors": self.0});
+        Err(Resp::json(400, body))
     }
 
     /// Length in code points of an optional string field, checked against `max`.
@@ -828,18 +1200,19 @@ impl Errs {
     }
 }
 
-/// The message object Discord returns for `?wait=true` (abridged).
-fn message_json(msg_id: &str, webhook_id: &str, m: &Message) -> Value {
-    let mut attachments = Vec::new();
-    for (i, (name, data)) in m.attachments.iter().enumerate() {
-        let id = format!("{msg_id}{i}");
-        attachments.push(json!({"id": id, "filename": name, "size": data.len()}));
-    }
-    let embeds = m.body.get("embeds").cloned().unwrap_or(json!([]));
+/// The message object Discord returns for `?wait=true` and for an edit
+/// (abridged).
+fn message_json(msg_id: &str, m: &Stored) -> Value {
+    let attachments: Vec<Value> = m
+        .attachments
+        .iter()
+        .map(|(id, name, data)| json!({"id": id, "filename": name, "size": data.len()}))
+        .collect();
+    let edited = m.edited.then(|| iso8601(unix_now()));
     json!({
-        "id": msg_id, "type": 0, "channel_id": "1100000000000000001", "webhook_id": webhook_id,
-        "content": m.content, "embeds": embeds, "attachments": attachments,
-        "author": {"id": webhook_id, "bot": true},
+        "id": msg_id, "type": 0, "channel_id": m.channel_id, "webhook_id": m.webhook_id,
+        "content": m.content, "embeds": m.embeds, "attachments": attachments,
+        "author": {"id": m.webhook_id, "bot": true}, "edited_timestamp": edited,
     })
 }
 
