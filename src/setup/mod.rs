@@ -647,6 +647,10 @@ fn test_message<R: BufRead, W: Write>(
         Outcome::Stop { status, why } => fail(format!(
             "Discord refuses messages to this webhook (HTTP {status}: {why}): check that the URL was copied whole and the webhook was not deleted"
         )),
+        // Only edits and thread posts get this answer; a plain post never does.
+        Outcome::Gone { why, .. } => fail(format!(
+            "Discord answered the test message as if it were an edit: {why}"
+        )),
     }
 }
 
