@@ -3,7 +3,8 @@
 //!
 //! Loading happens in two stages. First the raw layers are merged with the
 //! `config` crate: the TOML file at the bottom, then a `.env` file in the
-//! working directory, then the process environment on top. Every TOML key is
+//! working directory (parsed by `dotenvy`), then the process environment on
+//! top. Every TOML key is
 //! the prototype's environment variable in lower case (`BATCH_SIZE` is
 //! `batch_size`), so one name serves both. Second, [`Config::from_layers`]
 //! checks every value and turns it into a typed field; the first bad value
@@ -124,6 +125,11 @@ pub enum ConfigError {
     },
     #[error("logs directory {path} does not exist (key {key})")]
     MissingRoot { key: String, path: PathBuf },
+    #[error("{path}: {problem}")]
+    Dotenv {
+        path: PathBuf,
+        problem: DotenvProblem,
+    },
 }
 
 /// A bad value. Everything quoted is scrubbed: a value may be a webhook URL
@@ -324,6 +330,9 @@ pub struct Inputs {
     pub env: HashMap<String, String>,
     /// Whether posting is replaced by printing: a webhook is then optional.
     pub dry_run: bool,
+    /// A `.env` file that could not be used: [`Config::load`] reports it
+    /// (with the file's path) instead of starting without its settings.
+    pub dotenv: Option<(PathBuf, DotenvProblem)>,
 }
 
 impl Inputs {
@@ -331,44 +340,106 @@ impl Inputs {
     /// merged under it as the prototype did (the environment wins).
     pub fn from_process(config_file: Option<PathBuf>, dry_run: bool) -> Inputs {
         let mut env: HashMap<String, String> = std::env::vars().collect();
-        if let Ok(text) = std::fs::read_to_string(".env") {
-            for (k, v) in parse_dotenv(&text) {
-                env.entry(k).or_insert(v);
+        let path = Path::new(".env");
+        let parsed = match std::fs::read_to_string(path) {
+            Ok(text) => parse_dotenv(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(DotenvProblem::Read(e.kind())),
+        };
+        let mut dotenv = None;
+        match parsed {
+            Ok(vars) => {
+                for (k, v) in vars {
+                    env.entry(k).or_insert(v);
+                }
             }
+            Err(p) => dotenv = Some((std::path::absolute(path).unwrap_or(path.into()), p)),
         }
         Inputs {
             config_file,
             env,
             dry_run,
+            dotenv,
         }
     }
 }
 
-/// Parses `KEY=VALUE` lines: comments, blank lines, `export ` prefixes and
-/// matching quotes are handled; anything else is ignored.
-pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+/// Why a `.env` file was not used. The offending line is named by number
+/// only: it may hold a webhook URL, whose path is a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotenvProblem {
+    /// This line (counted from 1) does not parse as `KEY=VALUE`; for a quote
+    /// never closed, the line where the value starts.
+    Line(usize),
+    /// The file exists but cannot be read (or is not UTF-8).
+    Read(std::io::ErrorKind),
+}
+
+impl fmt::Display for DotenvProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DotenvProblem::Line(n) => write!(
+                f,
+                "line {n} is not KEY=VALUE (quote a value that holds spaces, close every quote; the line is not shown as it may hold a secret)"
+            ),
+            DotenvProblem::Read(kind) => write!(f, "cannot be read: {kind}"),
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let mut v = v.trim();
-        if v.len() >= 2
-            && ((v.starts_with('"') && v.ends_with('"'))
-                || (v.starts_with('\'') && v.ends_with('\'')))
-        {
-            v = &v[1..v.len() - 1];
-        } else if let Some(i) = v.find(" #") {
-            v = v[..i].trim_end();
-        }
-        out.push((k.trim().to_string(), v.to_string()));
     }
-    out
+}
+
+/// Parses a `.env` file with `dotenvy`, the common conventions: `#`
+/// comments, blank lines, `export ` prefixes, single quotes (literal),
+/// double quotes (escapes, may span lines), `$VAR`/`${VAR}` substitution
+/// (from the process environment, then earlier lines), and ` # comment`
+/// after an unquoted value. The first key given wins. A line that does not
+/// parse is an error naming its number, never its text (dotenvy's own
+/// error quotes the line).
+pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, DotenvProblem> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines = std::rc::Rc::new(std::cell::Cell::new(0));
+    let reader = LineByLine {
+        rest: text.as_bytes(),
+        lines: lines.clone(),
+    };
+    let mut out = Vec::new();
+    for item in dotenvy::from_read_iter(reader) {
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(dotenvy::Error::LineParse(entry, _)) => {
+                // `lines` is the last line read; an entry spanning lines
+                // (an open quote) started that many lines earlier.
+                let spans = entry.trim_end_matches(['\n', '\r']).matches('\n').count();
+                return Err(DotenvProblem::Line(
+                    lines.get().saturating_sub(spans).max(1),
+                ));
+            }
+            // Reading from memory: no I/O error; dotenvy has no other
+            // error while iterating, but keep the line number if it grows one.
+            Err(_) => return Err(DotenvProblem::Line(lines.get().max(1))),
+        }
+    }
+    Ok(out)
+}
+
+/// Hands `dotenvy` (through its `BufReader`) at most one line per read,
+/// counting them, so the number of lines read when an entry fails is the
+/// line the entry ends on.
+struct LineByLine<'a> {
+    rest: &'a [u8],
+    lines: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl std::io::Read for LineByLine<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let line = memchr::memchr(b'\n', self.rest).map_or(self.rest.len(), |i| i + 1);
+        let n = line.min(buf.len());
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        if n > 0 && n == line {
+            self.lines.set(self.lines.get() + 1);
+        }
+        Ok(n)
+    }
 }
 
 /// The merged raw layers, with typed accessors that report bad values.
@@ -529,6 +600,12 @@ fn patterns(key: &str, raw: &[String]) -> Result<Vec<glob::Pattern>, ConfigError
 impl Config {
     /// Loads and validates the configuration from its inputs.
     pub fn load(inputs: &Inputs) -> Result<Config, ConfigError> {
+        if let Some((path, problem)) = &inputs.dotenv {
+            return Err(ConfigError::Dotenv {
+                path: path.clone(),
+                problem: *problem,
+            });
+        }
         let file = match &inputs.config_file {
             Some(p) => Some(p.clone()),
             None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
@@ -954,6 +1031,7 @@ mod tests {
             config_file,
             env: envmap,
             dry_run: false,
+            dotenv: None,
         })
     }
 
@@ -1061,15 +1139,62 @@ follow = "all"
 
     #[test]
     fn dotenv_parsing() {
-        let v = parse_dotenv("# c\nexport A=1\nB=\"two words\"\nC = x # note\n\nbad\n");
+        let v = parse_dotenv(
+            "\u{feff}# c\nexport A=1\nB=\"two words\"\nC = x # note\n\nD='$A \\n'\nE=\"l1\nl2\"\nA=again\r\nF=",
+        );
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
         assert_eq!(
             v,
-            vec![
-                ("A".to_string(), "1".to_string()),
-                ("B".to_string(), "two words".to_string()),
-                ("C".to_string(), "x".to_string())
-            ]
+            Ok(vec![
+                kv("A", "1"),
+                kv("B", "two words"),
+                kv("C", "x"),
+                kv("D", "$A \\n"),
+                kv("E", "l1\nl2"),
+                kv("A", "again"),
+                kv("F", ""),
+            ])
         );
+        // Double quotes and bare values substitute earlier lines (dotenvy
+        // reads `$NAME` up to the first character not alphanumeric, so a
+        // name with `_` needs braces).
+        assert_eq!(
+            parse_dotenv("EKOS_T1=x\nB=\"${EKOS_T1}y\"\nC=${EKOS_T1}"),
+            Ok(vec![kv("EKOS_T1", "x"), kv("B", "xy"), kv("C", "x")])
+        );
+    }
+
+    #[test]
+    fn dotenv_bad_lines_are_named_by_number() {
+        for (text, line) in [
+            ("bad\n", 1),
+            ("# c\nA=1\n\nbad\nB=2\n", 4),
+            ("A=1\nB=two words\n", 2),
+            ("A=1\r\n=x\r\n", 2),
+            ("A=1\n1A=x\n", 2),
+            // An open quote reads on to the end: named where it opens.
+            ("A=1\nB=\"open\nC=3\nD=4\n", 2),
+            ("A=1\nB='open\nC=3", 2),
+            ("A=1\nB=\"l1\nl2\" x\nC=3\n", 2),
+        ] {
+            assert_eq!(
+                parse_dotenv(text),
+                Err(DotenvProblem::Line(line)),
+                "{text:?}"
+            );
+        }
+        // A line longer than dotenvy's read buffer still counts once.
+        let long = format!("A=1\nB={}\nbad\n", "x".repeat(20_000));
+        assert_eq!(parse_dotenv(&long), Err(DotenvProblem::Line(3)));
+        // The file is not used: loading stops with the path and the line.
+        let e = Config::load(&Inputs {
+            env: [("DISCORD_WEBHOOK_URL".to_string(), URL.to_string())].into(),
+            dotenv: Some((PathBuf::from("/w/.env"), DotenvProblem::Line(4))),
+            ..Inputs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("/w/.env: line 4 is not KEY=VALUE"), "{e}");
     }
 
     /// A real-looking webhook: 18-digit id, 68-character token.
@@ -1209,20 +1334,38 @@ follow = "all"
     #[test]
     fn dotenv_mistakes_do_not_leak_the_token() {
         let url = real_url();
+        let mut refused = 0;
         for text in [
             format!("DISCORD_WEBHOOK_URL=\"{url}\n"),
             format!("DISCORD_WEBHOOK_URL='{url}\"\n"),
+            format!("A=1\nDISCORD_WEBHOOK_URL=\"{url}\" x\n"),
+            format!("DISCORD_WEBHOOK_URL {url}\n"),
+            format!("{url}\n"),
             format!("export DISCORD_WEBHOOK_URL = {url} # the bot\nBATCH_SIZE={url}\n"),
             format!("DISCORD_WEBHOOK_URL={url}x/\n"),
         ] {
-            let env: Vec<(String, String)> = parse_dotenv(&text);
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            match load(None, &env) {
-                Ok(c) => assert_no_token(&format!("{:?} {:?}", c.webhooks, c.effective)),
-                Err(e) => assert_no_token(&e.to_string()),
+            match parse_dotenv(&text) {
+                Err(p) => {
+                    refused += 1;
+                    let e = ConfigError::Dotenv {
+                        path: ".env".into(),
+                        problem: p,
+                    }
+                    .to_string();
+                    assert_no_token(&e);
+                    assert!(e.starts_with(".env: line "), "{e}");
+                }
+                Ok(env) => {
+                    let env: Vec<(&str, &str)> =
+                        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    match load(None, &env) {
+                        Ok(c) => assert_no_token(&format!("{:?} {:?}", c.webhooks, c.effective)),
+                        Err(e) => assert_no_token(&e.to_string()),
+                    }
+                }
             }
         }
+        assert_eq!(refused, 5);
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! Logging goes to journald through its native protocol when the process
 //! was started by systemd with its output on the journal (`JOURNAL_STREAM`),
 //! so records keep their priority and carry fields such as the followed
-//! file; otherwise it goes to stderr. SIGINT and SIGTERM (through `ctrlc`)
-//! ask for a clean stop; SIGHUP asks for a reload. The watchdog is only fed
-//! when both worker threads answered the previous ping, so a hung thread
-//! gets the service restarted.
+//! file; otherwise it goes to stderr. SIGINT and SIGTERM ask for a clean
+//! stop and SIGHUP for a reload (through `signal-hook`'s self-pipe). The
+//! watchdog is only fed when both worker threads answered the previous
+//! ping, so a hung thread gets the service restarted.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crossbeam_channel::Sender;
+use signal_hook::iterator::Signals;
 
 /// Messages from the supervisor (main thread) to a worker thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,59 +209,37 @@ impl<L: log::Log> log::Log for Ours<L> {
     }
 }
 
+/// What a signal asks the main thread to do.
+fn signal_meaning(sig: libc::c_int) -> Option<Signal> {
+    match sig {
+        libc::SIGINT | libc::SIGTERM => Some(Signal::Stop),
+        libc::SIGHUP => Some(Signal::Reload),
+        _ => None,
+    }
+}
+
 /// Routes SIGINT/SIGTERM (stop) and SIGHUP (reload) into `tx`.
+///
+/// signal-hook's handler only writes to a self-pipe; the `signals` thread
+/// turns what arrives into messages. A signal repeated before the thread
+/// ran is delivered once, and a further SIGTERM during the shutdown only
+/// queues a `Stop` nobody reads any more: the shutdown keeps its bounded
+/// time (systemd's `TimeoutStopSec=` is the backstop).
 pub fn install_signal_handlers(tx: Sender<Signal>) -> std::io::Result<()> {
-    let stop = tx.clone();
-    ctrlc::set_handler(move || {
-        let _ = stop.send(Signal::Stop);
-    })
-    .map_err(std::io::Error::other)?;
-    // ctrlc's "termination" handler also takes SIGHUP; ours replaces it for
-    // that one signal. The handler only writes a byte to a pipe (which is
-    // async-signal-safe); a thread turns bytes into reload requests.
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    HUP_PIPE.store(fds[1] as u64, Ordering::SeqCst);
-    extern "C" fn on_hup(_: libc::c_int) {
-        let fd = HUP_PIPE.load(Ordering::SeqCst) as libc::c_int;
-        let b = 1u8;
-        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
-    }
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_hup as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    let read_fd = fds[0];
+    let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     std::thread::Builder::new()
-        .name("sighup".into())
+        .name("signals".into())
         .spawn(move || {
-            let mut b = [0u8; 16];
-            loop {
-                let n = unsafe { libc::read(read_fd, b.as_mut_ptr().cast(), b.len()) };
-                if n > 0 {
-                    if tx.send(Signal::Reload).is_err() {
+            for sig in signals.forever() {
+                if let Some(s) = signal_meaning(sig) {
+                    if tx.send(s).is_err() {
                         break;
                     }
-                } else if n < 0
-                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                {
-                    continue;
-                } else {
-                    break;
                 }
             }
         })?;
     Ok(())
 }
-
-static HUP_PIPE: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Raises the soft limit on open files to the hard limit: with
 /// `follow = "all"` every followed file holds a descriptor (so a rotated
@@ -305,6 +284,14 @@ pub fn notify(states: &[sd_notify::NotifyState]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_and_reload_signals() {
+        assert_eq!(signal_meaning(libc::SIGINT), Some(Signal::Stop));
+        assert_eq!(signal_meaning(libc::SIGTERM), Some(Signal::Stop));
+        assert_eq!(signal_meaning(libc::SIGHUP), Some(Signal::Reload));
+        assert_eq!(signal_meaning(libc::SIGUSR1), None);
+    }
 
     #[test]
     fn status_line_never_carries_a_token() {

@@ -500,3 +500,44 @@ fn sigterm_during_a_post_that_never_answers_exits_within_10_s_and_keeps_the_line
         d.stderr()
     );
 }
+
+/// A second SIGTERM while the first one's shutdown is under way (a POST
+/// that never answers holds it for a few seconds) changes nothing: the
+/// same bounded, clean exit, and the unanswered line is kept.
+#[test]
+fn a_second_sigterm_during_the_shutdown_changes_nothing() {
+    let fake = FakeDiscord::start();
+    let env = Env::new(&fake.webhook_url());
+    let file = today_file(&env);
+    append(&file, &[]);
+    let mut d = env.start(&[]);
+    fake.set_mode(Mode::Slow(Duration::from_secs(3600)));
+    append(&file, &tokens("twice", 0..1));
+    assert!(fake.wait_for_requests(1, Duration::from_secs(5)));
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .stderr()
+            .contains("stopping: posting what is queued")),
+        "{}",
+        d.stderr()
+    );
+    d.signal(libc::SIGTERM);
+    let status = d
+        .wait(Duration::from_secs(20))
+        .expect("daemon did not stop within 20 s");
+    let took = t.elapsed();
+    assert!(status.success(), "{status:?}: {}", d.stderr());
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+    assert_eq!(d.stderr().matches("stopping: posting").count(), 1);
+    drop(d);
+    fake.set_mode(Mode::Normal);
+    let d = env.start(&[]);
+    assert!(
+        fake.wait_for(Duration::from_secs(10), |m| delivered(m)
+            == tokens("twice", 0..1)),
+        "{}",
+        d.stderr()
+    );
+}

@@ -151,3 +151,50 @@ fn a_failed_reload_keeps_the_token_out_of_status_and_the_log() {
     );
     assert_eq!(delivered(&fake.messages()), vec!["before", "after"]);
 }
+
+/// A `.env` line that does not parse (here a quote never closed after the
+/// URL) stops `check` and `run` with one line naming the file and the line
+/// number, never the line; a good `.env` is used under the environment,
+/// the token masked.
+#[test]
+fn a_bad_dotenv_line_is_named_by_number_without_the_token() {
+    let url = real_url();
+    let mut env = Env::new("unused");
+    env.unset("DISCORD_WEBHOOK_URL");
+    let dotenv = env.dir.path().join(".env");
+    std::fs::write(
+        &dotenv,
+        format!("BATCH_SIZE=3\nDISCORD_WEBHOOK_URL=\"{url}\nMAX_RETRIES=2\n"),
+    )
+    .unwrap();
+    for args in [&["check"][..], &[]] {
+        let (status, out, err) = env.run_to_end(args);
+        assert_eq!(status.code(), Some(1), "{args:?}: {out} {err}");
+        assert!(!leaks(&err), "token in stderr: {err}");
+        assert!(!leaks(&out), "token in stdout: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(&format!("{}: line 2 is not KEY=VALUE", dotenv.display())),
+            "names the file and the line: {err}"
+        );
+    }
+    std::fs::write(
+        &dotenv,
+        format!(
+            "# the bot\nexport DISCORD_WEBHOOK_URL='{url}' # posts here\nMAX_RETRIES=\"7\"\nBATCH_SIZE=3\n"
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = env.run_to_end(&["check"]);
+    assert_eq!(status.code(), Some(0), "{out} {err}");
+    assert!(!leaks(&out) && !leaks(&err), "token printed: {out} {err}");
+    assert!(
+        out.contains(&format!(
+            "DISCORD_WEBHOOK_URL = https://discord.com/api/webhooks/{ID}/****"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("MAX_RETRIES = 7\n"), "{out}");
+    // The environment (BATCH_SIZE=1) wins over the file.
+    assert!(out.contains("BATCH_SIZE = 1\n"), "{out}");
+}

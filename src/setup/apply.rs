@@ -90,6 +90,7 @@ pub fn load_config(file: &Path, webhook: &Webhook) -> Result<Config, SetupError>
         config_file: Some(file.to_path_buf()),
         env: HashMap::from([("DISCORD_WEBHOOK_URL".to_string(), webhook.url().to_string())]),
         dry_run: false,
+        dotenv: None,
     };
     Config::load(&inputs).map_err(SetupError::NewConfig)
 }

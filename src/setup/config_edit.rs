@@ -496,6 +496,7 @@ mod tests {
             )]
             .into(),
             dry_run: false,
+            dotenv: None,
         })
         .unwrap();
         let roots: Vec<_> = cfg

@@ -27,16 +27,26 @@ fn restore_terminal() {
     }
 }
 
-/// Ctrl-C while asking: the terminal back as it was, nothing changed.
+/// Ctrl-C (or SIGTERM, SIGHUP) while asking: the terminal back as it was,
+/// nothing changed. signal-hook delivers the signals to a thread, where
+/// restoring the terminal and exiting are safe.
 pub fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if APPLYING.load(Ordering::SeqCst) {
-            return;
-        }
-        restore_terminal();
-        eprintln!("\nekos-log-monitor setup: interrupted: nothing was changed");
-        std::process::exit(130);
-    });
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("setup-signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if APPLYING.load(Ordering::SeqCst) {
+                    continue;
+                }
+                restore_terminal();
+                eprintln!("\nekos-log-monitor setup: interrupted: nothing was changed");
+                std::process::exit(130);
+            }
+        });
 }
 
 pub struct Prompter<R: BufRead, W: Write> {

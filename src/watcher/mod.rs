@@ -1514,6 +1514,7 @@ mod tests {
             config_file: Some(cfg_path),
             env,
             dry_run: false,
+            dotenv: None,
         })
         .unwrap();
         (Arc::new(cfg), ra, rb)
