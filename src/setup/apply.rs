@@ -14,7 +14,7 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use super::plan::{Action, CONFIG, Grant, SERVICE_USER, UNIT};
 use super::{SetupError, Sys};
@@ -213,6 +213,36 @@ pub fn grant(sys: &Sys, g: &Grant, uid: u32) -> Result<(), SetupError> {
     }
     println!("  {}", describe_grant(g));
     Ok(())
+}
+
+/// Whether systemd can hand a credential to a service here: a throw-away
+/// transient service with one inline credential must run. Under qemu-user
+/// emulation systemd cannot set credentials up (the service fails with
+/// 243/CREDENTIALS) and setup then passes the webhook through
+/// `EnvironmentFile=`. Assumed to work under a test root, and when the
+/// probe itself cannot run (no systemd-run).
+pub fn credentials_work(sys: &Sys) -> bool {
+    if sys.test_root() {
+        return true;
+    }
+    match Command::new("systemd-run")
+        .args([
+            "--quiet",
+            "--wait",
+            "--collect",
+            "--service-type=exec",
+            "-p",
+            "SetCredential=ekos-log-monitor-probe:ok",
+            "/bin/true",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(st) => st.success(),
+        Err(_) => true,
+    }
 }
 
 /// Runs `systemctl ARGS`; under a test root only prints it.

@@ -32,7 +32,7 @@ use crate::discord::{Client, Outcome, Sink};
 use crate::webhook::{Webhook, WebhookError};
 use plan::{
     Action, Answers, CONFIG, CREDENTIAL, DROPIN_HOME, DROPIN_WEBHOOK, FileNow, Grant,
-    SCRIPTS_DEFAULT, SERVICE_USER, State, UNIT,
+    SCRIPTS_DEFAULT, SERVICE_USER, State, UNIT, WEBHOOK_ENV,
 };
 use prompt::Prompter;
 use users::{EkosDir, PwEntry};
@@ -259,6 +259,8 @@ fn run_inner(opts: &Options) -> Result<(), SetupError> {
         credential: sys.read_file(CREDENTIAL)?,
         dropin_webhook: sys.read_file(DROPIN_WEBHOOK)?,
         dropin_home: sys.read_file(DROPIN_HOME)?,
+        webhook_env: sys.read_file(WEBHOOK_ENV)?,
+        no_credentials: !apply::credentials_work(&sys),
         service_gid: svc.gid,
         active: false,
     };
@@ -389,7 +391,13 @@ fn run_inner(opts: &Options) -> Result<(), SetupError> {
         scripts,
         no_start: opts.no_start,
     };
-    let (actions, notes) = plan::plan(&answers, &state, &grants)?;
+    let (actions, mut notes) = plan::plan(&answers, &state, &grants)?;
+    if state.no_credentials {
+        notes.push(format!(
+            "This system's systemd cannot pass credentials to services (an emulated machine?): \
+             the webhook goes through EnvironmentFile={WEBHOOK_ENV} (root only) instead."
+        ));
+    }
     show_plan(&mut p, &answers, &actions, &notes);
     if interactive
         && actions.iter().any(|a| !matches!(a, Action::Start { .. }))

@@ -17,6 +17,9 @@ pub const UNIT: &str = "ekos-log-monitor.service";
 pub const SERVICE_USER: &str = "ekos-log-monitor";
 pub const CONFIG: &str = "/etc/ekos-log-monitor/config.toml";
 pub const CREDENTIAL: &str = "/etc/ekos-log-monitor/webhook";
+/// The webhook as `KEY=VALUE` for `EnvironmentFile=`, only where systemd
+/// cannot pass credentials (see [`State::no_credentials`]).
+pub const WEBHOOK_ENV: &str = "/etc/ekos-log-monitor/webhook.env";
 pub const DROPIN_DIR: &str = "/etc/systemd/system/ekos-log-monitor.service.d";
 /// Named like the examples in /usr/share/doc/ekos-log-monitor/examples, so a
 /// copy made by hand from the documentation is replaced, not doubled.
@@ -44,6 +47,13 @@ pub struct State {
     pub credential: Option<FileNow>,
     pub dropin_webhook: Option<FileNow>,
     pub dropin_home: Option<FileNow>,
+    pub webhook_env: Option<FileNow>,
+    /// This systemd cannot set up credentials for a service (it fails with
+    /// 243/CREDENTIALS: seen in an arm64 system emulated by qemu-user). The
+    /// webhook then goes through `EnvironmentFile=` from a root-only file,
+    /// which systemd reads as root like a credential; the service sees it in
+    /// its environment instead of `$CREDENTIALS_DIRECTORY`.
+    pub no_credentials: bool,
     /// Group of the service user: the config is 0640 root:that group.
     pub service_gid: u32,
     /// Whether the service runs now.
@@ -125,6 +135,20 @@ pub fn dropin_webhook_text() -> String {
     )
 }
 
+/// The drop-in that passes the webhook through the environment, where
+/// credentials do not work.
+pub fn dropin_webhook_env_text() -> String {
+    format!(
+        "# Written by `ekos-log-monitor setup` (run it again to change the webhook).\n\
+         # This system's systemd cannot pass credentials to services (243/CREDENTIALS,\n\
+         # e.g. under emulation): systemd reads the root-only file instead and puts\n\
+         # DISCORD_WEBHOOK_URL in the service's environment. See WEBHOOK SECRET in\n\
+         # ekos-log-monitor(8).\n\
+         [Service]\n\
+         EnvironmentFile={WEBHOOK_ENV}\n"
+    )
+}
+
 /// The drop-in that shows the service these directories of home
 /// directories, read-only. `-`: a directory that is missing (a user
 /// removed) does not stop the service.
@@ -202,13 +226,30 @@ pub fn plan(
         (0o600, 0, 0),
         format!("{}\n", answers.webhook.url()),
     );
+    if state.no_credentials {
+        write_if_changed(
+            &mut actions,
+            state.webhook_env.as_ref(),
+            WEBHOOK_ENV,
+            (0o600, 0, 0),
+            format!("DISCORD_WEBHOOK_URL={}\n", answers.webhook.url()),
+        );
+    } else if state.webhook_env.is_some() {
+        actions.push(Action::Remove {
+            path: PathBuf::from(WEBHOOK_ENV),
+        });
+    }
     let units_before = actions.len();
     write_if_changed(
         &mut actions,
         state.dropin_webhook.as_ref(),
         DROPIN_WEBHOOK,
         (0o644, 0, 0),
-        dropin_webhook_text(),
+        if state.no_credentials {
+            dropin_webhook_env_text()
+        } else {
+            dropin_webhook_text()
+        },
     );
     let homes: Vec<&Path> = answers
         .ekos
@@ -298,6 +339,7 @@ mod tests {
                 CREDENTIAL => &mut state.credential,
                 DROPIN_WEBHOOK => &mut state.dropin_webhook,
                 DROPIN_HOME => &mut state.dropin_home,
+                WEBHOOK_ENV => &mut state.webhook_env,
                 p => panic!("unexpected {p}"),
             };
             *slot = now;
@@ -364,6 +406,49 @@ mod tests {
                 Action::Start { restart: false }
             ]
         );
+    }
+
+    #[test]
+    fn without_credentials_the_webhook_goes_through_a_root_only_environment_file() {
+        let a = answers(&["astro"], None);
+        let state = State {
+            no_credentials: true,
+            ..shipped()
+        };
+        let (acts, _) = plan(&a, &state, &[]).unwrap();
+        assert_eq!(
+            writes(&acts),
+            vec![CONFIG, CREDENTIAL, WEBHOOK_ENV, DROPIN_WEBHOOK, DROPIN_HOME]
+        );
+        assert!(acts.contains(&Action::Write {
+            path: WEBHOOK_ENV.into(),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            content: format!("DISCORD_WEBHOOK_URL={URL}\n"),
+        }));
+        let dropin = acts.iter().find_map(|a| match a {
+            Action::Write { path, content, .. } if path == Path::new(DROPIN_WEBHOOK) => {
+                Some(content)
+            }
+            _ => None,
+        });
+        let dropin = dropin.unwrap();
+        assert!(dropin.contains("\nEnvironmentFile=/etc/ekos-log-monitor/webhook.env\n"));
+        assert!(!dropin.contains("LoadCredential=") && !dropin.contains(URL));
+        // Idempotent; and where credentials work again, back to them.
+        let after = applied(state, &acts);
+        let (again, _) = plan(&a, &after, &[]).unwrap();
+        assert_eq!(again, vec![Action::Start { restart: false }]);
+        let healed = State {
+            no_credentials: false,
+            ..after
+        };
+        let (acts, _) = plan(&a, &healed, &[]).unwrap();
+        assert!(acts.contains(&Action::Remove {
+            path: WEBHOOK_ENV.into()
+        }));
+        assert_eq!(writes(&acts), vec![WEBHOOK_ENV, DROPIN_WEBHOOK]);
     }
 
     #[test]
