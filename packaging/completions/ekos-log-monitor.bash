@@ -1,0 +1,1 @@
+# bash completion for ekos-log-monitor: placeholder, generated from the CLI definition by the lead
