@@ -228,14 +228,16 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
     let mut starting = true;
     let mut first_start = true;
 
-    let tick = sd_notify::watchdog_enabled().map(|d| d / 2);
+    // One clock for the whole run: a timer made anew in each turn of the
+    // loop would be pushed back by every other event (reloads, READY), and
+    // a burst of them would starve the watchdog until systemd killed us.
+    let timer = match sd_notify::watchdog_enabled() {
+        Some(d) => crossbeam_channel::tick(d / 2),
+        None => never(),
+    };
     let mut ping = 0u64;
     let mut stalled_reported = false;
     loop {
-        let timer = match tick {
-            Some(t) => crossbeam_channel::after(t),
-            None => never(),
-        };
         let ready = if starting {
             pipeline.ready.clone()
         } else {

@@ -327,10 +327,13 @@ impl Tailer {
         if unsafe { libc::fstat(self.file.as_raw_fd(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        // time_t and its nanoseconds are 32-bit on armhf (armv7 gnueabihf):
+        // widened, as Metadata's mtime() and ctime() do.
+        #[allow(clippy::unnecessary_cast)]
         Ok(Stamp {
             len: st.st_size as u64,
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
         })
     }
 
