@@ -386,6 +386,31 @@ fn dry_run_prints_request_bodies_and_needs_no_webhook() {
         lines.extend(code_block_lines(v["content"].as_str().unwrap()));
     }
     assert_eq!(lines, vec!["dry one", "dry two"]);
+    // Idle now: it must sleep, not spin (with only inline sinks the
+    // sender's answer channel once had no sender left and was always
+    // ready). A spinning thread burns the whole second; an idle daemon a
+    // few milliseconds.
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // utime and stime, fields 14 and 15 of stat(5), in clock ticks.
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let c0 = cpu();
+    // A measuring window, not a wait for a condition.
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let used = cpu() - c0;
+    assert!(
+        used * 4 < hz,
+        "idle --dry-run used {used}/{hz} s of CPU in 1 s"
+    );
 }
 
 #[test]

@@ -132,6 +132,10 @@ pub type Pause = Box<dyn Fn() -> Option<String> + Send>;
 pub struct Sender {
     lanes: Vec<Lane>,
     results: Receiver<(usize, Outcome)>,
+    /// Keeps `results` connected when no lane has a poster thread (only
+    /// inline sinks, as with --dry-run): a disconnected channel is always
+    /// ready in the select, and the sender would spin on a whole core.
+    _results_tx: crossbeam_channel::Sender<(usize, Outcome)>,
     alerts: Option<(usize, Severity)>,
     commits: Commits,
     store: Arc<Store>,
@@ -227,6 +231,7 @@ impl Sender {
         Ok(Sender {
             lanes,
             results,
+            _results_tx: results_tx,
             alerts: s.alerts,
             commits: Commits::default(),
             store,
