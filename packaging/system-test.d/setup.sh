@@ -26,7 +26,9 @@ setup_sums() {
 }
 
 t_setup_prepare() {
-    rm -rf "$ROOT$SETUP_DROPINS" "$ROOT/etc/ekos-log-monitor"
+    # Everything but the emulation's own drop-in (PrivateUsers=no, 95-*).
+    find "$ROOT$SETUP_DROPINS" -mindepth 1 ! -name '95-system-test-*' -exec rm -rf {} + 2>/dev/null
+    rm -rf "$ROOT/etc/ekos-log-monitor"
     in_ct systemctl daemon-reload
     in_ct sh -c "cd /root && apt install -y ./$DEBNAME" </dev/null >"$WORK/setup-apt.log" 2>&1 ||
         { tail -n 20 "$WORK/setup-apt.log"; return 1; }
@@ -55,9 +57,18 @@ t_setup_yes() {
     # The test message, posted before anything was written.
     tail -n +$((msgs_before + 1)) "$MSGS" | grep "set up on" >/dev/null || { echo "  no test message"; return 1; }
     [ "$(in_ct stat -c '%a %U:%G' /etc/ekos-log-monitor/webhook)" = "600 root:root" ] || return 1
-    grep -q '^BindReadOnlyPaths=-/home/astro/.local/share/kstars/logs$' "$ROOT$SETUP_DROPINS/read-home-logs.conf" &&
+    grep -q '^BindReadOnlyPaths=-/home/astro/.local/share/kstars/logs$' "$ROOT$SETUP_DROPINS/read-home-logs.conf" ||
+        return 1
+    if [ "${CREDENTIALS_WORK:-yes}" = yes ]; then
         grep -q '^LoadCredential=discord-webhook:/etc/ekos-log-monitor/webhook$' \
-            "$ROOT$SETUP_DROPINS/webhook-credential.conf" || return 1
+            "$ROOT$SETUP_DROPINS/webhook-credential.conf" && [ ! -e "$ROOT/etc/ekos-log-monitor/webhook.env" ]
+    else
+        # Emulated: systemd cannot pass credentials; setup saw it and used
+        # a root-only EnvironmentFile= instead.
+        grep -q '^EnvironmentFile=/etc/ekos-log-monitor/webhook.env$' "$ROOT$SETUP_DROPINS/webhook-credential.conf" &&
+            [ "$(in_ct stat -c '%a %U:%G' /etc/ekos-log-monitor/webhook.env)" = "600 root:root" ] &&
+            grep -q "cannot pass credentials" "$WORK/setup.log"
+    fi
 }
 check "setup --webhook-file F --ekos-user astro --scripts /srv/service/event --yes: enabled, active" t_setup_yes
 
