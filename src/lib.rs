@@ -25,6 +25,7 @@ pub mod discover;
 pub mod ekos;
 pub mod format;
 pub mod limits;
+pub mod notice;
 pub mod sender;
 pub mod service;
 pub mod session;
