@@ -54,6 +54,9 @@ pub const ENV_KEYS: &[&str] = &[
     "ALERTS_WEBHOOK_URL",
     "ALERTS_MIN_SEVERITY",
     "ATTACHMENT_THRESHOLD",
+    "SILENCE_AFTER",
+    "INCIDENT_WINDOW",
+    "CONTEXT_LINES",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
@@ -294,6 +297,12 @@ pub struct Config {
     pub attachment_threshold: Option<usize>,
     /// Event rules (built-in and `[[rule]]` tables).
     pub rules: std::sync::Arc<Rules>,
+    /// Night watch: how long the Ekos log may be quiet during work.
+    pub silence_after: crate::nightwatch::silence::Threshold,
+    /// Night watch: repeats of a rule this close are one incident (0: off).
+    pub incident_window: Duration,
+    /// Night watch: lines before an error attached to its alert (0: none).
+    pub context_lines: usize,
     /// Effective values as strings, secrets redacted, for `check`.
     pub effective: BTreeMap<String, String>,
 }
@@ -836,6 +845,7 @@ impl Config {
             format!("{}", file_check_interval.as_secs_f64()),
         );
         effective.insert("MAX_RETRIES".into(), max_retries.to_string());
+        let (silence_after, incident_window, context_lines) = night_watch(&l, &mut effective)?;
         effective.insert("STATE_DIRECTORY".into(), state_dir.display().to_string());
         effective.insert(
             "DISCORD_WEBHOOK_URL".into(),
@@ -859,9 +869,69 @@ impl Config {
             alerts,
             attachment_threshold,
             rules,
+            silence_after,
+            incident_window,
+            context_lines,
             effective,
         })
     }
+}
+
+/// The night watch's keys: `SILENCE_AFTER` is `auto` (what the session's
+/// work explains), seconds, or 0 (off); `INCIDENT_WINDOW` seconds (0:
+/// off); `CONTEXT_LINES` a count (0: no attachment).
+fn night_watch(
+    l: &Layers,
+    effective: &mut BTreeMap<String, String>,
+) -> Result<(crate::nightwatch::silence::Threshold, Duration, usize), ConfigError> {
+    use crate::nightwatch::silence::Threshold;
+    let silence = match l.get("SILENCE_AFTER") {
+        Some(v) if !v.trim().eq_ignore_ascii_case("auto") => {
+            let d = l.seconds("SILENCE_AFTER", 0.0, 0.0).map_err(|_| {
+                invalid(
+                    "SILENCE_AFTER",
+                    &v,
+                    "auto, or a number of seconds (0 turns the silence alarm off)",
+                )
+            })?;
+            if d.is_zero() {
+                Threshold::Off
+            } else {
+                Threshold::After(d)
+            }
+        }
+        _ => Threshold::Auto,
+    };
+    let window = l.seconds("INCIDENT_WINDOW", 600.0, 0.0)?;
+    let context: usize = l.number(
+        "CONTEXT_LINES",
+        30,
+        "a whole number of lines from 0 to 1000",
+    )?;
+    if context > 1000 {
+        return Err(invalid(
+            "CONTEXT_LINES",
+            context,
+            "a whole number of lines from 0 to 1000",
+        ));
+    }
+    effective.insert(
+        "SILENCE_AFTER".into(),
+        match silence {
+            Threshold::Auto => "auto".into(),
+            Threshold::Off => "0 (off)".into(),
+            Threshold::After(d) => format!("{}", d.as_secs_f64()),
+        },
+    );
+    effective.insert(
+        "INCIDENT_WINDOW".into(),
+        match window.as_secs_f64() {
+            0.0 => "0 (off)".into(),
+            w => format!("{w}"),
+        },
+    );
+    effective.insert("CONTEXT_LINES".into(), context.to_string());
+    Ok((silence, window, context))
 }
 
 /// Finds the default webhook: the URL itself (file or environment), else a

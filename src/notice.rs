@@ -87,27 +87,25 @@ impl Alert {
             .footer
             .as_deref()
             .map(|f| limits::cap(f, 256).into_owned());
-        let fields: Vec<(String, String)> = self
-            .fields
-            .iter()
-            .take(limits::FIELDS)
-            .map(|(n, v)| {
-                let v = if v.trim().is_empty() { "-" } else { v };
-                (
-                    limits::cap(n, limits::FIELD_NAME).into_owned(),
-                    limits::cap(v, limits::FIELD_VALUE).into_owned(),
-                )
-            })
-            .collect();
-        let used = limits::chars(&title)
-            + footer.as_deref().map_or(0, limits::chars)
-            + fields
-                .iter()
-                .map(|(n, v)| limits::chars(n) + limits::chars(v))
-                .sum::<usize>();
-        let room = limits::EMBED_TOTAL
-            .saturating_sub(used)
-            .min(limits::DESCRIPTION);
+        // Discord counts title, footer, fields and description together:
+        // the fields fit in what title and footer leave, the description
+        // takes the rest.
+        let mut room = limits::EMBED_TOTAL
+            - limits::chars(&title)
+            - footer.as_deref().map_or(0, limits::chars);
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for (n, v) in self.fields.iter().take(limits::FIELDS) {
+            let v = if v.trim().is_empty() { "-" } else { v };
+            let n = limits::cap(n, limits::FIELD_NAME.min(room / 2)).into_owned();
+            let left = room - limits::chars(&n);
+            if n.is_empty() || left < 2 {
+                break;
+            }
+            let v = limits::cap(v, limits::FIELD_VALUE.min(left)).into_owned();
+            room = left - limits::chars(&v);
+            fields.push((n, v));
+        }
+        let room = room.min(limits::DESCRIPTION);
         let description = limits::cap(&self.description, room).into_owned();
         let mut embed = serde_json::json!({
             "title": title,
