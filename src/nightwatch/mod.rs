@@ -254,8 +254,8 @@ impl Watch {
         let n = self.settings.context_lines;
         let total = seen.lines().count();
         let mut events = seen.events.iter().peekable();
-        // Only the lines that can end up in a context are copied: those
-        // of an event's context and the chunk's last `n`.
+        // Only the lines that can end up in a context are copied: the `n`
+        // up to each event and the chunk's last `n`.
         let keep_from = total.saturating_sub(n);
         let mut ring_lines: Vec<&str> = Vec::new();
         let file = seen
@@ -270,8 +270,9 @@ impl Watch {
                     out.push(self.writing_again(quiet));
                 }
             }
-            let is_event = events.peek().is_some_and(|(at, _)| *at == i);
-            if n > 0 && (i >= keep_from || is_event) {
+            let next_event = events.peek().map(|(at, _)| *at);
+            let is_event = next_event == Some(i);
+            if n > 0 && (i >= keep_from || next_event.is_some_and(|e| e - i < n)) {
                 ring_lines.push(line);
             }
             if !is_event {
@@ -426,6 +427,32 @@ impl Watch {
         }
     }
 }
+
+/// What `check` shows: the session as the end of the log `path` tells it
+/// (its last [`REPLAY_TAIL`] bytes); `None` if it cannot be read.
+pub fn replay_summary(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let from = len.saturating_sub(REPLAY_TAIL);
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines = text.lines();
+    if from > 0 {
+        // The first line is cut.
+        lines.next();
+    }
+    let mut session = Session::new();
+    for l in lines {
+        session.observe(&crate::ekos::parse(l), 0);
+    }
+    Some(session.summary())
+}
+
+/// How much of the Ekos log `check` reads for the session summary.
+pub const REPLAY_TAIL: u64 = 8 * 1024 * 1024;
 
 /// The actor: [`Watch`] on its own thread.
 pub struct NightWatch {
@@ -582,5 +609,216 @@ impl NightWatch {
                 self.publish();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+
+    fn line(cat: &str, msg: &str) -> String {
+        format!("[2024-03-09T21:14:06.000 CET INFO ][{cat:>30}] - {msg}")
+    }
+
+    fn seen(source: usize, lines: &[String], events: Vec<(usize, EventPart)>) -> Seen {
+        Seen {
+            source,
+            route: 0,
+            path: Arc::from(Path::new("/logs/log_21-00-00.txt")),
+            arrived: Instant::now(),
+            text: lines.iter().map(|l| format!("{l}\n")).collect(),
+            events,
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            ekos_source: Some(0),
+            silence: Threshold::After(Duration::from_secs(120)),
+            incident_window: Duration::from_secs(600),
+            context_lines: 3,
+            state_file: None,
+        }
+    }
+
+    fn exposing() -> Vec<String> {
+        vec![
+            line("org.kde.kstars.ekos.scheduler", "Executing Job  \"M31\""),
+            line(
+                "org.kde.kstars.ekos.capture",
+                "\"Capturing 300.000-second Ha image...\"",
+            ),
+        ]
+    }
+
+    fn crash() -> EventPart {
+        EventPart {
+            severity: Severity::Critical,
+            title: "INDI driver X crashed".into(),
+            footer: None,
+            mention: None,
+            rule: "indi-driver-crashed".into(),
+            more: 0,
+        }
+    }
+
+    #[test]
+    fn only_the_ekos_source_feeds_the_session_and_the_silence_alarm() {
+        let mut w = Watch::new(settings(), 0);
+        assert!(w.seen(&seen(1, &exposing(), vec![]), 0, 0).is_empty());
+        assert!(
+            !w.session().work_in_progress(),
+            "a script log is no session"
+        );
+        assert_eq!(w.wake_at(), (None, None));
+        w.seen(&seen(0, &exposing(), vec![]), 0, 0);
+        assert!(w.session().work_in_progress());
+        assert_eq!(w.wake_at().0, Some(120_001));
+        assert!(w.tick(2 * MIN, 0).is_empty());
+        let out = w.tick(3 * MIN, 0);
+        assert_eq!(out.len(), 1);
+        let title = out[0].body["embeds"][0]["title"].as_str().unwrap();
+        assert_eq!(
+            title,
+            "Ekos silent for 3 min during a 300 s exposure of M31"
+        );
+        assert_eq!(out[0].files.len(), 1, "the last lines attached");
+        assert!(w.tick(10 * MIN, 0).is_empty(), "never twice");
+        // A script writing meanwhile does not end an Ekos silence.
+        assert!(
+            w.seen(&seen(1, &["backup ok".into()], vec![]), 11 * MIN, 0)
+                .is_empty()
+        );
+        let back = w.seen(&seen(0, &["next".into()], vec![]), 14 * MIN, 0);
+        assert_eq!(
+            back[0].body["embeds"][0]["title"],
+            "Ekos is writing again after 14 min"
+        );
+    }
+
+    #[test]
+    fn an_error_carries_the_lines_before_it_from_its_own_file() {
+        let mut w = Watch::new(settings(), 0);
+        let before: Vec<String> = (0..5).map(|i| format!("line {i}")).collect();
+        w.seen(&seen(1, &before[..2], vec![]), 0, 0);
+        let mut lines = before[2..].to_vec();
+        lines.push("Driver X crashed".into());
+        lines.push("after".into());
+        let out = w.seen(&seen(1, &lines, vec![(3, crash())]), 0, 1_000);
+        assert_eq!(out.len(), 1);
+        let f = &out[0].files[0];
+        assert_eq!(f.name, "log_21-00-00.txt.log");
+        assert_eq!(
+            String::from_utf8_lossy(&f.data),
+            "line 3\nline 4\nDriver X crashed\n"
+        );
+        let mut none = settings();
+        none.context_lines = 0;
+        let mut w = Watch::new(none, 0);
+        assert!(
+            w.seen(&seen(1, &lines, vec![(3, crash())]), 0, 0)[0]
+                .files
+                .is_empty()
+        );
+    }
+
+    /// A clock the test moves.
+    #[derive(Clone, Default)]
+    struct FakeClock(Arc<AtomicU64>);
+
+    impl Clock for FakeClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+        fn at_ms(&self, _t: Instant) -> u64 {
+            self.now_ms()
+        }
+        fn wall_ms(&self) -> u64 {
+            1_700_000_000_000 + self.now_ms()
+        }
+    }
+
+    struct Actor {
+        lines: Sender<Seen>,
+        ctl: Sender<Control>,
+        notices: Receiver<Notice>,
+        stats: Arc<Stats>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn actor(s: Settings, clock: FakeClock) -> Actor {
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let (ctl, ctl_rx) = crossbeam_channel::bounded(8);
+        let (ntx, notices) = crossbeam_channel::bounded(8);
+        let stats = Arc::new(Stats::default());
+        let nw = NightWatch::new(s, 0, Box::new(clock), stats.clone(), Arc::default());
+        let thread = std::thread::spawn(move || nw.run(rx, ctl_rx, ntx));
+        Actor {
+            lines: tx,
+            ctl,
+            notices,
+            stats,
+            thread,
+        }
+    }
+
+    #[test]
+    fn the_actor_answers_pings_publishes_the_session_and_keeps_incidents_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings();
+        s.state_file = Some(dir.path().join(FILE));
+        let clock = FakeClock::default();
+        let a = actor(s.clone(), clock.clone());
+        a.ctl.send(Control::Ping(7)).unwrap();
+        a.lines
+            .send(seen(0, &["Driver X crashed".into()], vec![(0, crash())]))
+            .unwrap();
+        let first = a.notices.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(first.policy, Policy::Upsert { .. }));
+        a.lines.send(seen(0, &exposing(), vec![])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !a.stats.status_line().contains("M31")
+            || a.stats.nightwatch_pong.load(Ordering::SeqCst) != 7
+        {
+            assert!(Instant::now() < deadline, "{}", a.stats.status_line());
+            std::thread::yield_now();
+        }
+        a.ctl.send(Control::Shutdown).unwrap();
+        a.thread.join().unwrap();
+
+        let b = actor(s, clock.clone());
+        b.lines
+            .send(seen(0, &["Driver X crashed".into()], vec![(0, crash())]))
+            .unwrap();
+        let again = b.notices.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(again.key, first.key, "the same message is edited");
+        assert!(
+            again.body["embeds"][0]["title"]
+                .as_str()
+                .unwrap()
+                .ends_with("(×2)")
+        );
+        // Simulated time: the window passes, the incident ends (Final).
+        clock.0.store(11 * MIN, Ordering::SeqCst);
+        b.ctl.send(Control::Ping(1)).unwrap();
+        let end = b.notices.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (end.key.as_str(), end.policy),
+            (first.key.as_str(), Policy::Final)
+        );
+        b.ctl.send(Control::Abort).unwrap();
+        b.thread.join().unwrap();
+    }
+
+    #[test]
+    fn check_replays_the_end_of_the_log_for_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log.txt");
+        std::fs::write(&p, exposing().join("\n")).unwrap();
+        let s = replay_summary(&p).unwrap();
+        assert!(s.contains("M31") && s.contains("Ha 300 s"), "{s}");
+        assert_eq!(replay_summary(&dir.path().join("none")), None);
     }
 }
