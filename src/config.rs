@@ -1030,6 +1030,47 @@ mod tests {
     const URL: &str = "https://discord.com/api/webhooks/123/tok-en";
 
     #[test]
+    fn night_watch_keys_have_defaults_off_switches_and_one_line_errors() {
+        use crate::nightwatch::silence::Threshold;
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert_eq!(c.silence_after, Threshold::Auto);
+        assert_eq!(c.incident_window, Duration::from_secs(600));
+        assert_eq!(c.context_lines, 30);
+        assert_eq!(c.effective["SILENCE_AFTER"], "auto");
+        let c = load(
+            None,
+            &[
+                ("DISCORD_WEBHOOK_URL", URL),
+                ("SILENCE_AFTER", "90"),
+                ("INCIDENT_WINDOW", "0"),
+                ("CONTEXT_LINES", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.silence_after, Threshold::After(Duration::from_secs(90)));
+        assert_eq!(c.incident_window, Duration::ZERO);
+        assert_eq!(c.effective["INCIDENT_WINDOW"], "0 (off)");
+        let off = load(
+            None,
+            &[("DISCORD_WEBHOOK_URL", URL), ("SILENCE_AFTER", "0")],
+        );
+        assert_eq!(off.unwrap().silence_after, Threshold::Off);
+        for (k, v, want) in [
+            ("SILENCE_AFTER", "soon", "auto, or a number of seconds"),
+            ("INCIDENT_WINDOW", "-1", "a number of seconds"),
+            ("CONTEXT_LINES", "5000", "from 0 to 1000"),
+        ] {
+            let e = load(None, &[("DISCORD_WEBHOOK_URL", URL), (k, v)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("{k} = \"{v}\"")) && e.contains(want),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn prototype_defaults() {
         let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
         assert_eq!(c.batch_size, 10);
