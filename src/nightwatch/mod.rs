@@ -604,7 +604,7 @@ impl NightWatch {
             let out = self.watch.tick(self.clock.now_ms(), self.clock.wall_ms());
             self.emit(out, &notices);
             let s = self.watch.session().summary();
-            if s != summary {
+            if s != summary && self.watch.settings.ekos_source.is_some() {
                 summary = s;
                 self.publish();
             }
