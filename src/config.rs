@@ -55,6 +55,9 @@ pub const ENV_KEYS: &[&str] = &[
     "ALERTS_WEBHOOK_URL",
     "ALERTS_MIN_SEVERITY",
     "ATTACHMENT_THRESHOLD",
+    "SILENCE_AFTER",
+    "INCIDENT_WINDOW",
+    "CONTEXT_LINES",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
@@ -300,6 +303,12 @@ pub struct Config {
     pub attachment_threshold: Option<usize>,
     /// Event rules (built-in and `[[rule]]` tables).
     pub rules: std::sync::Arc<Rules>,
+    /// Night watch: how long the Ekos log may be quiet during work.
+    pub silence_after: crate::nightwatch::silence::Threshold,
+    /// Night watch: repeats of a rule this close are one incident (0: off).
+    pub incident_window: Duration,
+    /// Night watch: lines before an error attached to its alert (0: none).
+    pub context_lines: usize,
     /// Effective values as strings, secrets redacted, for `check`.
     pub effective: BTreeMap<String, String>,
 }
@@ -913,6 +922,7 @@ impl Config {
             format!("{}", file_check_interval.as_secs_f64()),
         );
         effective.insert("MAX_RETRIES".into(), max_retries.to_string());
+        let (silence_after, incident_window, context_lines) = night_watch(&l, &mut effective)?;
         effective.insert("STATE_DIRECTORY".into(), state_dir.display().to_string());
         effective.insert(
             "DISCORD_WEBHOOK_URL".into(),
@@ -936,9 +946,69 @@ impl Config {
             alerts,
             attachment_threshold,
             rules,
+            silence_after,
+            incident_window,
+            context_lines,
             effective,
         })
     }
+}
+
+/// The night watch's keys: `SILENCE_AFTER` is `auto` (what the session's
+/// work explains), seconds, or 0 (off); `INCIDENT_WINDOW` seconds (0:
+/// off); `CONTEXT_LINES` a count (0: no attachment).
+fn night_watch(
+    l: &Layers,
+    effective: &mut BTreeMap<String, String>,
+) -> Result<(crate::nightwatch::silence::Threshold, Duration, usize), ConfigError> {
+    use crate::nightwatch::silence::Threshold;
+    let silence = match l.get("SILENCE_AFTER") {
+        Some(v) if !v.trim().eq_ignore_ascii_case("auto") => {
+            let d = l.seconds("SILENCE_AFTER", 0.0, 0.0).map_err(|_| {
+                invalid(
+                    "SILENCE_AFTER",
+                    &v,
+                    "auto, or a number of seconds (0 turns the silence alarm off)",
+                )
+            })?;
+            if d.is_zero() {
+                Threshold::Off
+            } else {
+                Threshold::After(d)
+            }
+        }
+        _ => Threshold::Auto,
+    };
+    let window = l.seconds("INCIDENT_WINDOW", 600.0, 0.0)?;
+    let context: usize = l.number(
+        "CONTEXT_LINES",
+        30,
+        "a whole number of lines from 0 to 1000",
+    )?;
+    if context > 1000 {
+        return Err(invalid(
+            "CONTEXT_LINES",
+            context,
+            "a whole number of lines from 0 to 1000",
+        ));
+    }
+    effective.insert(
+        "SILENCE_AFTER".into(),
+        match silence {
+            Threshold::Auto => "auto".into(),
+            Threshold::Off => "0 (off)".into(),
+            Threshold::After(d) => format!("{}", d.as_secs_f64()),
+        },
+    );
+    effective.insert(
+        "INCIDENT_WINDOW".into(),
+        match window.as_secs_f64() {
+            0.0 => "0 (off)".into(),
+            w => format!("{w}"),
+        },
+    );
+    effective.insert("CONTEXT_LINES".into(), context.to_string());
+    Ok((silence, window, context))
 }
 
 /// Finds the default webhook: the URL itself (file or environment), else a
@@ -1036,6 +1106,47 @@ mod tests {
     }
 
     const URL: &str = "https://discord.com/api/webhooks/123/tok-en";
+
+    #[test]
+    fn night_watch_keys_have_defaults_off_switches_and_one_line_errors() {
+        use crate::nightwatch::silence::Threshold;
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert_eq!(c.silence_after, Threshold::Auto);
+        assert_eq!(c.incident_window, Duration::from_secs(600));
+        assert_eq!(c.context_lines, 30);
+        assert_eq!(c.effective["SILENCE_AFTER"], "auto");
+        let c = load(
+            None,
+            &[
+                ("DISCORD_WEBHOOK_URL", URL),
+                ("SILENCE_AFTER", "90"),
+                ("INCIDENT_WINDOW", "0"),
+                ("CONTEXT_LINES", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.silence_after, Threshold::After(Duration::from_secs(90)));
+        assert_eq!(c.incident_window, Duration::ZERO);
+        assert_eq!(c.effective["INCIDENT_WINDOW"], "0 (off)");
+        let off = load(
+            None,
+            &[("DISCORD_WEBHOOK_URL", URL), ("SILENCE_AFTER", "0")],
+        );
+        assert_eq!(off.unwrap().silence_after, Threshold::Off);
+        for (k, v, want) in [
+            ("SILENCE_AFTER", "soon", "auto, or a number of seconds"),
+            ("INCIDENT_WINDOW", "-1", "a number of seconds"),
+            ("CONTEXT_LINES", "5000", "from 0 to 1000"),
+        ] {
+            let e = load(None, &[("DISCORD_WEBHOOK_URL", URL), (k, v)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("{k} = \"{v}\"")) && e.contains(want),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn prototype_defaults() {

@@ -382,7 +382,10 @@ fn indi_tag(message: &str) -> Option<(usize, usize, Level)> {
 }
 
 /// How important an event is; ordered so that routing can use thresholds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
     Success,

@@ -140,6 +140,9 @@ pub struct EventPart {
     /// Module and time, when the line had them.
     pub footer: Option<String>,
     pub mention: Option<Mention>,
+    /// The rule that matched (the night watch folds repeats of one rule
+    /// into an incident); not shown.
+    pub rule: String,
     /// Code points of the line that did not fit in the embed: they follow
     /// as ordinary line pieces (the embed says so). Set by the packer.
     pub more: usize,
@@ -177,6 +180,7 @@ pub fn classify_line(
                 title: limits::cap(&e.title, limits::TITLE).into_owned(),
                 footer: Some(limits::cap(&footer, FOOTER_MAX).into_owned()),
                 mention: e.mention,
+                rule: e.rule,
                 more: 0,
             }))
         }
@@ -887,6 +891,7 @@ mod tests {
             title: title.into(),
             footer: Some(footer.into()),
             mention,
+            rule: "r".into(),
             more: 0,
         })
     }

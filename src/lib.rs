@@ -7,13 +7,18 @@
 //!
 //! ```text
 //! inotify ─► notify callback ─► watcher ─(Chunk)─► sender ─► post-<n> ─► Discord
-//!            (forwards only)    discover, tail     batch, pack, rate-limit,
-//!                               rotation, offsets  retry; commit checkpoint
+//!            (forwards only)    discover, tail  │   batch, pack, rate-limit,
+//!                               rotation,       │   retry; commit checkpoint
+//!                               offsets         │     ▲
+//!                                     (Seen copy,     │ (Notice: silence,
+//!                                      try_send)      │  incidents; ahead
+//!                                               ▼     │  of the lines)
+//!                                              night-watch
 //! ```
 //!
 //! The main thread is the supervisor ([`run`]): it starts the pipeline,
 //! tells systemd it is ready, turns signals into stop and reload, feeds the
-//! watchdog only while both threads answer pings, and re-raises a worker's
+//! watchdog only while the worker threads answer pings, and re-raises a worker's
 //! panic so that systemd restarts the service.
 
 pub mod batch;
@@ -25,6 +30,8 @@ pub mod discover;
 pub mod ekos;
 pub mod format;
 pub mod limits;
+pub mod nightwatch;
+pub mod notice;
 pub mod sender;
 pub mod service;
 pub mod session;
@@ -72,8 +79,10 @@ impl Drop for ExitGuard {
 struct Pipeline {
     watcher: Option<JoinHandle<Result<(), WatchError>>>,
     sender: Option<JoinHandle<()>>,
+    nightwatch: Option<JoinHandle<()>>,
     watcher_ctl: Sender<Control>,
     sender_ctl: Sender<Control>,
+    nightwatch_ctl: Sender<Control>,
     exited: Receiver<&'static str>,
     /// Fires once every source is watched and its files are open.
     ready: Receiver<()>,
@@ -84,6 +93,9 @@ struct Pipeline {
 /// memory (with the sender's [`sender::ROUTE_BUDGET`], about 2 MiB per
 /// webhook).
 const LINE_CHANNEL: usize = 4;
+/// Capacity of the night watch → sender channel of notices (the sender
+/// takes them whatever its backlog).
+const NOTICE_CHANNEL: usize = 64;
 
 impl Pipeline {
     /// Starts the threads; does not wait for the watcher's set-up (see
@@ -107,10 +119,34 @@ impl Pipeline {
             sinks.iter().map(|_| bounded(LINE_CHANNEL)).unzip();
         let (wctl_tx, wctl_rx) = bounded(16);
         let (sctl_tx, sctl_rx) = bounded(16);
-        let (exit_tx, exit_rx) = bounded(2);
+        let (nctl_tx, nctl_rx) = bounded(16);
+        let (exit_tx, exit_rx) = bounded(3);
         let (ready_tx, ready_rx) = bounded(1);
+        let (notice_tx, notice_rx) = bounded(NOTICE_CHANNEL);
 
-        let w = watcher::Watcher::new(cfg.clone(), store.clone(), stats.clone(), ready_tx);
+        let mut nw_settings = nightwatch::Settings::from_config(&cfg);
+        if !dry_run {
+            nw_settings.state_file = Some(cfg.state_dir.join(nightwatch::FILE));
+        }
+        let (tap, seen_rx, lost) = nightwatch::channel(&nw_settings);
+        let ekos_route = nw_settings.ekos_source.map_or(0, |i| cfg.sources[i].route);
+        let nw = nightwatch::NightWatch::new(
+            nw_settings,
+            ekos_route,
+            Box::new(nightwatch::SystemClock::default()),
+            stats.clone(),
+            lost,
+        );
+        let guard = ExitGuard("night-watch", exit_tx.clone());
+        let nightwatch = std::thread::Builder::new()
+            .name("night-watch".into())
+            .spawn(move || {
+                let _guard = guard;
+                nw.run(seen_rx, nctl_rx, notice_tx)
+            })?;
+
+        let w = watcher::Watcher::new(cfg.clone(), store.clone(), stats.clone(), ready_tx)
+            .with_tap(tap);
         let guard = ExitGuard("watcher", exit_tx.clone());
         let watcher = std::thread::Builder::new()
             .name("watcher".into())
@@ -122,8 +158,9 @@ impl Pipeline {
         // what Discord accepts then could not be recorded, and would be
         // posted again after a restart.
         let trouble = store.clone();
-        let s =
-            sender::Sender::new(&cfg, sinks, store, stats)?.pause_while(move || trouble.trouble());
+        let s = sender::Sender::new(&cfg, sinks, store, stats)?
+            .pause_while(move || trouble.trouble())
+            .with_notices(notice_rx);
         let guard = ExitGuard("sender", exit_tx);
         let sender = std::thread::Builder::new()
             .name("sender".into())
@@ -134,8 +171,10 @@ impl Pipeline {
         Ok(Pipeline {
             watcher: Some(watcher),
             sender: Some(sender),
+            nightwatch: Some(nightwatch),
             watcher_ctl: wctl_tx,
             sender_ctl: sctl_tx,
+            nightwatch_ctl: nctl_tx,
             exited: exit_rx,
             ready: ready_rx,
         })
@@ -148,6 +187,14 @@ impl Pipeline {
             match h.join() {
                 Ok(r) => result = r.map_err(RunError::from),
                 Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        // The night watch ends once the watcher dropped its side of the
+        // channel; its last notices go to the sender, which ends next.
+        let _ = self.nightwatch_ctl.try_send(Control::Shutdown);
+        if let Some(h) = self.nightwatch.take() {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
             }
         }
         // The sender ends once the watcher dropped its side of the channel.
@@ -163,6 +210,7 @@ impl Pipeline {
     /// Clean stop: the watcher stops reading, the sender posts what it has.
     fn shutdown(mut self) -> Result<(), RunError> {
         let _ = self.watcher_ctl.send(Control::Shutdown);
+        let _ = self.nightwatch_ctl.send(Control::Shutdown);
         let _ = self.sender_ctl.send(Control::Shutdown);
         self.join()
     }
@@ -171,6 +219,7 @@ impl Pipeline {
     /// are read again from the checkpoint by the next pipeline.
     fn abort(mut self) -> Result<(), RunError> {
         let _ = self.watcher_ctl.send(Control::Abort);
+        let _ = self.nightwatch_ctl.send(Control::Abort);
         let _ = self.sender_ctl.send(Control::Abort);
         self.join()
     }
@@ -306,16 +355,18 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
             recv(timer) -> _ => {
                 let w = stats.watcher_pong.load(Ordering::Relaxed);
                 let s = stats.sender_pong.load(Ordering::Relaxed);
-                if w == ping && s == ping {
+                let n = stats.nightwatch_pong.load(Ordering::Relaxed);
+                if w == ping && s == ping && n == ping {
                     service::notify(&[NotifyState::Watchdog]);
                     stalled_reported = false;
                 } else if !stalled_reported {
                     stalled_reported = true;
-                    log::warn!("a worker thread did not answer the watchdog ping in time (watcher {w}, sender {s}, expected {ping})");
+                    log::warn!("a worker thread did not answer the watchdog ping in time (watcher {w}, sender {s}, night watch {n}, expected {ping})");
                 }
                 ping += 1;
                 let _ = pipeline.watcher_ctl.try_send(Control::Ping(ping));
                 let _ = pipeline.sender_ctl.try_send(Control::Ping(ping));
+                let _ = pipeline.nightwatch_ctl.try_send(Control::Ping(ping));
             }
         }
     }

@@ -84,7 +84,16 @@ fn check(cfg: &Config) -> ExitCode {
             Ok(scan) => {
                 match s.follow {
                     Follow::Newest => match ekos_log_monitor::discover::newest(&scan.files) {
-                        Some(f) => println!("  would follow: {}", f.path.display()),
+                        Some(f) => {
+                            println!("  would follow: {}", f.path.display());
+                            if s.name == "ekos" {
+                                if let Some(summary) =
+                                    ekos_log_monitor::nightwatch::replay_summary(&f.path)
+                                {
+                                    println!("  Ekos session: {summary}");
+                                }
+                            }
+                        }
                         None => {
                             println!("  would follow: no matching file yet (waiting for one)")
                         }

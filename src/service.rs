@@ -43,6 +43,9 @@ pub struct Stats {
     pub messages_sent: AtomicU64,
     pub watcher_pong: AtomicU64,
     pub sender_pong: AtomicU64,
+    pub nightwatch_pong: AtomicU64,
+    /// The Ekos session as the night watch sees it.
+    session: Mutex<Option<String>>,
     followed: Mutex<Vec<String>>,
     last_post: Mutex<Option<SystemTime>>,
     last_error: Mutex<Option<String>>,
@@ -58,6 +61,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Stats {
     pub fn set_followed(&self, files: Vec<String>) {
         *lock(&self.followed) = files;
+        self.publish();
+    }
+
+    /// The session summary shown in `STATUS=` (the night watch's model).
+    pub fn set_session(&self, summary: Option<String>) {
+        *lock(&self.session) = summary;
         self.publish();
     }
 
@@ -91,12 +100,16 @@ impl Stats {
             Some(t) => format!("last post {}", hhmmss(t)),
             None => "nothing posted yet".to_string(),
         };
+        let session = match &*lock(&self.session) {
+            Some(s) => format!("; Ekos: {s}"),
+            None => String::new(),
+        };
         let err = match &*lock(&self.last_error) {
             Some(e) => format!("; last error: {e}"),
             None => String::new(),
         };
         format!(
-            "Following {files}; {} lines sent; {last}{err}",
+            "Following {files}; {} lines sent; {last}{session}{err}",
             self.lines_sent.load(Ordering::Relaxed)
         )
     }

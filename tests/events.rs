@@ -21,7 +21,9 @@ fn events_become_embeds_with_mentions_only_where_a_rule_says() {
     let mut env = Env::new(&fake.webhook_url());
     env.set("BATCH_SIZE", "5")
         .set("BATCH_TIMEOUT", "0.2")
-        .set("MIN_LEVEL", "INFO");
+        .set("MIN_LEVEL", "INFO")
+        // The line embeds' own pings (incidents: tests/nightwatch.rs).
+        .set("INCIDENT_WINDOW", "0");
     env.write_config(
         "[[rule]]\nname = \"indi-driver-crashed\"\nseverity = \"critical\"\nmention = \"<@&424242>\"\n\n\
          [[rule]]\nname = \"guidage-fr\"\npattern = \"Guidage automatique interrompu\"\nseverity = \"error\"\ntitle = \"Guiding aborted (fr)\"\n",
@@ -204,7 +206,8 @@ fn alerts_go_to_a_second_webhook_and_the_logs_channel_keeps_everything() {
     env.set("BATCH_SIZE", "10")
         .set("BATCH_TIMEOUT", "0.2")
         .set("ALERTS_WEBHOOK_URL", &alerts)
-        .set("ALERTS_MIN_SEVERITY", "error");
+        .set("ALERTS_MIN_SEVERITY", "error")
+        .set("INCIDENT_WINDOW", "0");
     let file = env.logs().join("2026-11-22/log_22-00-00.txt");
     append(&file, &[]);
     let d = env.start(&[]);

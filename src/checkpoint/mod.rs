@@ -872,6 +872,11 @@ impl Store {
         true
     }
 
+    /// Whether the state is written to disk (not in a dry run).
+    pub fn persists(&self) -> bool {
+        self.wake.is_some()
+    }
+
     /// Why the state cannot be written right now (disk full, I/O error,
     /// read-only), or `None` while it can.
     pub fn trouble(&self) -> Option<String> {

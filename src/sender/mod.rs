@@ -15,6 +15,7 @@
 //! line Discord refuses for its content goes again as an attachment.
 
 mod commits;
+pub mod notices;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -28,13 +29,15 @@ use crossbeam_channel::{Receiver, Select, never};
 use crate::batch::{Batcher, Fold};
 use crate::checkpoint::Store;
 use crate::config::Config;
-use crate::discord::{Outcome, Sink};
+use crate::discord::{Outcome, Reply, Request, Sink};
 use crate::ekos::Severity;
 use crate::format::{self, Message, Part, Payload};
+use crate::notice::Notice;
 use crate::service::{Control, Stats};
 use crate::watcher::Chunk;
 
 pub use commits::Commits;
+pub use notices::Notices;
 pub use route::{Decision, Jitter, MAX_BACKOFF, Next, Route, STOP_RETRY, Shape, xorshift_jitter};
 
 /// Text one route may hold in its batcher before the sender stops taking
@@ -67,6 +70,10 @@ pub struct Settings {
     pub alerts: Option<(usize, Severity)>,
     /// Time allowed to post what is queued when asked to stop.
     pub grace: Duration,
+    /// Where the notice lanes keep key → message id (`None`: not kept,
+    /// as in a dry run), and each route's name in it ([`notices::route_id`]).
+    pub notice_file: Option<std::path::PathBuf>,
+    pub route_ids: Vec<String>,
 }
 
 impl Settings {
@@ -80,6 +87,12 @@ impl Settings {
             // Config::load rejects an alerts webhook that also receives lines.
             alerts: cfg.alerts,
             grace: SHUTDOWN_GRACE,
+            notice_file: None,
+            route_ids: cfg
+                .webhooks
+                .iter()
+                .map(|w| notices::route_id(w.url()))
+                .collect(),
         }
     }
 }
@@ -88,7 +101,7 @@ impl Settings {
 enum Poster {
     /// A thread that makes the blocking POST and answers on the results
     /// channel, so a hanging webhook holds up nobody else.
-    Thread(crossbeam_channel::Sender<Payload>),
+    Thread(crossbeam_channel::Sender<(Request, Payload)>),
     /// A sink that answers at once (dry run) is called on the sender
     /// thread: no thread hop per message in a catch-up.
     Inline(Box<dyn Sink>),
@@ -102,6 +115,8 @@ struct Lane {
     /// oldest first; while the route is busy the front one is in flight.
     queue: VecDeque<Message>,
     poster: Poster,
+    /// Messages the daemon writes itself; they go first.
+    notices: Notices,
 }
 
 impl Lane {
@@ -109,17 +124,27 @@ impl Lane {
         !self.queue.is_empty() || self.batcher.is_ready(now)
     }
 
+    fn notice_due(&self, now: Instant) -> bool {
+        self.notices.next_due(now).is_some_and(|t| t <= now)
+    }
+
     fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.batcher.is_empty()
+        self.queue.is_empty() && self.batcher.is_empty() && self.notices.is_empty()
     }
 
     /// When this route next has something to do, if anything.
-    fn wake_at(&self, now: Instant) -> Option<Instant> {
+    fn wake_at(&self, now: Instant, paused: bool) -> Option<Instant> {
         let at = self.route.next_at()?;
-        let due = if self.has_work(now) {
+        let due = if paused {
+            None
+        } else if self.has_work(now) {
             Some(now)
         } else {
             self.batcher.deadline()
+        };
+        let due = match (due, self.notices.next_due(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         due.map(|d| d.max(at))
     }
@@ -131,11 +156,17 @@ pub type Pause = Box<dyn Fn() -> Option<String> + Send>;
 
 pub struct Sender {
     lanes: Vec<Lane>,
-    results: Receiver<(usize, Outcome)>,
+    results: Receiver<(usize, Reply)>,
     /// Keeps `results` connected when no lane has a poster thread (only
     /// inline sinks, as with --dry-run): a disconnected channel is always
     /// ready in the select, and the sender would spin on a whole core.
-    _results_tx: crossbeam_channel::Sender<(usize, Outcome)>,
+    _results_tx: crossbeam_channel::Sender<(usize, Reply)>,
+    /// Notices from the night watch (any route); `never` when none.
+    notice_rx: Receiver<Notice>,
+    notice_file: Option<std::path::PathBuf>,
+    route_ids: Vec<String>,
+    /// Saved notice state of webhooks not configured now (kept as is).
+    notice_others: notices::Saved,
     alerts: Option<(usize, Severity)>,
     commits: Commits,
     store: Arc<Store>,
@@ -165,14 +196,26 @@ impl Drop for Sender {
 fn poster(
     i: usize,
     mut sink: Box<dyn Sink>,
-    jobs: Receiver<Payload>,
-    results: crossbeam_channel::Sender<(usize, Outcome)>,
+    jobs: Receiver<(Request, Payload)>,
+    results: crossbeam_channel::Sender<(usize, Reply)>,
 ) {
-    for payload in jobs {
-        let outcome = sink.post(&payload, POST_TIMEOUT);
-        if results.send((i, outcome)).is_err() {
+    for (req, payload) in jobs {
+        let reply = perform(sink.as_mut(), &req, &payload);
+        if results.send((i, reply)).is_err() {
             break;
         }
+    }
+}
+
+/// One request: log lines go as plain posts through [`Sink::post`].
+fn perform(sink: &mut dyn Sink, req: &Request, payload: &Payload) -> Reply {
+    if *req == Request::PLAIN {
+        Reply {
+            outcome: sink.post(payload, POST_TIMEOUT),
+            message: None,
+        }
+    } else {
+        sink.send(req, payload, POST_TIMEOUT)
     }
 }
 
@@ -188,7 +231,11 @@ impl Sender {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9e37_79b9_7f4a_7c15);
-        Sender::with_settings(Settings::from_config(cfg), sinks, store, stats, |i| {
+        let mut settings = Settings::from_config(cfg);
+        if store.persists() {
+            settings.notice_file = Some(cfg.state_dir.join(notices::FILE));
+        }
+        Sender::with_settings(settings, sinks, store, stats, |i| {
             xorshift_jitter(
                 seed.wrapping_add(i as u64)
                     .wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -207,6 +254,11 @@ impl Sender {
     ) -> std::io::Result<Sender> {
         let now = Instant::now();
         let (results_tx, results) = crossbeam_channel::unbounded();
+        let mut saved = s
+            .notice_file
+            .as_deref()
+            .map(notices::load)
+            .unwrap_or_default();
         let mut lanes = Vec::new();
         for (i, sink) in sinks.into_iter().enumerate() {
             let name = sink.describe();
@@ -226,12 +278,23 @@ impl Sender {
                 batcher: Batcher::new(s.batch_size, s.batch_timeout).folding(s.fold),
                 queue: VecDeque::new(),
                 poster,
+                notices: Notices::with_kept(
+                    s.route_ids
+                        .get(i)
+                        .and_then(|id| saved.remove(id))
+                        .map(|m| m.into_iter().collect())
+                        .unwrap_or_default(),
+                ),
             });
         }
         Ok(Sender {
             lanes,
             results,
             _results_tx: results_tx,
+            notice_rx: never(),
+            notice_file: s.notice_file,
+            route_ids: s.route_ids,
+            notice_others: saved,
             alerts: s.alerts,
             commits: Commits::default(),
             store,
@@ -265,6 +328,43 @@ impl Sender {
     pub fn pause_while(mut self, pause: impl Fn() -> Option<String> + Send + 'static) -> Sender {
         self.pause = Box::new(pause);
         self
+    }
+
+    /// Takes notices (messages the daemon writes itself) from `rx`; each
+    /// goes on its route's lane, ahead of the lines. Notices go on while
+    /// posting lines is paused: they commit nothing.
+    pub fn with_notices(mut self, rx: Receiver<Notice>) -> Sender {
+        self.notice_rx = rx;
+        self
+    }
+
+    fn take_notice(&mut self, n: Notice) {
+        match self.lanes.get_mut(n.route) {
+            Some(lane) => lane.notices.push(n),
+            None => log::warn!("a notice for route {} (none such) is dropped", n.route),
+        }
+    }
+
+    /// Saves every route's key → message id table.
+    fn save_notices(&self) {
+        let Some(path) = &self.notice_file else {
+            return;
+        };
+        let mut all = self.notice_others.clone();
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if let Some(id) = self.route_ids.get(i) {
+                let kept = lane.notices.kept();
+                if !kept.is_empty() {
+                    all.insert(
+                        id.clone(),
+                        kept.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    );
+                }
+            }
+        }
+        if let Err(e) = notices::save(path, all, wall_secs()) {
+            log::warn!("{e}; an open incident may be posted again after a restart");
+        }
     }
 
     fn idle(&self) -> bool {
@@ -361,24 +461,34 @@ impl Sender {
         }
     }
 
-    /// Starts the next POST of route `i`; returns the answer at once for
-    /// an inline sink.
-    fn dispatch(&mut self, i: usize, now: Instant) -> Option<Outcome> {
+    /// Starts the next request of route `i`, a notice due now before any
+    /// lines (posting lines may be paused, notices are not); returns the
+    /// answer at once for an inline sink.
+    fn dispatch(&mut self, i: usize, now: Instant, paused: bool) -> Option<Reply> {
         let lane = &mut self.lanes[i];
-        if lane.queue.is_empty() {
-            let msg = lane.batcher.next_message(now)?;
-            lane.queue.push_back(msg);
-        }
-        let payload = lane.queue.front()?.payload();
+        let (req, payload) = match lane.notices.next(now) {
+            Some(job) => job,
+            None if paused => return None,
+            None => {
+                if lane.queue.is_empty() {
+                    let msg = lane.batcher.next_message(now)?;
+                    lane.queue.push_back(msg);
+                }
+                (Request::PLAIN, lane.queue.front()?.payload())
+            }
+        };
         lane.route.sent(now);
         match &mut lane.poster {
-            Poster::Inline(sink) => Some(sink.post(&payload, POST_TIMEOUT)),
+            Poster::Inline(sink) => Some(perform(sink.as_mut(), &req, &payload)),
             Poster::Thread(jobs) => {
-                if jobs.try_send(payload).is_err() {
+                if jobs.try_send((req, payload)).is_err() {
                     // The poster thread is gone (it panicked): say so
                     // like a network error, and try again later.
-                    return Some(Outcome::Retry {
-                        why: "the poster thread ended".into(),
+                    return Some(Reply {
+                        outcome: Outcome::Retry {
+                            why: "the poster thread ended".into(),
+                        },
+                        message: None,
                     });
                 }
                 None
@@ -386,8 +496,29 @@ impl Sender {
         }
     }
 
+    /// Applies Discord's answer to route `i`'s notice in flight.
+    fn notice_answered(&mut self, i: usize, reply: Reply) {
+        let now = Instant::now();
+        let lane = &mut self.lanes[i];
+        let d = lane.route.answer(&reply.outcome, Shape::Whole, now);
+        let done = lane.notices.answered(&reply, d.next, wall_secs());
+        for (level, text) in [d.log, done.log].into_iter().flatten() {
+            log::log!(level, "{text}");
+        }
+        if let Some(status) = d.status {
+            self.stats.record_error(status);
+        }
+        if done.changed {
+            self.save_notices();
+        }
+    }
+
     /// Applies Discord's answer to route `i`'s message in flight.
-    fn answered(&mut self, i: usize, outcome: Outcome) {
+    fn answered(&mut self, i: usize, reply: Reply) {
+        if self.lanes[i].notices.in_flight() {
+            return self.notice_answered(i, reply);
+        }
+        let outcome = reply.outcome;
         let now = Instant::now();
         let is_alerts = self.alerts.is_some_and(|(a, _)| a == i);
         let lane = &mut self.lanes[i];
@@ -417,6 +548,7 @@ impl Sender {
                 }
                 None => unreachable!("Shape::Several has two parts"),
             },
+            Next::Drop => unreachable!("lines are never Shape::Whole"),
             Next::Fallback => match msg.clone().fallback() {
                 Some(f) => lane.queue.push_front(f),
                 None => {
@@ -449,6 +581,7 @@ impl Sender {
     fn flush_all(&mut self) {
         for lane in &mut self.lanes {
             lane.batcher.flush_all();
+            lane.notices.hurry();
         }
     }
 
@@ -478,11 +611,11 @@ impl Sender {
     /// committed and the next pipeline does not post it again (a folded
     /// backlog message holds hundreds of lines). A POST still unanswered
     /// then is abandoned: its lines stay uncommitted.
-    fn settle_in_flight(&mut self, results: &Receiver<(usize, Outcome)>) {
+    fn settle_in_flight(&mut self, results: &Receiver<(usize, Reply)>) {
         let deadline = Instant::now() + ABORT_SETTLE;
         while self.lanes.iter().any(|l| l.route.busy()) {
             match results.recv_deadline(deadline) {
-                Ok((i, outcome)) => self.answered(i, outcome),
+                Ok((i, reply)) => self.answered(i, reply),
                 Err(_) => return,
             }
         }
@@ -518,13 +651,14 @@ impl Sender {
             // at once, then the loop goes round to take the next message.
             let paused = self.check_pause();
             let mut answered_inline = false;
-            if !paused {
-                for i in 0..self.lanes.len() {
-                    if self.lanes[i].route.ready(now) && self.lanes[i].has_work(now) {
-                        if let Some(outcome) = self.dispatch(i, now) {
-                            self.answered(i, outcome);
-                            answered_inline = true;
-                        }
+            for i in 0..self.lanes.len() {
+                let lane = &self.lanes[i];
+                if lane.route.ready(now)
+                    && (lane.notice_due(now) || (!paused && lane.has_work(now)))
+                {
+                    if let Some(reply) = self.dispatch(i, now, paused) {
+                        self.answered(i, reply);
+                        answered_inline = true;
                     }
                 }
             }
@@ -537,9 +671,13 @@ impl Sender {
                 }
                 continue;
             }
-            let mut wake = self.lanes.iter().filter_map(|l| l.wake_at(now)).min();
+            let mut wake = self
+                .lanes
+                .iter()
+                .filter_map(|l| l.wake_at(now, paused))
+                .min();
             if paused {
-                wake = Some(now + PAUSE_CHECK);
+                wake = Some(wake.map_or(now + PAUSE_CHECK, |w| w.min(now + PAUSE_CHECK)));
             }
             if let Some(d) = closing {
                 wake = Some(wake.map_or(d, |w| w.min(d)));
@@ -566,6 +704,8 @@ impl Sender {
             let ctl_op = sel.recv(&control);
             let res_op = sel.recv(&results);
             let timer_op = sel.recv(&timer);
+            let notice_rx = self.notice_rx.clone();
+            let notice_op = sel.recv(&notice_rx);
             let op = sel.select();
             let index = op.index();
             if index == ctl_op {
@@ -575,14 +715,28 @@ impl Sender {
                     return;
                 }
             } else if index == res_op {
-                if let Ok((i, outcome)) = op.recv(&results) {
-                    self.answered(i, outcome);
+                if let Ok((i, reply)) = op.recv(&results) {
+                    self.answered(i, reply);
                 }
-                while let Ok((i, outcome)) = results.try_recv() {
-                    self.answered(i, outcome);
+                while let Ok((i, reply)) = results.try_recv() {
+                    self.answered(i, reply);
                 }
             } else if index == timer_op {
                 let _ = op.recv(&timer);
+            } else if index == notice_op {
+                match op.recv(&notice_rx) {
+                    Ok(n) => {
+                        self.take_notice(n);
+                        while let Ok(n) = notice_rx.try_recv() {
+                            self.take_notice(n);
+                        }
+                        if closing.is_some() {
+                            self.flush_all();
+                        }
+                    }
+                    // The night watch ended: no more notices.
+                    Err(_) => self.notice_rx = never(),
+                }
             } else if let Some(&(_, i)) = line_ops.iter().find(|(o, _)| *o == index) {
                 match op.recv(&lines[i]) {
                     Ok(c) => {
@@ -607,4 +761,11 @@ impl Sender {
             }
         }
     }
+}
+
+/// Seconds since the epoch, for the notice state file.
+fn wall_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -30,6 +30,10 @@ pub enum Shape {
     Single,
     /// One line already as an attachment: nothing smaller exists.
     Last,
+    /// A notice (a message the daemon writes itself): nothing smaller
+    /// exists, and a refused one is dropped rather than stopping the route
+    /// for the log lines.
+    Whole,
 }
 
 impl Shape {
@@ -61,6 +65,8 @@ pub enum Next {
     /// as a new message (outside the gone thread) at [`Decision::at`];
     /// sending the same request again would only be refused again.
     Repost,
+    /// A refused notice: drop it; the route goes on.
+    Drop,
 }
 
 /// The answer of [`Route::answer`].
@@ -275,6 +281,13 @@ impl Route {
                     d.status = Some(Some(format!("Discord rejected a line (HTTP {status})")));
                 }
                 Shape::Last => return self.stuck(*status, why, now),
+                Shape::Whole => {
+                    d.next = Next::Drop;
+                    d.log = Some((
+                        log::Level::Warn,
+                        format!("Discord rejected a notice (HTTP {status}: {why}); it is dropped"),
+                    ));
+                }
             },
             Outcome::Stop { status, why } => {
                 d.next = Next::Stopped;
@@ -590,6 +603,22 @@ mod tests {
         let d = r.answer(&gone, Shape::Single, d.at);
         assert_eq!(d.status, Some(None));
         assert!(d.log.unwrap().1.contains("works again"));
+    }
+
+    #[test]
+    fn a_refused_notice_is_dropped_and_the_route_goes_on() {
+        let t = Instant::now();
+        let mut r = route(0, 3, t);
+        r.sent(t);
+        let refused = Outcome::Rejected {
+            status: 400,
+            why: "embed too long".into(),
+        };
+        let d = r.answer(&refused, Shape::Whole, t);
+        assert_eq!(d.next, Next::Drop);
+        assert!(r.ready(t), "not stopped");
+        assert!(!r.troubled());
+        assert_eq!(d.status, None, "the log lines are fine");
     }
 
     #[test]

@@ -116,11 +116,37 @@ impl Sink for Fake {
         payload: &Payload,
         timeout: Duration,
     ) -> crate::discord::Reply {
-        // The sender makes plain posts only, through `post`.
-        assert_eq!(*req, crate::discord::Request::PLAIN, "not a plain post");
+        // Lines go as plain posts, through `post`; notices come here.
+        assert_ne!(*req, crate::discord::Request::PLAIN, "lines use post");
+        let v: serde_json::Value = serde_json::from_slice(&payload.printable).unwrap();
+        let what = match req {
+            crate::discord::Request::Edit { id, .. } => format!("EDIT {id}"),
+            _ => "POST".to_string(),
+        };
+        let text = v["content"].as_str().unwrap_or("").to_string();
+        let r = Req {
+            route: self.route,
+            file: v.get("files").is_some(),
+            lines: vec![format!("{what} {text}")],
+        };
+        self.world.requests.lock().unwrap().push(r.clone());
+        let (status, body) = match (self.script)(&r) {
+            Reply::Answer(s, b) | Reply::Hang(s, b) => (s, b),
+        };
+        let _ = timeout;
+        let outcome = classify(status, RateInfo::default(), None, &body);
+        let delivered = matches!(outcome, Outcome::Delivered(_));
+        if delivered {
+            self.world.accepted.lock().unwrap().push(r);
+        }
+        let n = self.world.requests.lock().unwrap().len();
         crate::discord::Reply {
-            outcome: self.post(payload, timeout),
-            message: None,
+            outcome,
+            message: (delivered && what == "POST").then(|| crate::discord::Posted {
+                id: crate::discord::Snowflake::parse(&format!("{}{n}", self.route + 1)).unwrap(),
+                channel_id: crate::discord::Snowflake::parse("1").unwrap(),
+                attachments: vec![],
+            }),
         }
     }
 
@@ -134,6 +160,7 @@ struct Harness {
     store: Arc<Store>,
     stats: Arc<Stats>,
     lines: Vec<Tx<Chunk>>,
+    notices: Tx<crate::notice::Notice>,
     ctl: Tx<Control>,
     release: Tx<()>,
     /// One file per route, and where its next line starts.
@@ -151,6 +178,8 @@ fn settings() -> Settings {
         fold: Fold::Never,
         alerts: None,
         grace: Duration::from_millis(300),
+        notice_file: None,
+        route_ids: vec!["r0".into(), "r1".into()],
     }
 }
 
@@ -191,6 +220,8 @@ fn start(scripts: Vec<Script>, s: Settings) -> Harness {
         Box::new(|| 0.01)
     })
     .unwrap();
+    let (notices, notice_rx) = bounded(16);
+    let sender = sender.with_notices(notice_rx);
     let (tx, rx): (Vec<_>, Vec<_>) = files.iter().map(|_| bounded(8)).unzip();
     let (ctl, ctl_rx) = bounded(16);
     let thread = std::thread::spawn(move || sender.run(rx, ctl_rx));
@@ -199,6 +230,7 @@ fn start(scripts: Vec<Script>, s: Settings) -> Harness {
         store,
         stats,
         lines: tx,
+        notices,
         ctl,
         release,
         files,
@@ -547,6 +579,7 @@ fn alert_copies_hold_the_checkpoint_until_accepted() {
         title: "Guiding failed".into(),
         footer: None,
         mention: None,
+        rule: "guide-aborted".into(),
         more: 0,
     }));
     h.lines[0].send(c).unwrap();
@@ -739,4 +772,138 @@ fn abort_commits_an_in_flight_post_answered_in_time_and_abandons_a_hung_one() {
         committed.iter().filter(|c| **c).count() == 1 && none.iter().filter(|c| **c).count() == 1,
         "one POST answered and committed, the other uncommitted: {committed:?}"
     );
+}
+
+fn notice(
+    route: usize,
+    key: &str,
+    text: &str,
+    policy: crate::notice::Policy,
+) -> crate::notice::Notice {
+    crate::notice::Notice {
+        route,
+        key: key.into(),
+        body: serde_json::json!({ "content": text }),
+        files: vec![],
+        policy,
+    }
+}
+
+fn upsert(route: usize, key: &str, text: &str) -> crate::notice::Notice {
+    notice(
+        route,
+        key,
+        text,
+        crate::notice::Policy::Upsert {
+            min_interval: Duration::from_millis(100),
+        },
+    )
+}
+
+#[test]
+fn a_notice_jumps_a_backlog_of_lines_which_stay_complete_and_in_order() {
+    let mut s = settings();
+    s.batch_size = 1;
+    s.rate_limit_delay = Duration::from_millis(20);
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s);
+    // About three lines per message: a backlog of a dozen messages.
+    let lines: Vec<String> = texts("l", 40)
+        .into_iter()
+        .map(|t| format!("{t} {}", "x".repeat(600)))
+        .collect();
+    h.send(0, &refs(&lines));
+    assert!(wait_until(LONG, || h.world.requests(0).len() >= 3));
+    h.notices
+        .send(notice(0, "n", "silence", crate::notice::Policy::New))
+        .unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 41));
+    let all = h.world.accepted_lines(0);
+    let at = all.iter().position(|l| l == "POST silence").unwrap();
+    assert!(at < 10, "the notice waited behind {at} line messages");
+    let only_lines: Vec<String> = all.into_iter().filter(|l| l.starts_with("l-")).collect();
+    assert_eq!(only_lines, lines, "no line lost, repeated or reordered");
+    h.shutdown();
+}
+
+#[test]
+fn upserts_edit_the_posted_message_and_a_final_gets_out_at_shutdown() {
+    let mut h = start(vec![Box::new(|_: &Req| ok())], settings());
+    h.notices.send(upsert(0, "inc", "count 1")).unwrap();
+    assert!(wait_until(LONG, || h.world.requests(0).len() == 1));
+    for i in 2..=5 {
+        h.notices
+            .send(upsert(0, "inc", &format!("count {i}")))
+            .unwrap();
+    }
+    assert!(wait_until(LONG, || h.world.requests(0).len() == 2));
+    let sent: Vec<String> = h
+        .world
+        .requests(0)
+        .iter()
+        .map(|r| r.lines[0].clone())
+        .collect();
+    assert_eq!(sent[0], "POST count 1");
+    assert!(
+        sent[1].starts_with("EDIT ") && sent[1].ends_with(" count 5"),
+        "{sent:?}"
+    );
+    h.notices.send(upsert(0, "inc", "count 6")).unwrap();
+    // Held by the interval, it goes anyway when the daemon stops.
+    h.shutdown();
+    let last = h.world.requests(0).last().unwrap().lines[0].clone();
+    assert!(last.ends_with(" count 6"), "{last}");
+}
+
+#[test]
+fn a_failing_route_delays_neither_another_routes_notices_nor_loses_its_own() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = fail.clone();
+    let mut h = start(
+        vec![
+            Box::new(move |_: &Req| {
+                if f.load(Ordering::SeqCst) {
+                    Reply::Answer(500, String::new())
+                } else {
+                    ok()
+                }
+            }),
+            Box::new(|_: &Req| ok()),
+        ],
+        settings(),
+    );
+    h.send(0, &["a", "b"]);
+    h.notices
+        .send(notice(0, "x", "on-0", crate::notice::Policy::Final))
+        .unwrap();
+    h.notices
+        .send(notice(1, "y", "on-1", crate::notice::Policy::Final))
+        .unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(1) == ["POST on-1"]));
+    fail.store(false, Ordering::SeqCst);
+    assert!(wait_until(LONG, || {
+        let got = h.world.accepted_lines(0);
+        got.contains(&"POST on-0".to_string()) && got.contains(&"b".to_string())
+    }));
+    h.shutdown();
+}
+
+#[test]
+fn a_restart_edits_the_open_message_instead_of_posting_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings();
+    s.notice_file = Some(dir.path().join(notices::FILE));
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s.clone());
+    h.notices.send(upsert(0, "inc", "first")).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 1));
+    h.shutdown();
+    let saved = notices::load(&dir.path().join(notices::FILE));
+    let id = saved["r0"]["inc"].id.clone().expect("the id is kept");
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s);
+    h.notices.send(upsert(0, "inc", "after restart")).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 1));
+    assert_eq!(
+        h.world.accepted_lines(0),
+        [format!("EDIT {id} after restart")]
+    );
+    h.shutdown();
 }

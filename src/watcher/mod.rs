@@ -123,6 +123,8 @@ pub struct Watcher {
     told_watch_limit: bool,
     /// A stop was asked for; every loop ends.
     stopping: bool,
+    /// The night watch's copy of the lines.
+    tap: Option<crate::nightwatch::Tap>,
 }
 
 /// Whether a file's content appeared after `t` (birth time when the file
@@ -259,6 +261,7 @@ impl Watcher {
             stalled: Vec::new(),
             told_watch_limit: false,
             stopping: false,
+            tap: None,
         }
     }
 
@@ -905,6 +908,7 @@ impl Watcher {
             if let Some(rec) = e.recovery.as_mut() {
                 let step = rec.next(&mut self.buf);
                 let (id, label) = (rec.id(), e.tailer.label.clone());
+                let path = e.tailer.path.clone();
                 if step.done {
                     let rec = e.recovery.take().expect("recovering");
                     log::info!(
@@ -916,7 +920,7 @@ impl Watcher {
                     self.store.release(id);
                 }
                 if !step.lines.is_empty() {
-                    let c = self.chunk(id, source, label, step.start, step.lines);
+                    let c = self.chunk(id, source, label, step.start, step.lines, &path);
                     if self.send(c) == Flow::Stop {
                         return Flow::Stop;
                     }
@@ -973,8 +977,8 @@ impl Watcher {
             }
             if !lines.is_empty() {
                 self.store.note_read(id, t.mark());
-                let label = t.label.clone();
-                let c = self.chunk(id, source, label, start, lines);
+                let (label, path) = (t.label.clone(), t.path.clone());
+                let c = self.chunk(id, source, label, start, lines, &path);
                 if self.send(c) == Flow::Stop {
                     return Flow::Stop;
                 }
@@ -985,7 +989,8 @@ impl Watcher {
         }
     }
 
-    /// Wraps lines of a file into a chunk, classifying each.
+    /// Wraps lines of a file into a chunk, classifying each; the night
+    /// watch gets a copy (never waited for).
     fn chunk(
         &self,
         file: FileId,
@@ -993,13 +998,14 @@ impl Watcher {
         label: Option<Arc<str>>,
         start: u64,
         lines: Vec<Line>,
+        path: &Path,
     ) -> Chunk {
         let src = &self.cfg.sources[source];
         let shown = lines
             .iter()
             .map(|l| format::classify_line(&self.cfg.rules, &src.filter, src.events, &l.text))
             .collect();
-        Chunk {
+        let mut chunk = Chunk {
             file,
             source,
             route: src.route,
@@ -1007,7 +1013,17 @@ impl Watcher {
             start,
             lines,
             shown,
+        };
+        if let Some(tap) = &self.tap {
+            tap.offer(&mut chunk, path);
         }
+        chunk
+    }
+
+    /// Copies every chunk read to the night watch.
+    pub fn with_tap(mut self, tap: crate::nightwatch::Tap) -> Watcher {
+        self.tap = Some(tap);
+        self
     }
 
     /// Hands a chunk to its route without ever blocking: when the route's

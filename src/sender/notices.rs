@@ -1,0 +1,601 @@
+//! One route's notice lane, as a pure queue: which [`Notice`] goes next,
+//! as which [`Request`] (a post that asks for the message, or an edit of
+//! the message kept under the notice's key), and what an answer changes.
+//!
+//! The sender's loop asks a route's lane first whenever the route may
+//! send, so a notice never waits behind a backlog of log lines: it takes
+//! the next slot the route's rate limit allows, and shares the route's
+//! [`super::Route`] (bucket, backoff, one request in flight). An `Upsert`
+//! replaces a pending notice of its key (the newest body wins) and goes at
+//! most once per `min_interval`; a `Final` goes at once and closes the key.
+//! What was sent under which key (message id, closed) is the state saved
+//! by [`save`] in the state directory, so a restart edits an open incident
+//! rather than posting it twice. No clock, no threads, no I/O but
+//! [`load`]/[`save`]: everything is unit-tested below.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::discord::{MessageId, Reply, Request, Thread, payload};
+use crate::format::Payload;
+use crate::notice::{Notice, Policy};
+
+/// Notices waiting on one route beyond which the oldest `New` one is
+/// dropped (a webhook down for a long time must not grow memory).
+pub const MAX_PENDING: usize = 200;
+/// Closed keys are forgotten after this long; open ones after [`OPEN_TTL`].
+pub const CLOSED_TTL: Duration = Duration::from_secs(24 * 3600);
+/// An open key untouched this long is forgotten too (a daemon stopped in
+/// mid-incident for days).
+pub const OPEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The state file, in the state directory.
+pub const FILE: &str = "notices.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What is known of one key's message; saved across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    /// The message to edit; `None` when Discord did not say (a proxy that
+    /// strips bodies): the next notice posts anew.
+    pub id: Option<MessageId>,
+    pub closed: bool,
+    /// Wall-clock time of the last send, in seconds since the epoch.
+    pub at: u64,
+}
+
+#[derive(Debug)]
+struct Item {
+    notice: Notice,
+    /// Delivery attempts that were refused for the body (dropped at once).
+    tries: u32,
+}
+
+/// A notice handed to the network: what the answer applies to.
+#[derive(Debug)]
+struct Flight {
+    item: Item,
+    edit: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Notices {
+    queue: VecDeque<Item>,
+    kept: HashMap<String, Kept>,
+    /// Monotonic time of the last send per key (for `min_interval`).
+    last_sent: HashMap<String, Instant>,
+    flight: Option<Flight>,
+    /// Stopping: every pending notice is due now.
+    urgent: bool,
+    /// Dropped notices not yet logged.
+    dropped: usize,
+}
+
+/// What [`Notices::answered`] did, for the sender to log and save.
+#[derive(Debug, Default, PartialEq)]
+pub struct Answered {
+    /// The kept table changed: save it.
+    pub changed: bool,
+    /// A line for the journal.
+    pub log: Option<(log::Level, String)>,
+}
+
+impl Notices {
+    pub fn with_kept(kept: HashMap<String, Kept>) -> Notices {
+        Notices {
+            kept,
+            ..Notices::default()
+        }
+    }
+
+    pub fn kept(&self) -> &HashMap<String, Kept> {
+        &self.kept
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.flight.is_none()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.flight.is_some()
+    }
+
+    /// Stopping: whatever waits for its interval goes now.
+    pub fn hurry(&mut self) {
+        self.urgent = true;
+    }
+
+    /// Takes a notice from the producer.
+    pub fn push(&mut self, mut n: Notice) {
+        if n.policy != Policy::New {
+            // The newest body of a key replaces the one still waiting; a
+            // pending Final stays (the key closes, then this posts anew).
+            if let Some(old) = self.queue.iter_mut().find(|i| {
+                i.notice.key == n.key && i.notice.policy != Policy::New && {
+                    i.notice.policy != Policy::Final || n.policy == Policy::Final
+                }
+            }) {
+                if n.files.is_empty() {
+                    // The first post's attachment (an alert's context)
+                    // must not be lost to a quick update.
+                    n.files = std::mem::take(&mut old.notice.files);
+                }
+                old.notice = n;
+                old.tries = 0;
+                return;
+            }
+        }
+        if self.queue.len() >= MAX_PENDING {
+            if let Some(p) = self
+                .queue
+                .iter()
+                .position(|i| i.notice.policy == Policy::New)
+            {
+                self.queue.remove(p);
+                self.dropped += 1;
+            }
+        }
+        self.queue.push_back(Item {
+            notice: n,
+            tries: 0,
+        });
+    }
+
+    /// When the item may go: its key is not in flight, and an Upsert
+    /// waits for its interval.
+    fn due_at(&self, item: &Item, now: Instant) -> Option<Instant> {
+        let n = &item.notice;
+        if self
+            .flight
+            .as_ref()
+            .is_some_and(|f| f.item.notice.key == n.key)
+        {
+            return None;
+        }
+        match n.policy {
+            Policy::Upsert { min_interval } if !self.urgent => Some(
+                self.last_sent
+                    .get(&n.key)
+                    .map_or(now, |t| (*t + min_interval).max(now)),
+            ),
+            _ => Some(now),
+        }
+    }
+
+    /// When the next notice may go, if any waits.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        if self.flight.is_some() {
+            return None;
+        }
+        self.queue.iter().filter_map(|i| self.due_at(i, now)).min()
+    }
+
+    /// The next notice due at `now`, as the request to make; it is then in
+    /// flight until [`Notices::answered`].
+    pub fn next(&mut self, now: Instant) -> Option<(Request, Payload)> {
+        if self.flight.is_some() {
+            return None;
+        }
+        let pos = self
+            .queue
+            .iter()
+            .position(|i| self.due_at(i, now).is_some_and(|t| t <= now))?;
+        let item = self.queue.remove(pos)?;
+        let n = &item.notice;
+        let target = match n.policy {
+            Policy::New => None,
+            _ => self
+                .kept
+                .get(&n.key)
+                .filter(|k| !k.closed)
+                .and_then(|k| k.id.clone()),
+        };
+        let (req, body) = match target {
+            // An edit keeps the message's attachments as they are.
+            Some(id) => (
+                Request::Edit { id, thread: None },
+                payload(&n.body, &[], None),
+            ),
+            None => (
+                Request::Post {
+                    thread: Thread::Channel,
+                    wait: true,
+                },
+                payload(&n.body, &n.files, None),
+            ),
+        };
+        self.last_sent.insert(n.key.clone(), now);
+        let edit = matches!(req, Request::Edit { .. });
+        self.flight = Some(Flight { item, edit });
+        Some((req, body))
+    }
+
+    /// Applies the answer to the notice in flight: `next` is what the
+    /// route decided ([`super::Next`]); `wall` is seconds since the epoch.
+    pub fn answered(&mut self, reply: &Reply, next: super::Next, wall: u64) -> Answered {
+        use super::Next;
+        let mut out = Answered::default();
+        let Some(Flight { mut item, edit }) = self.flight.take() else {
+            return out;
+        };
+        let key = item.notice.key.clone();
+        match next {
+            Next::Commit => {
+                let closed = item.notice.policy == Policy::Final;
+                let id = if edit {
+                    self.kept.get(&key).and_then(|k| k.id.clone())
+                } else {
+                    reply.message.as_ref().map(|m| m.id.clone())
+                };
+                if item.notice.policy == Policy::New {
+                    return out;
+                }
+                let k = Kept {
+                    id,
+                    closed,
+                    at: wall,
+                };
+                // `at` moves at every send; saving only what identifies
+                // the message keeps the writes to posts and closings.
+                let old = self.kept.insert(key, k.clone());
+                out.changed = old.is_none_or(|o| o.id != k.id || o.closed != k.closed);
+            }
+            Next::Repost => {
+                // The message was deleted: post it anew, with its files.
+                if let Some(k) = self.kept.get_mut(&key) {
+                    k.id = None;
+                    out.changed = true;
+                }
+                self.last_sent.remove(&key);
+                self.requeue(item);
+            }
+            Next::Again | Next::Stopped => {
+                self.last_sent.remove(&key);
+                self.requeue(item);
+            }
+            Next::Split | Next::Fallback | Next::Drop => {
+                item.tries += 1;
+                out.log = Some((
+                    log::Level::Warn,
+                    format!("Discord refused the notice {key:?}; it is dropped"),
+                ));
+            }
+        }
+        if self.dropped > 0 {
+            out.log.get_or_insert_with(|| {
+                (
+                    log::Level::Warn,
+                    format!(
+                        "{} notices were dropped: more than {MAX_PENDING} waited for this webhook",
+                        self.dropped
+                    ),
+                )
+            });
+            self.dropped = 0;
+        }
+        out
+    }
+
+    /// Puts an unsent notice back at the front, unless a newer body of
+    /// its key arrived meanwhile (it then takes the files).
+    fn requeue(&mut self, item: Item) {
+        if item.notice.policy != Policy::New {
+            if let Some(newer) = self
+                .queue
+                .iter_mut()
+                .find(|i| i.notice.key == item.notice.key && i.notice.policy != Policy::New)
+            {
+                if newer.notice.files.is_empty() {
+                    newer.notice.files = item.notice.files;
+                }
+                return;
+            }
+        }
+        self.queue.push_front(item);
+    }
+}
+
+/// The saved table: per route (by a fingerprint of its webhook, so a
+/// reordered configuration keeps its messages), key → kept.
+pub type Saved = BTreeMap<String, BTreeMap<String, Kept>>;
+
+/// The fingerprint that names a route in the state file (never the URL:
+/// it holds the token).
+pub fn route_id(url: &str) -> String {
+    format!("{:016x}", crate::checkpoint::fingerprint(url.as_bytes()))
+}
+
+/// Reads the state file; a missing or unreadable one is an empty table
+/// (the worst outcome is a notice posted twice).
+pub fn load(path: &Path) -> Saved {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            log::warn!("ignoring {}: {e}", path.display());
+            Saved::new()
+        }),
+        Err(_) => Saved::new(),
+    }
+}
+
+/// Drops what is too old to be edited again (`now`: seconds since the epoch).
+pub fn prune(saved: &mut Saved, now: u64) {
+    for keys in saved.values_mut() {
+        keys.retain(|_, k| {
+            let ttl = if k.closed { CLOSED_TTL } else { OPEN_TTL };
+            now.saturating_sub(k.at) <= ttl.as_secs()
+        });
+    }
+    saved.retain(|_, keys| !keys.is_empty());
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename
+/// over the old one, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Saves the table, pruned.
+pub fn save(path: &Path, mut saved: Saved, now: u64) -> Result<(), NoticeError> {
+    prune(&mut saved, now);
+    let bytes = serde_json::to_vec_pretty(&saved).expect("the table always serializes");
+    write_atomic(path, &bytes).map_err(|source| NoticeError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Next;
+    use super::*;
+    use crate::discord::{Outcome, Posted, RateInfo, Snowflake};
+
+    fn n(key: &str, text: &str, policy: Policy) -> Notice {
+        Notice {
+            route: 0,
+            key: key.into(),
+            body: serde_json::json!({ "content": text }),
+            files: vec![],
+            policy,
+        }
+    }
+
+    fn upsert(key: &str, text: &str) -> Notice {
+        n(
+            key,
+            text,
+            Policy::Upsert {
+                min_interval: Duration::from_secs(30),
+            },
+        )
+    }
+
+    fn ok(id: Option<&str>) -> Reply {
+        Reply {
+            outcome: Outcome::Delivered(RateInfo::default()),
+            message: id.map(|i| Posted {
+                id: Snowflake::parse(i).unwrap(),
+                channel_id: Snowflake::parse("7").unwrap(),
+                attachments: vec![],
+            }),
+        }
+    }
+
+    fn text(p: &Payload) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&p.printable).unwrap();
+        v["content"].as_str().unwrap_or("").to_string()
+    }
+
+    #[test]
+    fn an_upsert_posts_then_edits_at_most_once_per_interval_newest_body_wins() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(upsert("k", "1"));
+        let (req, p) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Post { wait: true, .. }));
+        assert_eq!(text(&p), "1");
+        assert!(q.answered(&ok(Some("55")), Next::Commit, 100).changed);
+        q.push(upsert("k", "2"));
+        q.push(upsert("k", "3"));
+        assert_eq!(q.next_due(t0), Some(t0 + Duration::from_secs(30)));
+        assert!(q.next(t0 + Duration::from_secs(29)).is_none());
+        let (req, p) = q.next(t0 + Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            req,
+            Request::Edit {
+                id: Snowflake::parse("55").unwrap(),
+                thread: None
+            }
+        );
+        assert_eq!(text(&p), "3", "the newest body wins");
+        assert!(!q.answered(&ok(Some("55")), Next::Commit, 130).changed);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_final_goes_at_once_and_closes_the_key_so_the_next_one_posts_anew() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(upsert("k", "open"));
+        q.next(t0).unwrap();
+        q.answered(&ok(Some("9")), Next::Commit, 1);
+        q.push(upsert("k", "update"));
+        q.push(n("k", "resolved", Policy::Final));
+        let (req, p) = q.next(t0 + Duration::from_secs(1)).unwrap();
+        assert!(matches!(req, Request::Edit { .. }));
+        assert_eq!(text(&p), "resolved", "the final replaced the update");
+        assert!(q.answered(&ok(Some("9")), Next::Commit, 2).changed);
+        assert!(q.kept()["k"].closed);
+        q.push(upsert("k", "again"));
+        let (req, _) = q.next(t0 + Duration::from_secs(60)).unwrap();
+        assert!(matches!(req, Request::Post { .. }));
+    }
+
+    #[test]
+    fn an_update_queued_behind_a_pending_final_waits_for_it() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(n("k", "resolved", Policy::Final));
+        q.push(upsert("k", "new incident"));
+        let (_, p) = q.next(t0).unwrap();
+        assert_eq!(text(&p), "resolved");
+        assert!(q.next(t0).is_none(), "one request at a time");
+        q.answered(&ok(Some("3")), Next::Commit, 1);
+        let (req, p) = q.next(t0 + Duration::from_secs(30)).unwrap();
+        assert!(matches!(req, Request::Post { .. }));
+        assert_eq!(text(&p), "new incident");
+    }
+
+    #[test]
+    fn a_deleted_message_is_posted_anew_with_its_files() {
+        let t0 = Instant::now();
+        let mut q = Notices::with_kept(HashMap::from([(
+            "k".to_string(),
+            Kept {
+                id: Snowflake::parse("4"),
+                closed: false,
+                at: 0,
+            },
+        )]));
+        let mut first = upsert("k", "x");
+        first.files = vec![crate::notice::context_file("a", ["line"])];
+        q.push(first);
+        let (req, _) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Edit { .. }));
+        let gone = Reply {
+            outcome: Outcome::Gone {
+                info: RateInfo::default(),
+                why: "unknown message".into(),
+            },
+            message: None,
+        };
+        assert!(q.answered(&gone, Next::Repost, 1).changed);
+        let (req, p) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Post { .. }));
+        assert!(p.content_type.starts_with("multipart/"), "with its file");
+        q.answered(&ok(Some("8")), Next::Commit, 2);
+        assert_eq!(q.kept()["k"].id, Snowflake::parse("8"));
+    }
+
+    #[test]
+    fn a_failed_send_is_retried_unless_a_newer_body_came_which_keeps_the_files() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        let mut first = upsert("k", "1");
+        first.files = vec![crate::notice::context_file("a", ["ctx"])];
+        q.push(first);
+        q.next(t0).unwrap();
+        q.push(upsert("k", "2"));
+        let fail = Reply {
+            outcome: Outcome::Retry { why: "x".into() },
+            message: None,
+        };
+        q.answered(&fail, Next::Again, 1);
+        let (req, p) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Post { .. }), "never posted: post");
+        assert!(p.content_type.starts_with("multipart/"));
+        assert!(String::from_utf8_lossy(&p.printable).contains("\"2\""));
+        q.answered(&fail, Next::Again, 1);
+        let (_, p) = q.next(t0).unwrap();
+        assert!(String::from_utf8_lossy(&p.printable).contains("\"2\""));
+    }
+
+    #[test]
+    fn a_refused_notice_is_dropped_and_new_notices_always_post() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(n("a", "1", Policy::New));
+        q.push(n("a", "2", Policy::New));
+        q.next(t0).unwrap();
+        let refused = Reply {
+            outcome: Outcome::Rejected {
+                status: 400,
+                why: "bad".into(),
+            },
+            message: None,
+        };
+        assert!(q.answered(&refused, Next::Drop, 1).log.is_some());
+        let (req, p) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Post { .. }));
+        assert_eq!(text(&p), "2");
+        q.answered(&ok(Some("1")), Next::Commit, 1);
+        assert!(q.kept().is_empty(), "New keeps no id");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn pending_notices_are_bounded_by_dropping_the_oldest_new_one() {
+        let mut q = Notices::default();
+        for i in 0..MAX_PENDING + 5 {
+            q.push(n(&format!("k{i}"), &i.to_string(), Policy::New));
+        }
+        assert_eq!(q.queue.len(), MAX_PENDING);
+        let (_, p) = q.next(Instant::now()).unwrap();
+        assert_eq!(text(&p), "5");
+    }
+
+    #[test]
+    fn stopping_sends_what_waits_for_its_interval() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(upsert("k", "1"));
+        q.next(t0).unwrap();
+        q.answered(&ok(Some("1")), Next::Commit, 1);
+        q.push(upsert("k", "2"));
+        assert!(q.next(t0).is_none());
+        q.hurry();
+        assert!(q.next(t0).is_some());
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_forgets_old_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let k = |closed, at| Kept {
+            id: Snowflake::parse("12"),
+            closed,
+            at,
+        };
+        let now = 10 * 24 * 3600;
+        let mut saved = Saved::new();
+        saved.insert(
+            route_id("https://x/api/webhooks/1/t"),
+            BTreeMap::from([
+                ("open".to_string(), k(false, now - 3600)),
+                ("closed-recent".to_string(), k(true, now - 3600)),
+                ("closed-old".to_string(), k(true, now - 2 * 24 * 3600)),
+                ("open-ancient".to_string(), k(false, now - 8 * 24 * 3600)),
+            ]),
+        );
+        save(&path, saved, now).unwrap();
+        let back = load(&path);
+        let keys: Vec<&String> = back.values().flat_map(|m| m.keys()).collect();
+        assert_eq!(keys, ["closed-recent", "open"]);
+        assert!(!path.with_extension("tmp").exists());
+        assert!(
+            !String::from_utf8(std::fs::read(&path).unwrap())
+                .unwrap()
+                .contains("webhooks")
+        );
+        std::fs::write(&path, "not json").unwrap();
+        assert!(load(&path).is_empty());
+    }
+}

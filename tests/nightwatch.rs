@@ -1,0 +1,279 @@
+//! Issue 11 through the real binary, in real time with short thresholds:
+//! the silence alarm (one alert, one "writing again"), incidents (one
+//! message edited with its count instead of a storm, resolved in green,
+//! pinging once), the crash alert with its context attached, and no log
+//! line lost or repeated meanwhile.
+
+mod support;
+
+use std::time::Duration;
+
+use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use support::fake_discord::{FakeDiscord, Received, delivered};
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn ekos(cat: &str, msg: &str) -> String {
+    format!("[2024-03-09T21:14:06.000 CET INFO ][{cat:>30}] - {msg}")
+}
+
+fn sched(msg: &str) -> String {
+    ekos("org.kde.kstars.ekos.scheduler", msg)
+}
+
+fn capture(msg: &str) -> String {
+    ekos("org.kde.kstars.ekos.capture", &format!("\"{msg}\""))
+}
+
+fn guide(msg: &str) -> String {
+    ekos("org.kde.kstars.ekos.guide", &format!("\"{msg}\""))
+}
+
+fn title(m: &Received) -> String {
+    m.embeds
+        .first()
+        .and_then(|e| e["title"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Messages (not edits) whose first embed's title starts with `prefix`.
+fn titled(fake: &FakeDiscord, prefix: &str) -> Vec<Received> {
+    fake.messages()
+        .into_iter()
+        .filter(|m| !m.edit && title(m).starts_with(prefix))
+        .collect()
+}
+
+/// Incident messages (not the line embeds, whose titles are the same).
+fn incidents(fake: &FakeDiscord, prefix: &str) -> Vec<Received> {
+    titled(fake, prefix)
+        .into_iter()
+        .filter(|m| {
+            m.embeds[0]["footer"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("· incident")
+        })
+        .collect()
+}
+
+fn check_lines(fake: &FakeDiscord, expected: &[String]) {
+    let msgs: Vec<Received> = fake.messages().into_iter().filter(|m| !m.edit).collect();
+    let (lost, dups) = loss_and_dups(expected, &delivered(&msgs));
+    assert!(lost.is_empty(), "lost {lost:?}");
+    assert_eq!(dups, 0, "duplicated lines");
+}
+
+#[test]
+fn a_silence_in_mid_exposure_alarms_once_and_the_resumption_is_said_once() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("SILENCE_AFTER", "2").set("MIN_LEVEL", "INFO");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let plain = tokens("silence", 0..6);
+    append(
+        &file,
+        &[
+            plain[0].clone(),
+            sched("Executing Job  \"M31\""),
+            capture("Capturing 1.000-second L image..."),
+            capture("Received image 1 out of 5."),
+            plain[1].clone(),
+            capture("Capturing 1.000-second L image..."),
+            plain[2].clone(),
+        ],
+    );
+    // The log stops in mid-exposure: one alert after about 2 s.
+    assert!(
+        wait_until(LONG, || !titled(&fake, "Ekos silent for").is_empty()),
+        "no silence alert: {}",
+        d.stderr()
+    );
+    let alert = &titled(&fake, "Ekos silent for")[0];
+    assert!(
+        title(alert).contains("during a 1 s exposure of M31"),
+        "{}",
+        title(alert)
+    );
+    let fields = alert.embeds[0]["fields"].to_string();
+    assert!(
+        fields.contains("M31") && fields.contains("\"L\""),
+        "{fields}"
+    );
+    assert!(
+        alert.embeds[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("silence-000002"),
+        "the last line is shown"
+    );
+    append(
+        &file,
+        &[
+            capture("Received image 2 out of 5."),
+            plain[3].clone(),
+            sched("Mount parked."),
+            plain[4].clone(),
+        ],
+    );
+    assert!(wait_until(LONG, || !titled(
+        &fake,
+        "Ekos is writing again after"
+    )
+    .is_empty()));
+    // Parked: the quiet that follows is no silence. The next lines and a
+    // stop flush everything; then the counts are final.
+    append(&file, &[plain[5].clone()]);
+    assert!(wait_until(LONG, || {
+        let msgs = fake.messages();
+        loss_and_dups(&plain, &delivered(&msgs)).0.is_empty()
+    }));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        titled(&fake, "Ekos silent for").len(),
+        1,
+        "once per silence"
+    );
+    assert_eq!(titled(&fake, "Ekos is writing again").len(), 1);
+    check_lines(&fake, &plain);
+}
+
+#[test]
+fn a_storm_is_one_incident_edited_in_place_and_a_crash_carries_its_context() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO")
+        .set("CONTEXT_LINES", "4")
+        .set("BATCH_SIZE", "20")
+        .set("BATCH_TIMEOUT", "0.2");
+    env.write_config(
+        "[[rule]]\nname = \"guide-star-lost\"\nseverity = \"warning\"\nmention = \"<@&4242>\"\n",
+    );
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let plain = tokens("storm", 0..20);
+    let mut lines = Vec::new();
+    for (i, t) in plain.iter().take(9).enumerate() {
+        lines.push(t.clone());
+        lines.push(guide(
+            "Lost track of the guide star. Searching for guide stars...",
+        ));
+        if i == 0 {
+            append(&file, &lines);
+            lines.clear();
+            // The first loss opens the incident: one message, one ping.
+            assert!(
+                wait_until(LONG, || !incidents(&fake, "Lost track of the guide star")
+                    .is_empty()),
+                "no incident: {}",
+                d.stderr()
+            );
+        }
+    }
+    append(&file, &lines);
+    append(&file, &[plain[9].clone(), guide("Autoguiding started.")]);
+    // Resolved at once (a Final ignores the 30 s edit interval).
+    let resolved = |m: &[Received]| {
+        m.iter().any(|e| {
+            e.edit
+                && title(e).starts_with("Resolved after")
+                && e.embeds[0]["fields"].to_string().contains("9 times")
+        })
+    };
+    assert!(
+        fake.wait_for_edits(LONG, resolved),
+        "{:#?}",
+        fake.edits().iter().map(title).collect::<Vec<_>>()
+    );
+    let incident = incidents(&fake, "Lost track of the guide star");
+    assert_eq!(incident.len(), 1, "one message, not nine");
+    assert_eq!(incident[0].content, "<@&4242>", "the incident pings");
+    let edited = fake.message(&incident[0].message_id).unwrap();
+    assert_eq!(edited.embeds[0]["color"], 0x2ECC71, "resolved is green");
+    // The line embeds are still posted, but none pings.
+    let pings: usize = fake
+        .messages()
+        .iter()
+        .filter(|m| !m.edit && m.content.contains("<@&4242>"))
+        .count();
+    assert_eq!(pings, 1, "one ping for nine losses");
+
+    // A driver crash: an incident with the lines before it attached.
+    let before: Vec<String> = plain[10..14].to_vec();
+    let mut crash = before.clone();
+    crash.push(ekos(
+        "org.kde.kstars.indi",
+        "INDI driver  \"indi_eqmod_telescope\"  crashed!",
+    ));
+    append(&file, &crash);
+    assert!(wait_until(LONG, || !incidents(&fake, "INDI driver").is_empty()));
+    let c = &incidents(&fake, "INDI driver")[0];
+    assert_eq!(c.attachments.len(), 1, "{c:?}");
+    let (name, data) = &c.attachments[0];
+    assert!(name.ends_with(".log"), "{name}");
+    let text = String::from_utf8_lossy(data);
+    let ctx: Vec<&str> = text.lines().collect();
+    assert_eq!(ctx.len(), 4, "{text}");
+    assert!(ctx[3].contains("crashed!"), "the line itself last: {text}");
+    assert_eq!(ctx[..3], before[1..], "the lines before it");
+
+    append(&file, &plain[14..]);
+    assert!(wait_until(LONG, || {
+        loss_and_dups(&plain, &delivered(&fake.messages()))
+            .0
+            .is_empty()
+    }));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    check_lines(&fake, &plain);
+}
+
+#[test]
+fn a_restart_edits_the_open_incident_instead_of_posting_it_again() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    append(
+        &file,
+        &[capture(
+            "Capture failed. Check INDI Control Panel for details.",
+        )],
+    );
+    assert!(wait_until(LONG, || !incidents(&fake, "Capture failed").is_empty()));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    let d = env.start(&[]);
+    append(
+        &file,
+        &[capture(
+            "Capture failed. Check INDI Control Panel for details.",
+        )],
+    );
+    let first = incidents(&fake, "Capture failed")[0].message_id.clone();
+    // The new run has sent nothing under the key yet: the edit goes at once.
+    let edited = |e: &[Received]| {
+        e.iter()
+            .any(|m| m.message_id == first && title(m).contains("(×2)"))
+    };
+    assert!(
+        fake.wait_for_edits(LONG, edited),
+        "{:?}\n{}",
+        fake.edits().iter().map(title).collect::<Vec<_>>(),
+        d.stderr()
+    );
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        incidents(&fake, "Capture failed").len(),
+        1,
+        "not posted twice"
+    );
+}
