@@ -54,6 +54,8 @@ pub const ENV_KEYS: &[&str] = &[
     "ALERTS_WEBHOOK_URL",
     "ALERTS_MIN_SEVERITY",
     "ATTACHMENT_THRESHOLD",
+    "HEARTBEAT_URL",
+    "HEARTBEAT_INTERVAL",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
@@ -294,6 +296,8 @@ pub struct Config {
     pub attachment_threshold: Option<usize>,
     /// Event rules (built-in and `[[rule]]` tables).
     pub rules: std::sync::Arc<Rules>,
+    /// `heartbeat_url` and `heartbeat_interval` (see [`crate::heartbeat`]).
+    pub heartbeat: Option<crate::heartbeat::Settings>,
     /// Effective values as strings, secrets redacted, for `check`.
     pub effective: BTreeMap<String, String>,
 }
@@ -821,6 +825,26 @@ impl Config {
             effective.insert("ALERTS_WEBHOOK_URL".into(), webhooks[i].to_string());
             effective.insert("ALERTS_MIN_SEVERITY".into(), min.to_string());
         }
+        let heartbeat_interval = l.seconds("HEARTBEAT_INTERVAL", 300.0, 1.0)?;
+        let heartbeat = match l.get("HEARTBEAT_URL").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(u) => Some(
+                crate::heartbeat::Settings::new(&u, heartbeat_interval).map_err(|_| {
+                    invalid(
+                        "HEARTBEAT_URL",
+                        crate::heartbeat::redact(&u),
+                        "an http:// or https:// URL with a host (a push monitor's ping URL)",
+                    )
+                })?,
+            ),
+        };
+        if let Some(h) = &heartbeat {
+            effective.insert("HEARTBEAT_URL".into(), h.shown());
+            effective.insert(
+                "HEARTBEAT_INTERVAL".into(),
+                format!("{}", heartbeat_interval.as_secs_f64()),
+            );
+        }
         effective.insert("LOG_LEVEL".into(), log_level.to_string());
         effective.insert(
             "RATE_LIMIT_DELAY".into(),
@@ -859,6 +883,7 @@ impl Config {
             alerts,
             attachment_threshold,
             rules,
+            heartbeat,
             effective,
         })
     }
@@ -1026,6 +1051,41 @@ mod tests {
         assert_eq!(t(Some("0")).unwrap(), Some(0));
         assert_eq!(t(Some("200")).unwrap(), Some(200));
         assert!(t(Some("lots")).is_err());
+    }
+
+    #[test]
+    fn heartbeat_keys() {
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert!(c.heartbeat.is_none() && !c.effective.contains_key("HEARTBEAT_URL"));
+        let hc = "https://hc-ping.com/0f1e2d3c-aaaa-bbbb-cccc-123456789abc";
+        let c = load(
+            Some(&format!(
+                "heartbeat_url = \"{hc}\"\nheartbeat_interval = 60\n"
+            )),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        let h = c.heartbeat.unwrap();
+        assert_eq!((h.url(), h.interval), (hc, Duration::from_secs(60)));
+        assert_eq!(c.effective["HEARTBEAT_URL"], "https://hc-ping.com/****");
+        let e = load(
+            None,
+            &[
+                ("DISCORD_WEBHOOK_URL", URL),
+                ("HEARTBEAT_URL", "hc-ping.com/0f1e2d3c-aaaa"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("HEARTBEAT_URL = "), "{e}");
+        assert!(!e.contains("0f1e2d3c") && !e.contains('\n'), "{e}");
+        let e = load(
+            None,
+            &[("DISCORD_WEBHOOK_URL", URL), ("HEARTBEAT_INTERVAL", "0")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("HEARTBEAT_INTERVAL = \"0\": expected"), "{e}");
     }
 
     #[test]

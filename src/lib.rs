@@ -24,6 +24,7 @@ pub mod discord;
 pub mod discover;
 pub mod ekos;
 pub mod format;
+pub mod heartbeat;
 pub mod limits;
 pub mod sender;
 pub mod service;
@@ -77,6 +78,9 @@ struct Pipeline {
     exited: Receiver<&'static str>,
     /// Fires once every source is watched and its files are open.
     ready: Receiver<()>,
+    /// The `heartbeat` thread, if `heartbeat_url` is set; dropping
+    /// `heartbeat_stop` stops it.
+    heartbeat: Option<(JoinHandle<()>, Sender<()>)>,
 }
 
 /// Capacity of each route's watcher → sender channel, in chunks (each at
@@ -91,6 +95,7 @@ impl Pipeline {
     /// the watchdog meanwhile.
     fn start(cfg: Arc<Config>, dry_run: bool, stats: Arc<Stats>) -> Result<Pipeline, RunError> {
         let store = Arc::new(Store::open(&cfg.state_dir, !dry_run)?);
+        stats.health.restart();
         let sinks: Vec<Box<dyn Sink>> = cfg
             .webhooks
             .iter()
@@ -122,8 +127,8 @@ impl Pipeline {
         // what Discord accepts then could not be recorded, and would be
         // posted again after a restart.
         let trouble = store.clone();
-        let s =
-            sender::Sender::new(&cfg, sinks, store, stats)?.pause_while(move || trouble.trouble());
+        let s = sender::Sender::new(&cfg, sinks, store, stats.clone())?
+            .pause_while(move || trouble.trouble());
         let guard = ExitGuard("sender", exit_tx);
         let sender = std::thread::Builder::new()
             .name("sender".into())
@@ -131,7 +136,19 @@ impl Pipeline {
                 let _guard = guard;
                 s.run(line_rx, sctl_rx)
             })?;
+        let heartbeat = match &cfg.heartbeat {
+            Some(hb) => {
+                let (stop_tx, stop_rx) = bounded(1);
+                let h = heartbeat::Heartbeat::new(hb.clone(), stats, heartbeat::http_pinger());
+                let t = std::thread::Builder::new()
+                    .name("heartbeat".into())
+                    .spawn(move || h.run(stop_rx))?;
+                Some((t, stop_tx))
+            }
+            None => None,
+        };
         Ok(Pipeline {
+            heartbeat,
             watcher: Some(watcher),
             sender: Some(sender),
             watcher_ctl: wctl_tx,
@@ -144,6 +161,12 @@ impl Pipeline {
     /// Waits for both threads; re-raises a panic, returns the watcher's error.
     fn join(&mut self) -> Result<(), RunError> {
         let mut result = Ok(());
+        if let Some((h, stop)) = self.heartbeat.take() {
+            drop(stop);
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
         if let Some(h) = self.watcher.take() {
             match h.join() {
                 Ok(r) => result = r.map_err(RunError::from),
@@ -197,6 +220,21 @@ pub fn describe_sources(cfg: &Config) -> String {
         .join("; ")
 }
 
+/// How often the supervisor pings the workers: half the watchdog period,
+/// and often enough for the heartbeat to know whether they answer.
+fn ping_period(watchdog: Option<std::time::Duration>, cfg: &Config) -> Option<std::time::Duration> {
+    let for_heartbeat = cfg.heartbeat.as_ref().map(|h| {
+        (h.interval / 2).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(10),
+        )
+    });
+    match (watchdog.map(|d| d / 2), for_heartbeat) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Runs the daemon until SIGINT/SIGTERM. `inputs` are kept for reloads.
 pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
     let dry_run = inputs.dry_run;
@@ -222,13 +260,14 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
         describe_sources(&cfg)
     );
     let stats = Arc::new(Stats::default());
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut tick = ping_period(watchdog, &cfg);
     let mut pipeline = Pipeline::start(Arc::new(cfg), dry_run, stats.clone())?;
     // READY (and after a reload, READY again) once the watcher's set-up is
     // done; until then signals and the watchdog are served as usual.
     let mut starting = true;
     let mut first_start = true;
 
-    let tick = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut ping = 0u64;
     let mut stalled_reported = false;
     loop {
@@ -274,6 +313,7 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
                             log::set_max_level(new.log_level);
                             pipeline.abort()?;
                             log::info!("configuration reloaded: following {}", describe_sources(&new));
+                            tick = ping_period(watchdog, &new);
                             pipeline = Pipeline::start(Arc::new(new), dry_run, stats.clone())?;
                             starting = true;
                         }
@@ -304,6 +344,7 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
             recv(timer) -> _ => {
                 let w = stats.watcher_pong.load(Ordering::Relaxed);
                 let s = stats.sender_pong.load(Ordering::Relaxed);
+                stats.health.record_workers(w == ping && s == ping, std::time::Instant::now());
                 if w == ping && s == ping {
                     service::notify(&[NotifyState::Watchdog]);
                     stalled_reported = false;

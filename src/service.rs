@@ -42,6 +42,8 @@ pub struct Stats {
     pub messages_sent: AtomicU64,
     pub watcher_pong: AtomicU64,
     pub sender_pong: AtomicU64,
+    /// What the heartbeat judges health by.
+    pub health: crate::heartbeat::Signals,
     followed: Mutex<Vec<String>>,
     last_post: Mutex<Option<SystemTime>>,
     last_error: Mutex<Option<String>>,
