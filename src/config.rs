@@ -59,7 +59,7 @@ pub const ENV_KEYS: &[&str] = &[
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
-const TABLE_KEYS: &[&str] = &["source", "rule"];
+const TABLE_KEYS: &[&str] = &["source", "rule", "expect"];
 
 /// Keys of a `[[source]]` table.
 const SOURCE_KEYS: &[&str] = &[
@@ -209,6 +209,7 @@ fn known_key_of_line(line: &str) -> Option<String> {
                 .iter()
                 .chain(SOURCE_KEYS)
                 .chain(RULE_KEYS)
+                .chain(crate::nightwatch::expect::KEYS)
                 .map(|k| k.to_string()),
         )
         .find(|k| k == name)
@@ -298,6 +299,8 @@ pub struct Config {
     pub rules: std::sync::Arc<Rules>,
     /// `heartbeat_url` and `heartbeat_interval` (see [`crate::heartbeat`]).
     pub heartbeat: Option<crate::heartbeat::Settings>,
+    /// `[[expect]]` tables (see [`crate::nightwatch::expect`]).
+    pub expect: Vec<crate::nightwatch::expect::Expectation>,
     /// Effective values as strings, secrets redacted, for `check`.
     pub effective: BTreeMap<String, String>,
 }
@@ -845,6 +848,21 @@ impl Config {
                 format!("{}", heartbeat_interval.as_secs_f64()),
             );
         }
+        let expect_specs: Vec<crate::nightwatch::expect::Spec> =
+            l.tables("expect", &crate::nightwatch::expect::KEYS.join(", "))?;
+        let expect = crate::nightwatch::expect::from_specs(&expect_specs, &l.base).map_err(
+            |crate::nightwatch::expect::ExpectError::Invalid {
+                 key,
+                 value,
+                 expected,
+             }| { invalid(&key, value, &expected) },
+        )?;
+        for (i, e) in expect.iter().enumerate() {
+            effective.insert(
+                format!("EXPECT[{}]", i + 1),
+                crate::nightwatch::expect::describe(e),
+            );
+        }
         effective.insert("LOG_LEVEL".into(), log_level.to_string());
         effective.insert(
             "RATE_LIMIT_DELAY".into(),
@@ -884,6 +902,7 @@ impl Config {
             attachment_threshold,
             rules,
             heartbeat,
+            expect,
             effective,
         })
     }
@@ -1086,6 +1105,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("HEARTBEAT_INTERVAL = \"0\": expected"), "{e}");
+    }
+
+    #[test]
+    fn expect_tables() {
+        let c = load(
+            Some(
+                "[[expect]]\nfile = \"backup.log\"\npattern = \"completed\"\nby = \"04:30\"\nweekdays = [\"mon\", \"tue\"]\n",
+            ),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        assert_eq!(c.expect.len(), 1);
+        assert_eq!(
+            c.effective["EXPECT[1]"],
+            "backup.log: 'completed' in backup.log by 04:30 (mon, tue)"
+        );
+        let e = load(
+            Some("[[expect]]\nfile = \"b.log\"\npattern = \"x\"\nby = \"25:00\"\n"),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "expect[1].by = \"25:00\": expected a local time of day as \"HH:MM\", e.g. \"04:30\""
+        );
+        let e = load(
+            Some("[[expect]]\nfile = \"b.log\"\npattern = \"x\"\nby = \"04:00\"\nwhen = 1\n"),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("expect = \"[[expect]]\": expected tables with keys name, file"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

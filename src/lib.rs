@@ -26,6 +26,8 @@ pub mod ekos;
 pub mod format;
 pub mod heartbeat;
 pub mod limits;
+pub mod localtime;
+pub mod nightwatch;
 pub mod sender;
 pub mod service;
 pub mod session;
