@@ -56,6 +56,8 @@ pub const ENV_KEYS: &[&str] = &[
     "ATTACHMENT_THRESHOLD",
     "HEARTBEAT_URL",
     "HEARTBEAT_INTERVAL",
+    "NIGHT_START",
+    "NIGHT_END",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
@@ -301,6 +303,8 @@ pub struct Config {
     pub heartbeat: Option<crate::heartbeat::Settings>,
     /// `[[expect]]` tables (see [`crate::nightwatch::expect`]).
     pub expect: Vec<crate::nightwatch::expect::Expectation>,
+    /// `night_start` and `night_end` (see [`crate::nightwatch::card`]).
+    pub night: crate::nightwatch::card::NightSettings,
     /// Effective values as strings, secrets redacted, for `check`.
     pub effective: BTreeMap<String, String>,
 }
@@ -863,6 +867,29 @@ impl Config {
                 crate::nightwatch::expect::describe(e),
             );
         }
+        let time_of_day = |key: &str| -> Result<Option<crate::localtime::TimeOfDay>, ConfigError> {
+            match l.get(key).filter(|v| !v.trim().is_empty()) {
+                None => Ok(None),
+                Some(v) => crate::localtime::TimeOfDay::parse(&v)
+                    .map(Some)
+                    .map_err(|_| {
+                        invalid(key, &v, "a local time of day as \"HH:MM\", e.g. \"12:00\"")
+                    }),
+            }
+        };
+        let night = crate::nightwatch::card::NightSettings {
+            start: time_of_day("NIGHT_START")?.unwrap_or(crate::localtime::TimeOfDay(12 * 3600)),
+            end: time_of_day("NIGHT_END")?,
+        };
+        effective.insert("NIGHT_START".into(), night.start.to_string());
+        effective.insert(
+            "NIGHT_END".into(),
+            night
+                .end
+                .map_or("(none: the log and night_start end a night)".into(), |e| {
+                    e.to_string()
+                }),
+        );
         effective.insert("LOG_LEVEL".into(), log_level.to_string());
         effective.insert(
             "RATE_LIMIT_DELAY".into(),
@@ -903,6 +930,7 @@ impl Config {
             rules,
             heartbeat,
             expect,
+            night,
             effective,
         })
     }
@@ -1142,6 +1170,29 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn night_keys() {
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert_eq!(c.night, crate::nightwatch::card::NightSettings::default());
+        let c = load(
+            Some("night_start = \"15:00\"\nnight_end = \"07:30\"\n"),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        assert_eq!(c.effective["NIGHT_START"], "15:00");
+        assert_eq!(
+            c.night.end,
+            Some(crate::localtime::TimeOfDay(7 * 3600 + 1800))
+        );
+        let e = load(None, &[("DISCORD_WEBHOOK_URL", URL), ("NIGHT_END", "7am")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "NIGHT_END = \"7am\": expected a local time of day as \"HH:MM\", e.g. \"12:00\""
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! the log lines alone.
 //!
 //! Placeholder of branch wip-w2 (helper w2) for its pure parts, to be
-//! merged with helper w1's actor: [`expect`] (`[[expect]]` deadlines).
+//! merged with helper w1's actor: [`expect`] (`[[expect]]` deadlines) and
+//! [`card`] (the night card).
 
+pub mod card;
 pub mod expect;
