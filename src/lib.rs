@@ -28,6 +28,7 @@ pub mod heartbeat;
 pub mod limits;
 pub mod localtime;
 pub mod nightwatch;
+pub mod notice;
 pub mod sender;
 pub mod service;
 pub mod session;

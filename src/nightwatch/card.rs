@@ -46,6 +46,8 @@ use crate::session::{
 const LIVE_COLOR: u32 = 0x34_98_DB;
 const DONE_COLOR: u32 = 0x2E_CC_71;
 const TROUBLED_COLOR: u32 = 0xE6_7E_22;
+/// The live card is edited at most this often (the summary at once).
+pub const CARD_EDIT_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// Most silences listed one by one.
 const SILENCES_LISTED: usize = 8;
 
@@ -413,6 +415,47 @@ pub fn live_card(session: &Session, stats: &NightStats, now: Local) -> Value {
         "footer": {"text": format!("started {} · updated {}", stats.started.time_of_day(), now.time_of_day())},
     });
     json!({"embeds": [embed], "allowed_mentions": {"parse": []}})
+}
+
+/// The key of night `night`'s card: `night:2024-03-09`.
+pub fn card_key(night: i64) -> String {
+    format!("night:{}", night_date(night))
+}
+
+/// The live card as a notice: edits the night's message in place, at most
+/// every [`CARD_EDIT_INTERVAL`].
+pub fn live_notice(
+    route: usize,
+    session: &Session,
+    stats: &NightStats,
+    now: Local,
+) -> crate::notice::Notice {
+    crate::notice::Notice {
+        route,
+        key: card_key(stats.night),
+        body: live_card(session, stats, now),
+        files: Vec::new(),
+        policy: crate::notice::Policy::Upsert {
+            min_interval: CARD_EDIT_INTERVAL,
+        },
+    }
+}
+
+/// The summary as a notice: replaces the live card at once and closes it.
+pub fn summary_notice(
+    route: usize,
+    session: &Session,
+    stats: &NightStats,
+    end: Local,
+    reason: EndReason,
+) -> crate::notice::Notice {
+    crate::notice::Notice {
+        route,
+        key: card_key(stats.night),
+        body: summary_card(session, stats, end, reason),
+        files: Vec::new(),
+        policy: crate::notice::Policy::Final,
+    }
 }
 
 /// One target's field value: a line per filter, capped with a marker.

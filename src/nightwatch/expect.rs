@@ -244,6 +244,17 @@ impl Alert {
         })
     }
 
+    /// The notice to post to route `route`: a new message each time.
+    pub fn notice(&self, route: usize) -> crate::notice::Notice {
+        crate::notice::Notice {
+            route,
+            key: self.key(),
+            body: serde_json::json!({"embeds": [self.embed()], "allowed_mentions": {"parse": []}}),
+            files: Vec::new(),
+            policy: crate::notice::Policy::New,
+        }
+    }
+
     /// The key under which it is posted (one message per alert).
     pub fn key(&self) -> String {
         let kind = match self.kind {
@@ -630,8 +641,9 @@ mod tests {
         let mut x = backup();
         x.due(t(0, 12, 0));
         let a = &x.due(t(1, 5, 0))[0];
-        let msg = serde_json::json!({"embeds": [a.embed()]});
-        crate::limits::check(&msg).unwrap();
+        let n = a.notice(1);
+        crate::limits::check(&n.body).unwrap();
+        assert_eq!((n.route, n.policy), (1, crate::notice::Policy::New));
         assert_eq!(a.key(), "expect:backup.log:2026-11-24 04:30:missing");
         let e = Expectation::new(
             &spec("backup.log", "completed", "04:30", Some(&["sat", "sun"])),
