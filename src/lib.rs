@@ -139,7 +139,9 @@ impl Pipeline {
                 let _guard = guard;
                 s.run(line_rx, sctl_rx)
             })?;
-        let heartbeat = match &cfg.heartbeat {
+        // A dry run is a test of the configuration: pinging the monitor
+        // would tell it that the real service is alive.
+        let heartbeat = match cfg.heartbeat.as_ref().filter(|_| !dry_run) {
             Some(hb) => {
                 let (stop_tx, stop_rx) = bounded(1);
                 let h = heartbeat::Heartbeat::new(hb.clone(), stats, heartbeat::http_pinger());
@@ -164,10 +166,15 @@ impl Pipeline {
     /// Waits for both threads; re-raises a panic, returns the watcher's error.
     fn join(&mut self) -> Result<(), RunError> {
         let mut result = Ok(());
+        // The heartbeat stops at its next wake-up; a ping in progress (up
+        // to its timeout) is not waited for, so a slow monitor never delays
+        // a stop or a reload.
         if let Some((h, stop)) = self.heartbeat.take() {
             drop(stop);
-            if let Err(panic) = h.join() {
-                std::panic::resume_unwind(panic);
+            if h.is_finished() {
+                if let Err(panic) = h.join() {
+                    std::panic::resume_unwind(panic);
+                }
             }
         }
         if let Some(h) = self.watcher.take() {
