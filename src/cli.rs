@@ -54,6 +54,19 @@ pub struct Cli {
     #[arg(long, value_name = "LOGFILE")]
     pub replay: Option<PathBuf>,
 
+    /// With --replay: print the end-of-night summary card of each night in
+    /// LOGFILE instead of what it would post.
+    ///
+    /// Each summary is one JSON line, the message body the daemon would post
+    /// (one embed: frames and exposure per target and filter, autofocus runs,
+    /// plate solves, guiding aborts and star losses, meridian flips, driver
+    /// crashes, silences, first and last frame). Each line's own timestamp is
+    /// taken as its arrival time, so a silence is a gap between timestamps
+    /// longer than the session explains; nights follow night_start and
+    /// night_end. For checking the numbers of a past night.
+    #[arg(long, requires = "replay")]
+    pub night_card: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

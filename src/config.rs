@@ -58,10 +58,14 @@ pub const ENV_KEYS: &[&str] = &[
     "SILENCE_AFTER",
     "INCIDENT_WINDOW",
     "CONTEXT_LINES",
+    "HEARTBEAT_URL",
+    "HEARTBEAT_INTERVAL",
+    "NIGHT_START",
+    "NIGHT_END",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
-const TABLE_KEYS: &[&str] = &["source", "rule"];
+const TABLE_KEYS: &[&str] = &["source", "rule", "expect"];
 
 /// Keys of a `[[source]]` table.
 const SOURCE_KEYS: &[&str] = &[
@@ -216,6 +220,7 @@ fn known_key_of_line(line: &str) -> Option<String> {
                 .iter()
                 .chain(SOURCE_KEYS)
                 .chain(RULE_KEYS)
+                .chain(crate::nightwatch::expect::KEYS)
                 .map(|k| k.to_string()),
         )
         .find(|k| k == name)
@@ -309,6 +314,12 @@ pub struct Config {
     pub incident_window: Duration,
     /// Night watch: lines before an error attached to its alert (0: none).
     pub context_lines: usize,
+    /// `heartbeat_url` and `heartbeat_interval` (see [`crate::heartbeat`]).
+    pub heartbeat: Option<crate::heartbeat::Settings>,
+    /// `[[expect]]` tables (see [`crate::nightwatch::expect`]).
+    pub expect: Vec<crate::nightwatch::expect::Expectation>,
+    /// `night_start` and `night_end` (see [`crate::nightwatch::card`]).
+    pub night: crate::nightwatch::card::NightSettings,
     /// Effective values as strings, secrets redacted, for `check`.
     pub effective: BTreeMap<String, String>,
 }
@@ -907,6 +918,64 @@ impl Config {
             effective.insert("ALERTS_WEBHOOK_URL".into(), webhooks[i].to_string());
             effective.insert("ALERTS_MIN_SEVERITY".into(), min.to_string());
         }
+        let heartbeat_interval = l.seconds("HEARTBEAT_INTERVAL", 300.0, 1.0)?;
+        let heartbeat = match l.get("HEARTBEAT_URL").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(u) => Some(
+                crate::heartbeat::Settings::new(&u, heartbeat_interval).map_err(|_| {
+                    invalid(
+                        "HEARTBEAT_URL",
+                        crate::heartbeat::redact(&u),
+                        "an http:// or https:// URL with a host (a push monitor's ping URL)",
+                    )
+                })?,
+            ),
+        };
+        if let Some(h) = &heartbeat {
+            effective.insert("HEARTBEAT_URL".into(), h.shown());
+            effective.insert(
+                "HEARTBEAT_INTERVAL".into(),
+                format!("{}", heartbeat_interval.as_secs_f64()),
+            );
+        }
+        let expect_specs: Vec<crate::nightwatch::expect::Spec> =
+            l.tables("expect", &crate::nightwatch::expect::KEYS.join(", "))?;
+        let expect = crate::nightwatch::expect::from_specs(&expect_specs, &l.base).map_err(
+            |crate::nightwatch::expect::ExpectError::Invalid {
+                 key,
+                 value,
+                 expected,
+             }| { invalid(&key, value, &expected) },
+        )?;
+        for (i, e) in expect.iter().enumerate() {
+            effective.insert(
+                format!("EXPECT[{}]", i + 1),
+                crate::nightwatch::expect::describe(e),
+            );
+        }
+        let time_of_day = |key: &str| -> Result<Option<crate::localtime::TimeOfDay>, ConfigError> {
+            match l.get(key).filter(|v| !v.trim().is_empty()) {
+                None => Ok(None),
+                Some(v) => crate::localtime::TimeOfDay::parse(&v)
+                    .map(Some)
+                    .map_err(|_| {
+                        invalid(key, &v, "a local time of day as \"HH:MM\", e.g. \"12:00\"")
+                    }),
+            }
+        };
+        let night = crate::nightwatch::card::NightSettings {
+            start: time_of_day("NIGHT_START")?.unwrap_or(crate::localtime::TimeOfDay(12 * 3600)),
+            end: time_of_day("NIGHT_END")?,
+        };
+        effective.insert("NIGHT_START".into(), night.start.to_string());
+        effective.insert(
+            "NIGHT_END".into(),
+            night
+                .end
+                .map_or("(none: the log and night_start end a night)".into(), |e| {
+                    e.to_string()
+                }),
+        );
         effective.insert("LOG_LEVEL".into(), log_level.to_string());
         effective.insert(
             "RATE_LIMIT_DELAY".into(),
@@ -949,6 +1018,9 @@ impl Config {
             silence_after,
             incident_window,
             context_lines,
+            heartbeat,
+            expect,
+            night,
             effective,
         })
     }
@@ -1215,6 +1287,101 @@ mod tests {
         assert_eq!(t(Some("0")).unwrap(), Some(0));
         assert_eq!(t(Some("200")).unwrap(), Some(200));
         assert!(t(Some("lots")).is_err());
+    }
+
+    #[test]
+    fn heartbeat_keys() {
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert!(c.heartbeat.is_none() && !c.effective.contains_key("HEARTBEAT_URL"));
+        let hc = "https://hc-ping.com/0f1e2d3c-aaaa-bbbb-cccc-123456789abc";
+        let c = load(
+            Some(&format!(
+                "heartbeat_url = \"{hc}\"\nheartbeat_interval = 60\n"
+            )),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        let h = c.heartbeat.unwrap();
+        assert_eq!((h.url(), h.interval), (hc, Duration::from_secs(60)));
+        assert_eq!(c.effective["HEARTBEAT_URL"], "https://hc-ping.com/****");
+        let e = load(
+            None,
+            &[
+                ("DISCORD_WEBHOOK_URL", URL),
+                ("HEARTBEAT_URL", "hc-ping.com/0f1e2d3c-aaaa"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("HEARTBEAT_URL = "), "{e}");
+        assert!(!e.contains("0f1e2d3c") && !e.contains('\n'), "{e}");
+        let e = load(
+            None,
+            &[("DISCORD_WEBHOOK_URL", URL), ("HEARTBEAT_INTERVAL", "0")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("HEARTBEAT_INTERVAL = \"0\": expected"), "{e}");
+    }
+
+    #[test]
+    fn expect_tables() {
+        let c = load(
+            Some(
+                "[[expect]]\nfile = \"backup.log\"\npattern = \"completed\"\nby = \"04:30\"\nweekdays = [\"mon\", \"tue\"]\n",
+            ),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        assert_eq!(c.expect.len(), 1);
+        assert_eq!(
+            c.effective["EXPECT[1]"],
+            "backup.log: 'completed' in backup.log by 04:30 (mon, tue)"
+        );
+        let e = load(
+            Some("[[expect]]\nfile = \"b.log\"\npattern = \"x\"\nby = \"25:00\"\n"),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "expect[1].by = \"25:00\": expected a local time of day as \"HH:MM\", e.g. \"04:30\""
+        );
+        let e = load(
+            Some("[[expect]]\nfile = \"b.log\"\npattern = \"x\"\nby = \"04:00\"\nwhen = 1\n"),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("expect = \"[[expect]]\": expected tables with keys name, file"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn night_keys() {
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert_eq!(c.night, crate::nightwatch::card::NightSettings::default());
+        let c = load(
+            Some("night_start = \"15:00\"\nnight_end = \"07:30\"\n"),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        assert_eq!(c.effective["NIGHT_START"], "15:00");
+        assert_eq!(
+            c.night.end,
+            Some(crate::localtime::TimeOfDay(7 * 3600 + 1800))
+        );
+        let e = load(None, &[("DISCORD_WEBHOOK_URL", URL), ("NIGHT_END", "7am")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "NIGHT_END = \"7am\": expected a local time of day as \"HH:MM\", e.g. \"12:00\""
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub mod discord;
 pub mod discover;
 pub mod ekos;
 pub mod format;
+pub mod heartbeat;
 pub mod limits;
+pub mod localtime;
 pub mod nightwatch;
 pub mod notice;
 pub mod sender;
@@ -86,6 +88,9 @@ struct Pipeline {
     exited: Receiver<&'static str>,
     /// Fires once every source is watched and its files are open.
     ready: Receiver<()>,
+    /// The `heartbeat` thread, if `heartbeat_url` is set; dropping
+    /// `heartbeat_stop` stops it.
+    heartbeat: Option<(JoinHandle<()>, Sender<()>)>,
 }
 
 /// Capacity of each route's watcher → sender channel, in chunks (each at
@@ -103,6 +108,7 @@ impl Pipeline {
     /// the watchdog meanwhile.
     fn start(cfg: Arc<Config>, dry_run: bool, stats: Arc<Stats>) -> Result<Pipeline, RunError> {
         let store = Arc::new(Store::open(&cfg.state_dir, !dry_run)?);
+        stats.health.restart();
         let sinks: Vec<Box<dyn Sink>> = cfg
             .webhooks
             .iter()
@@ -158,7 +164,7 @@ impl Pipeline {
         // what Discord accepts then could not be recorded, and would be
         // posted again after a restart.
         let trouble = store.clone();
-        let s = sender::Sender::new(&cfg, sinks, store, stats)?
+        let s = sender::Sender::new(&cfg, sinks, store, stats.clone())?
             .pause_while(move || trouble.trouble())
             .with_notices(notice_rx);
         let guard = ExitGuard("sender", exit_tx);
@@ -168,7 +174,21 @@ impl Pipeline {
                 let _guard = guard;
                 s.run(line_rx, sctl_rx)
             })?;
+        // A dry run is a test of the configuration: pinging the monitor
+        // would tell it that the real service is alive.
+        let heartbeat = match cfg.heartbeat.as_ref().filter(|_| !dry_run) {
+            Some(hb) => {
+                let (stop_tx, stop_rx) = bounded(1);
+                let h = heartbeat::Heartbeat::new(hb.clone(), stats, heartbeat::http_pinger());
+                let t = std::thread::Builder::new()
+                    .name("heartbeat".into())
+                    .spawn(move || h.run(stop_rx))?;
+                Some((t, stop_tx))
+            }
+            None => None,
+        };
         Ok(Pipeline {
+            heartbeat,
             watcher: Some(watcher),
             sender: Some(sender),
             nightwatch: Some(nightwatch),
@@ -183,6 +203,17 @@ impl Pipeline {
     /// Waits for both threads; re-raises a panic, returns the watcher's error.
     fn join(&mut self) -> Result<(), RunError> {
         let mut result = Ok(());
+        // The heartbeat stops at its next wake-up; a ping in progress (up
+        // to its timeout) is not waited for, so a slow monitor never delays
+        // a stop or a reload.
+        if let Some((h, stop)) = self.heartbeat.take() {
+            drop(stop);
+            if h.is_finished() {
+                if let Err(panic) = h.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
         if let Some(h) = self.watcher.take() {
             match h.join() {
                 Ok(r) => result = r.map_err(RunError::from),
@@ -246,6 +277,21 @@ pub fn describe_sources(cfg: &Config) -> String {
         .join("; ")
 }
 
+/// How often the supervisor pings the workers: half the watchdog period,
+/// and often enough for the heartbeat to know whether they answer.
+fn ping_period(watchdog: Option<std::time::Duration>, cfg: &Config) -> Option<std::time::Duration> {
+    let for_heartbeat = cfg.heartbeat.as_ref().map(|h| {
+        (h.interval / 2).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(10),
+        )
+    });
+    match (watchdog.map(|d| d / 2), for_heartbeat) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Runs the daemon until SIGINT/SIGTERM. `inputs` are kept for reloads.
 pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
     let dry_run = inputs.dry_run;
@@ -271,6 +317,8 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
         describe_sources(&cfg)
     );
     let stats = Arc::new(Stats::default());
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut tick = ping_period(watchdog, &cfg);
     let mut pipeline = Pipeline::start(Arc::new(cfg), dry_run, stats.clone())?;
     // READY (and after a reload, READY again) once the watcher's set-up is
     // done; until then signals and the watchdog are served as usual.
@@ -280,10 +328,13 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
     // One clock for the whole run: a timer made anew in each turn of the
     // loop would be pushed back by every other event (reloads, READY), and
     // a burst of them would starve the watchdog until systemd killed us.
-    let timer = match sd_notify::watchdog_enabled() {
-        Some(d) => crossbeam_channel::tick(d / 2),
+    // Only a reload that changes the period (heartbeat_interval) makes a
+    // new one.
+    let ticker = |t: Option<std::time::Duration>| match t {
+        Some(t) => crossbeam_channel::tick(t),
         None => never(),
     };
+    let mut timer = ticker(tick);
     let mut ping = 0u64;
     let mut stalled_reported = false;
     loop {
@@ -325,6 +376,11 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
                             log::set_max_level(new.log_level);
                             pipeline.abort()?;
                             log::info!("configuration reloaded: following {}", describe_sources(&new));
+                            let period = ping_period(watchdog, &new);
+                            if period != tick {
+                                tick = period;
+                                timer = ticker(tick);
+                            }
                             pipeline = Pipeline::start(Arc::new(new), dry_run, stats.clone())?;
                             starting = true;
                         }
@@ -356,7 +412,9 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
                 let w = stats.watcher_pong.load(Ordering::Relaxed);
                 let s = stats.sender_pong.load(Ordering::Relaxed);
                 let n = stats.nightwatch_pong.load(Ordering::Relaxed);
-                if w == ping && s == ping && n == ping {
+                let alive = w == ping && s == ping && n == ping;
+                stats.health.record_workers(alive, std::time::Instant::now());
+                if alive {
                     service::notify(&[NotifyState::Watchdog]);
                     stalled_reported = false;
                 } else if !stalled_reported {

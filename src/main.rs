@@ -39,6 +39,9 @@ fn main() -> ExitCode {
     };
     log::set_max_level(cfg.log_level);
     if let Some(path) = &args.replay {
+        if args.night_card {
+            return night_card(&cfg, path);
+        }
         return replay(&cfg, path);
     }
     match command {
@@ -191,6 +194,29 @@ fn test_webhook(cfg: &Config, dry_run: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `--replay FILE --night-card`: each night's summary card, as JSON lines.
+fn night_card(cfg: &Config, path: &std::path::Path) -> ExitCode {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("cannot read {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let nights = ekos_log_monitor::nightwatch::card::replay(text.lines(), &cfg.rules, &cfg.night);
+    if nights.is_empty() {
+        log::warn!(
+            "{}: no session found (no line shows work in progress)",
+            path.display()
+        );
+    }
+    for n in nights {
+        println!("{}", n.card);
+    }
+    ExitCode::SUCCESS
 }
 
 /// `--replay FILE`: every line of the file through the first source's

@@ -46,6 +46,8 @@ pub struct Stats {
     pub nightwatch_pong: AtomicU64,
     /// The Ekos session as the night watch sees it.
     session: Mutex<Option<String>>,
+    /// What the heartbeat judges health by.
+    pub health: crate::heartbeat::Signals,
     followed: Mutex<Vec<String>>,
     last_post: Mutex<Option<SystemTime>>,
     last_error: Mutex<Option<String>>,

@@ -35,7 +35,7 @@ _ekos__log__monitor() {
 
     case "${cmd}" in
         ekos__log__monitor)
-            opts="-c -h -V --config --dry-run --replay --help --version run check test-webhook setup"
+            opts="-c -h -V --config --dry-run --replay --night-card --help --version run check test-webhook setup"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -18,6 +18,8 @@
 //! fed with the times of an injectable [`Clock`], so they are tested in
 //! simulated time; [`NightWatch::run`] is the thin actor around them.
 
+pub mod card;
+pub mod expect;
 pub mod incidents;
 pub mod silence;
 

@@ -521,6 +521,7 @@ impl Sender {
         let outcome = reply.outcome;
         let now = Instant::now();
         let is_alerts = self.alerts.is_some_and(|(a, _)| a == i);
+        self.stats.health.record_outcome(i, &outcome, now);
         let lane = &mut self.lanes[i];
         let Some(msg) = lane.queue.pop_front() else {
             return;

@@ -1,3 +1,4 @@
 pub mod daemon;
 pub mod fake_discord;
 pub mod notify;
+pub mod pings;

@@ -1,0 +1,114 @@
+//! The heartbeat against a loopback monitor: pings while healthy, `/fail`
+//! while Discord fails, pings again once it works; a failing monitor is
+//! logged once and never holds up delivery; the monitor's token is never
+//! logged.
+
+mod support;
+
+use std::time::Duration;
+
+use support::daemon::{Env, append, wait_until};
+use support::fake_discord::{FakeDiscord, Mode, delivered};
+use support::pings::PingServer;
+
+const PING: &str = "/ping/0f1e2d3c-secret-monitor-token";
+const FAIL: &str = "/ping/0f1e2d3c-secret-monitor-token/fail";
+
+#[test]
+fn pings_while_healthy_fail_while_discord_fails_and_pings_again() {
+    let fake = FakeDiscord::start();
+    let monitor = PingServer::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("HEARTBEAT_URL", &monitor.url(PING))
+        .set("HEARTBEAT_INTERVAL", "1");
+    let file = env.logs().join("2026-11-22").join("log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+
+    assert!(
+        wait_until(Duration::from_secs(10), || monitor.count(PING) >= 2),
+        "no pings: {:?}\n{}",
+        monitor.gets(),
+        d.stderr()
+    );
+    assert_eq!(monitor.count(FAIL), 0);
+
+    // Discord answers 503 to everything: the line cannot be posted, and
+    // after one interval of failing the heartbeat says so.
+    fake.set_mode(Mode::Down);
+    append(&file, &["line during the outage".to_string()]);
+    assert!(
+        wait_until(Duration::from_secs(15), || monitor.count(FAIL) >= 1),
+        "no /fail: {:?}\n{}",
+        monitor.gets(),
+        d.stderr()
+    );
+    // While failing, no plain ping.
+    let first_fail = monitor
+        .gets()
+        .into_iter()
+        .find(|(p, _)| p == FAIL)
+        .unwrap()
+        .1;
+    let pings_then = monitor.count(PING);
+
+    fake.set_mode(Mode::Normal);
+    assert!(
+        fake.wait_for(Duration::from_secs(30), |m| delivered(m)
+            .iter()
+            .any(|l| l == "line during the outage")),
+        "the line was not delivered after the outage"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || monitor.count(PING) > pings_then),
+        "no ping after recovery: {:?}\n{}",
+        monitor.gets(),
+        d.stderr()
+    );
+    let gets = monitor.gets();
+    let last_fail = gets.iter().rev().find(|(p, _)| p == FAIL).unwrap().1;
+    assert!(
+        !gets
+            .iter()
+            .any(|(p, t)| p == PING && *t > first_fail && *t < last_fail),
+        "a plain ping between two /fail: {gets:?}"
+    );
+
+    let (status, _, log) = d.stop();
+    assert!(status.success());
+    assert!(
+        log.contains("heartbeat: reporting a failure to http://127.0.0.1:"),
+        "{log}"
+    );
+    assert!(log.contains("heartbeat: healthy again"), "{log}");
+    assert!(!log.contains("secret-monitor-token"), "{log}");
+}
+
+#[test]
+fn a_failing_monitor_is_logged_once_and_does_not_stop_delivery() {
+    let fake = FakeDiscord::start();
+    let monitor = PingServer::start();
+    monitor.set_failing(true);
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("HEARTBEAT_URL", &monitor.url(PING))
+        .set("HEARTBEAT_INTERVAL", "1");
+    let file = env.logs().join("2026-11-22").join("log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    assert!(wait_until(Duration::from_secs(10), || monitor.count(PING) >= 3));
+    append(&file, &["still delivered".to_string()]);
+    assert!(fake.wait_for(Duration::from_secs(10), |m| {
+        delivered(m).iter().any(|l| l == "still delivered")
+    }));
+    monitor.set_failing(false);
+    assert!(wait_until(Duration::from_secs(10), || d
+        .stderr()
+        .contains("heartbeat works again")));
+    let log = d.stderr();
+    assert_eq!(log.matches("heartbeat failed").count(), 1, "{log}");
+    assert!(
+        log.contains("heartbeat failed: GET http://127.0.0.1:"),
+        "{log}"
+    );
+    assert!(!log.contains("secret-monitor-token"), "{log}");
+}
