@@ -168,6 +168,20 @@ impl Expectation {
         }
     }
 
+    /// Whether this expectation's file can be one of `source`'s files,
+    /// judged from the configuration alone (a literal name or path is
+    /// tested against the source's patterns; a glob rarely is one): where
+    /// its alerts go before a line of the file was seen.
+    pub fn may_be_of(&self, source: &crate::config::Source) -> bool {
+        let p = Path::new(self.file.as_str());
+        if self.whole_path {
+            p.strip_prefix(&source.root)
+                .is_ok_and(|rel| source.matches(rel))
+        } else {
+            source.matches(p)
+        }
+    }
+
     /// The latest deadline strictly before `now`, if any within a week.
     fn last_deadline_before(&self, now: Local) -> Option<Local> {
         (0..=7)
@@ -220,6 +234,8 @@ pub enum AlertKind {
 /// One report, for the night-watch actor to post.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alert {
+    /// Which expectation (its position in the configuration).
+    pub index: usize,
     /// The expectation's name (`name`, else the file name).
     pub name: String,
     pub kind: AlertKind,
@@ -292,6 +308,15 @@ impl Expectations {
         self.items.is_empty()
     }
 
+    /// The positions of the expectations that watch `path`.
+    pub fn watching<'a>(&'a self, path: &'a Path) -> impl Iterator<Item = usize> + 'a {
+        self.items
+            .iter()
+            .enumerate()
+            .filter(move |(_, (e, _))| e.watches(path))
+            .map(|(i, _)| i)
+    }
+
     /// Whether any expectation watches `path` (lines of other files need
     /// not be passed to [`Expectations::observe`]).
     pub fn watches(&self, path: &Path) -> bool {
@@ -303,7 +328,7 @@ impl Expectations {
     /// those alerts and a late report if this line is one.
     pub fn observe(&mut self, path: &Path, line: &str, now: Local) -> Vec<Alert> {
         let mut out = self.due(now);
-        for (e, st) in &mut self.items {
+        for (index, (e, st)) in self.items.iter_mut().enumerate() {
             if !e.watches(path) || !e.pattern.is_match(line) {
                 continue;
             }
@@ -311,6 +336,7 @@ impl Expectations {
                 Some(m) if now.since(m) <= LATE_WINDOW => {
                     let after = now.since(m).max(0);
                     out.push(Alert {
+                        index,
                         name: e.name.clone(),
                         kind: AlertKind::Late { at: now },
                         deadline: m,
@@ -334,7 +360,7 @@ impl Expectations {
     /// no matching line.
     pub fn due(&mut self, now: Local) -> Vec<Alert> {
         let mut out = Vec::new();
-        for (e, st) in &mut self.items {
+        for (index, (e, st)) in self.items.iter_mut().enumerate() {
             let Some(last) = e.last_deadline_before(now) else {
                 continue;
             };
@@ -356,6 +382,7 @@ impl Expectations {
             }
             st.missed = Some(last);
             out.push(Alert {
+                index,
                 name: e.name.clone(),
                 kind: AlertKind::Missing,
                 deadline: last,

@@ -1,8 +1,9 @@
 //! The night watch: the thread that reads along with the watcher and writes
 //! the daemon's own messages ([`Notice`]s): the silence alarm, incidents
 //! (repeats of one rule folded into one edited message, with the context
-//! lines of an error attached) and, through the session model, the state
-//! shown in `STATUS=`.
+//! lines of an error attached), `[[expect]]` deadlines ([`expect`]), the
+//! night card ([`card`]) and, through the session model, the state shown
+//! in `STATUS=`.
 //!
 //! ```text
 //! watcher ──(Seen: copies of the lines it read, non-blocking)──► night-watch
@@ -14,9 +15,12 @@
 //! classified twice), by `try_send`: when the night watch is behind (a
 //! large catch-up), the copy is dropped and counted rather than slowing the
 //! watcher, and a dropped copy counts as activity for the silence alarm.
-//! The decisions are pure ([`Watch`], over [`silence`] and [`incidents`]),
-//! fed with the times of an injectable [`Clock`], so they are tested in
-//! simulated time; [`NightWatch::run`] is the thin actor around them.
+//! The decisions are pure ([`Watch`], over [`silence`], [`incidents`],
+//! [`expect`] and [`card`]), fed with the times of an injectable [`Clock`],
+//! so they are tested in simulated time; [`NightWatch::run`] is the thin
+//! actor around them. The night card is driven the way [`card::replay`]
+//! drives it over a past log, with arrival times instead of the lines'
+//! timestamps, and the silences the silence alarm reported.
 
 pub mod card;
 pub mod expect;
@@ -34,11 +38,14 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, never};
 use crate::config::Config;
 use crate::ekos::Severity;
 use crate::format::EventPart;
+use crate::localtime::Local;
 use crate::notice::{Alert, Notice, Policy, RESOLVED_COLOR, context_file, human, quoted_line};
 use crate::service::{Control, Stats};
 use crate::session::Session;
 use crate::watcher::Chunk;
 
+use card::{EndReason, NightSettings, NightStats};
+use expect::{Expectation, Expectations};
 use incidents::{Incident, Incidents, Occurrence};
 use silence::{Silence, Threshold};
 
@@ -49,6 +56,10 @@ pub const SEEN_CHANNEL: usize = 64;
 const CONTEXT_FILES: usize = 64;
 /// The night watch's state file (open incidents), in the state directory.
 pub const FILE: &str = "nightwatch.json";
+/// Longest wait for a wall-clock deadline (`[[expect]]`, `night_end`): the
+/// wait is computed on the wall clock, which may jump (daylight saving,
+/// a clock set late); looking again this often bounds the error.
+const WALL_WAIT_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NightWatchError {
@@ -179,6 +190,14 @@ pub struct Settings {
     pub context_lines: usize,
     /// Where open incidents are saved (`None`: a dry run).
     pub state_file: Option<PathBuf>,
+    /// `[[expect]]` tables.
+    pub expect: Vec<Expectation>,
+    /// Per expectation, the route its alerts go to until a line of its file
+    /// is seen (then that file's route): the first source whose patterns
+    /// take its file, else route 0.
+    pub expect_routes: Vec<usize>,
+    /// `night_start`, `night_end`.
+    pub night: NightSettings,
 }
 
 impl Settings {
@@ -189,8 +208,32 @@ impl Settings {
             incident_window: cfg.incident_window,
             context_lines: cfg.context_lines,
             state_file: None,
+            expect: cfg.expect.clone(),
+            expect_routes: cfg
+                .expect
+                .iter()
+                .map(|e| {
+                    cfg.sources
+                        .iter()
+                        .find(|s| e.may_be_of(s))
+                        .map_or(0, |s| s.route)
+                })
+                .collect(),
+            night: cfg.night,
         }
     }
+}
+
+/// The local wall clock at `wall` milliseconds since the epoch.
+fn local(wall: u64) -> Local {
+    Local::from_unix((wall / 1000) as i64)
+}
+
+/// The wall-clock milliseconds (at or after `wall`) at which the local
+/// clock has passed `t`, at most [`WALL_WAIT_MS`] ahead.
+fn wall_after(wall: u64, t: Local) -> u64 {
+    let secs = t.since(local(wall)).max(0) as u64 + 1;
+    (wall - wall % 1000 + secs * 1000).min(wall + WALL_WAIT_MS)
 }
 
 /// The pure core: the session, the silence alarm, incidents and the last
@@ -204,8 +247,17 @@ pub struct Watch {
     /// written file is forgotten beyond [`CONTEXT_FILES`].
     context: HashMap<Arc<Path>, (u64, VecDeque<String>)>,
     context_clock: u64,
-    /// Route of the Ekos source (where its silence alarm goes).
+    /// Route of the Ekos source (where its silence alarm and card go).
     ekos_route: usize,
+    expectations: Expectations,
+    expect_routes: Vec<usize>,
+    /// The night card running.
+    card: Option<NightStats>,
+    /// The last night the log ended (parked, scheduler done, shut down):
+    /// work again in the same night resumes its numbers.
+    ended: Option<NightStats>,
+    /// When the silence reported began, on the wall clock (for the card).
+    silence_from: Option<Local>,
     /// Save even if no incident opened or ended (at the end).
     dirty: bool,
     saved_generation: u64,
@@ -215,6 +267,11 @@ impl Watch {
     pub fn new(settings: Settings, ekos_route: usize) -> Watch {
         Watch {
             incidents: Incidents::new(settings.incident_window),
+            expectations: Expectations::new(settings.expect.clone()),
+            expect_routes: settings.expect_routes.clone(),
+            card: None,
+            ended: None,
+            silence_from: None,
             settings,
             session: Session::new(),
             silence: Silence::default(),
@@ -232,6 +289,116 @@ impl Watch {
 
     pub fn incidents(&self) -> &Incidents {
         &self.incidents
+    }
+
+    /// The night card running, if any.
+    pub fn card(&self) -> Option<&NightStats> {
+        self.card.as_ref()
+    }
+
+    /// The watch begins at `wall`: `[[expect]]` deadlines already passed
+    /// are not judged (their lines may have been written unseen).
+    pub fn start(&mut self, wall: u64) {
+        let missed = self.expectations.due(local(wall));
+        debug_assert!(missed.is_empty(), "the first look judges nothing");
+    }
+
+    fn expect_notices(&self, alerts: Vec<expect::Alert>, out: &mut Vec<Notice>) {
+        for a in alerts {
+            out.push(a.notice(self.expect_routes.get(a.index).copied().unwrap_or(0)));
+        }
+    }
+
+    /// A line of the Ekos log was observed at `now`: the card starts,
+    /// counts it, or ends. Returns whether the live card changed.
+    fn card_line(&mut self, now: Local, event: Option<Severity>, out: &mut Vec<Notice>) -> bool {
+        let night = self.settings.night;
+        if let Some(n) = self.card.as_mut() {
+            n.after_line(&self.session, now);
+            if let Some(s) = event {
+                n.event(s);
+            }
+            return match card::night_over(&self.session, n, now, &night) {
+                Some(reason) => {
+                    self.close_card(reason, now, out);
+                    false
+                }
+                None => true,
+            };
+        }
+        if !self.session.work_in_progress() {
+            return false;
+        }
+        let day = card::night_of(now, night.start);
+        if now >= night.end_of(day) {
+            // Past night_end: this night is over by the clock; the next
+            // one begins at night_start.
+            return false;
+        }
+        let mut n = match self.ended.take() {
+            Some(prev) if prev.night == day => prev,
+            _ => NightStats::new(day, now, &self.session),
+        };
+        n.after_line(&self.session, now);
+        if let Some(s) = event {
+            n.event(s);
+        }
+        self.card = Some(n);
+        true
+    }
+
+    /// The night is over: its summary goes at once, in place of the card.
+    fn close_card(&mut self, reason: EndReason, now: Local, out: &mut Vec<Notice>) {
+        let Some(n) = self.card.take() else {
+            return;
+        };
+        let end = match reason {
+            EndReason::NextNight | EndReason::NightEnd => {
+                now.min(self.settings.night.end_of(n.night))
+            }
+            _ => now,
+        };
+        out.push(card::summary_notice(
+            self.ekos_route,
+            &self.session,
+            &n,
+            end,
+            reason,
+        ));
+        // A night the clock ended stays over; one the log ended resumes
+        // if the scheduler starts again before the night is out.
+        self.ended = matches!(
+            reason,
+            EndReason::Shutdown | EndReason::Parked | EndReason::SchedulerDone
+        )
+        .then_some(n);
+    }
+
+    /// A silence of the Ekos log ended after `quiet`, at `wall`.
+    fn silence_ended(&mut self, quiet: Duration, wall: u64) -> Notice {
+        let at = self
+            .silence_from
+            .take()
+            .unwrap_or_else(|| local(wall.saturating_sub(quiet.as_millis() as u64)));
+        if let Some(n) = self.card.as_mut() {
+            n.silence(card::Silence {
+                at,
+                duration: quiet,
+            });
+        }
+        self.writing_again(quiet)
+    }
+
+    /// Copies of Ekos chunks were dropped while the watch was behind: the
+    /// log was not silent.
+    pub fn lines_lost(&mut self, now_ms: u64, wall: u64) -> Vec<Notice> {
+        match self
+            .silence
+            .line(now_ms, "(lines not seen: the night watch was behind)")
+        {
+            Some(quiet) => vec![self.silence_ended(quiet, wall)],
+            None => vec![],
+        }
     }
 
     pub fn restore(&mut self, saved: Vec<Incident>) {
@@ -252,6 +419,18 @@ impl Watch {
     /// The lines of one chunk, arrived at `arrived_ms`; `wall` for incidents.
     pub fn seen(&mut self, seen: &Seen, arrived_ms: u64, wall: u64) -> Vec<Notice> {
         let mut out = Vec::new();
+        let now = local(wall);
+        let expected = !self.expectations.is_empty() && self.expectations.watches(&seen.path);
+        if expected {
+            // A line of the file proves where its alerts belong.
+            let watching: Vec<usize> = self.expectations.watching(&seen.path).collect();
+            for i in watching {
+                if let Some(r) = self.expect_routes.get_mut(i) {
+                    *r = seen.route;
+                }
+            }
+        }
+        let mut card_changed = false;
         let ekos = self.settings.ekos_source == Some(seen.source);
         let n = self.settings.context_lines;
         let total = seen.lines().count();
@@ -266,14 +445,24 @@ impl Watch {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
         for (i, line) in seen.lines().enumerate() {
-            if ekos {
-                self.session.observe(&crate::ekos::parse(line), arrived_ms);
-                if let Some(quiet) = self.silence.line(arrived_ms, line) {
-                    out.push(self.writing_again(quiet));
-                }
+            if expected {
+                let alerts = self.expectations.observe(&seen.path, line, now);
+                self.expect_notices(alerts, &mut out);
             }
             let next_event = events.peek().map(|(at, _)| *at);
             let is_event = next_event == Some(i);
+            if ekos {
+                self.session.observe(&crate::ekos::parse(line), arrived_ms);
+                if let Some(quiet) = self.silence.line(arrived_ms, line) {
+                    let n = self.silence_ended(quiet, wall);
+                    out.push(n);
+                }
+                let severity = events
+                    .peek()
+                    .filter(|_| is_event)
+                    .map(|(_, ev)| ev.severity);
+                card_changed |= self.card_line(now, severity, &mut out);
+            }
             if n > 0 && (i >= keep_from || next_event.is_some_and(|e| e - i < n)) {
                 ring_lines.push(line);
             }
@@ -297,6 +486,11 @@ impl Watch {
             ));
         }
         self.push_context(&seen.path, &ring_lines);
+        if let Some(n) = self.card.as_ref().filter(|_| card_changed) {
+            // One body per chunk; the sender's lane edits at most every
+            // 5 minutes and always sends the newest.
+            out.push(card::live_notice(self.ekos_route, &self.session, n, now));
+        }
         out
     }
 
@@ -334,22 +528,51 @@ impl Watch {
         context_file(name, lines.into_iter().flatten().map(String::as_str))
     }
 
-    /// Time passed: a silence, an incident without repeats.
+    /// Time passed: a silence, an incident without repeats, an
+    /// `[[expect]]` deadline, the end of the night by the clock.
     pub fn tick(&mut self, now_ms: u64, wall: u64) -> Vec<Notice> {
         let mut out = self.incidents.tick(wall);
+        let now = local(wall);
         if let Some(alarm) = self.silence.check(now_ms, self.allowed()) {
+            // In milliseconds: the last line's own second, not one off.
+            let from = local(wall.saturating_sub(alarm.quiet.as_millis() as u64));
+            self.silence_from = Some(from);
+            if let Some(n) = self.card.as_mut() {
+                n.silence(card::Silence {
+                    at: from,
+                    duration: alarm.quiet,
+                });
+            }
             out.push(self.silent(alarm));
+        }
+        let alerts = self.expectations.due(now);
+        self.expect_notices(alerts, &mut out);
+        if let Some(n) = &self.card {
+            if let Some(reason) = card::night_over(&self.session, n, now, &self.settings.night) {
+                self.close_card(reason, now, &mut out);
+            }
         }
         out
     }
 
     /// When to tick next: (monotonic ms for the silence, wall ms for the
-    /// incidents).
-    pub fn wake_at(&self) -> (Option<u64>, Option<u64>) {
-        (
-            self.silence.wake_at(self.allowed()),
-            self.incidents.wake_at(),
-        )
+    /// incidents, `[[expect]]` deadlines and the end of the night), `wall`
+    /// being the wall clock now.
+    pub fn wake_at(&self, wall: u64) -> (Option<u64>, Option<u64>) {
+        let now = local(wall);
+        let deadline = self
+            .expectations
+            .next_deadline(now)
+            .map(|t| wall_after(wall, t));
+        let night_end = self
+            .card
+            .as_ref()
+            .map(|n| wall_after(wall, self.settings.night.end_of(n.night)));
+        let at = [self.incidents.wake_at(), deadline, night_end]
+            .into_iter()
+            .flatten()
+            .min();
+        (self.silence.wake_at(self.allowed()), at)
     }
 
     fn state_fields(&self) -> Vec<(String, String)> {
@@ -554,10 +777,11 @@ impl NightWatch {
         let mut lines = lines;
         let mut seen_lost = 0;
         let mut summary = String::new();
+        self.watch.start(self.clock.wall_ms());
         loop {
-            let (silence_at, incident_at) = self.watch.wake_at();
             let now = self.clock.now_ms();
             let wall = self.clock.wall_ms();
+            let (silence_at, incident_at) = self.watch.wake_at(wall);
             let mut wait: Option<u64> = silence_at.map(|t| t.saturating_sub(now));
             if let Some(w) = incident_at.map(|t| t.saturating_sub(wall)) {
                 wait = Some(wait.map_or(w, |x| x.min(w)));
@@ -593,15 +817,10 @@ impl NightWatch {
             let lost = self.lost.load(Ordering::Relaxed);
             if lost != seen_lost {
                 seen_lost = lost;
-                let now = self.clock.now_ms();
-                if let Some(q) = self
+                let out = self
                     .watch
-                    .silence
-                    .line(now, "(lines not seen: the night watch was behind)")
-                {
-                    let n = self.watch.writing_again(q);
-                    self.emit(vec![n], &notices);
-                }
+                    .lines_lost(self.clock.now_ms(), self.clock.wall_ms());
+                self.emit(out, &notices);
             }
             let out = self.watch.tick(self.clock.now_ms(), self.clock.wall_ms());
             self.emit(out, &notices);
@@ -642,6 +861,9 @@ mod tests {
             incident_window: Duration::from_secs(600),
             context_lines: 3,
             state_file: None,
+            expect: vec![],
+            expect_routes: vec![],
+            night: NightSettings::default(),
         }
     }
 
@@ -674,10 +896,10 @@ mod tests {
             !w.session().work_in_progress(),
             "a script log is no session"
         );
-        assert_eq!(w.wake_at(), (None, None));
+        assert_eq!(w.wake_at(0), (None, None));
         w.seen(&seen(0, &exposing(), vec![]), 0, 0);
         assert!(w.session().work_in_progress());
-        assert_eq!(w.wake_at().0, Some(120_001));
+        assert_eq!(w.wake_at(0).0, Some(120_001));
         assert!(w.tick(2 * MIN, 0).is_empty());
         let out = w.tick(3 * MIN, 0);
         assert_eq!(out.len(), 1);
@@ -812,6 +1034,232 @@ mod tests {
         );
         b.ctl.send(Control::Abort).unwrap();
         b.thread.join().unwrap();
+    }
+
+    /// Wall-clock milliseconds at which the local clock shows `t` (the
+    /// test's time zone, whatever it is).
+    fn wall_of(t: Local) -> u64 {
+        let guess = t.day * 86_400 + t.secs as i64;
+        let off = Local::from_unix(guess).since(t);
+        ((guess - off) * 1000) as u64
+    }
+
+    fn with_expect(by: &str) -> Settings {
+        let spec = expect::Spec {
+            name: None,
+            file: "backup.log".into(),
+            pattern: "completed".into(),
+            by: by.into(),
+            weekdays: None,
+        };
+        let mut s = settings();
+        s.expect = expect::from_specs(&[spec], Path::new("/etc")).unwrap();
+        s.expect_routes = vec![0];
+        s
+    }
+
+    fn script(line: &str) -> Seen {
+        Seen {
+            source: 1,
+            route: 1,
+            path: Arc::from(Path::new("/var/log/backup.log")),
+            arrived: Instant::now(),
+            text: format!("{line}\n"),
+            events: vec![],
+        }
+    }
+
+    fn titles(out: &[Notice]) -> Vec<String> {
+        out.iter()
+            .map(|n| {
+                n.body["embeds"][0]["title"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_expect_deadline_alerts_once_on_its_files_route_then_once_late() {
+        let t0 = Local::ymd_hms(2026, 11, 22, 4, 0, 0).unwrap();
+        let w0 = wall_of(t0);
+        let mut w = Watch::new(with_expect("04:30"), 0);
+        w.start(w0);
+        assert!(w.seen(&script("backup started"), 0, w0 + 1000).is_empty());
+        // The timer is set just past the deadline.
+        let deadline = wall_of(t0.plus(30 * 60));
+        assert_eq!(w.wake_at(w0).1, Some(w0 + WALL_WAIT_MS));
+        assert_eq!(w.wake_at(deadline - 5_000).1, Some(deadline + 1000));
+        assert!(w.tick(0, deadline).is_empty(), "not before it has passed");
+        let out = w.tick(0, deadline + 1000);
+        assert_eq!(titles(&out), ["Expected line missing"]);
+        assert_eq!(out[0].route, 1, "the route of the file's source");
+        assert_eq!(
+            out[0].body["embeds"][0]["description"],
+            "backup.log: no 'completed' line by 04:30"
+        );
+        assert!(w.tick(0, deadline + 60_000).is_empty(), "once");
+        let late = w.seen(&script("backup completed"), 0, deadline + 600_000);
+        assert_eq!(titles(&late), ["Expected line late"]);
+        assert!(
+            w.seen(&script("backup completed"), 0, deadline + 700_000)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_deadline_passed_before_the_start_is_not_judged_and_a_line_in_time_is_quiet() {
+        let t0 = Local::ymd_hms(2026, 11, 22, 5, 0, 0).unwrap();
+        let w0 = wall_of(t0);
+        let mut w = Watch::new(with_expect("04:30"), 0);
+        w.start(w0);
+        assert!(w.tick(0, w0 + 1000).is_empty(), "04:30 passed before");
+        let next = wall_of(t0.plus(DAY_S - 30 * 60));
+        assert!(w.seen(&script("completed"), 0, next - 3_600_000).is_empty());
+        assert!(w.tick(0, next + 1000).is_empty(), "the line came in time");
+        assert_eq!(
+            titles(&w.tick(0, next + 86_400_000 + 1000)),
+            ["Expected line missing"],
+            "the day after, none came"
+        );
+    }
+
+    const DAY_S: i64 = 86_400;
+    const NIGHT: &str = include_str!("../../tests/data/night-2024-03-09.txt");
+
+    /// Feeds a log to the watch line by line at its timestamps (arrival
+    /// = timestamp), ticking when the watch asks to, as the actor does.
+    fn drive(w: &mut Watch, log: &str) -> Vec<Notice> {
+        let rules = crate::ekos::Rules::with_user(&[]).unwrap();
+        let filter = crate::ekos::Filter::default();
+        let mut out = Vec::new();
+        let mut wall = None;
+        let mut base: Option<(u64, u64)> = None;
+        for l in log.lines() {
+            let rec = crate::ekos::parse(l);
+            if let Some(t) = rec.time.and_then(Local::parse_timestamp) {
+                let ms = rec.time.unwrap()[20..23].parse::<u64>().unwrap();
+                wall = Some(wall_of(t) + ms);
+            }
+            let wall = wall.unwrap();
+            let (w0, m0) = *base.get_or_insert((wall, 1_000_000));
+            let mono = |wall: u64| m0 + (wall - w0);
+            // Time passes up to this line: ticks where the watch wakes.
+            loop {
+                let (s, x) = w.wake_at(wall - 1);
+                let next = [s, x.map(mono)].into_iter().flatten().min();
+                match next {
+                    Some(t) if t < mono(wall) => {
+                        out.extend(w.tick(t, t - m0 + w0));
+                    }
+                    _ => break,
+                }
+            }
+            let events = match crate::format::classify_line(
+                &rules,
+                &filter,
+                crate::format::EventMode::On,
+                l,
+            ) {
+                Some(Some(ev)) => vec![(0, ev)],
+                _ => vec![],
+            };
+            let seen = Seen {
+                source: 0,
+                route: 0,
+                path: Arc::from(Path::new("/logs/log_21-00-00.txt")),
+                arrived: Instant::now(),
+                text: format!("{l}\n"),
+                events,
+            };
+            out.extend(w.seen(&seen, mono(wall), wall));
+        }
+        out
+    }
+
+    #[test]
+    fn the_actors_night_card_is_the_replays_card_and_the_summary_goes_final() {
+        let mut s = settings();
+        s.silence = Threshold::Auto;
+        s.incident_window = Duration::ZERO;
+        s.context_lines = 0;
+        let mut w = Watch::new(s, 0);
+        let out = drive(&mut w, NIGHT);
+        let cards: Vec<&Notice> = out.iter().filter(|n| n.key.starts_with("night:")).collect();
+        assert!(cards.len() > 10, "a live body per chunk: {}", cards.len());
+        let (last, live) = cards.split_last().unwrap();
+        assert!(live.iter().all(|n| n.key == "night:2024-03-09"
+            && n.policy
+                == Policy::Upsert {
+                    min_interval: card::CARD_EDIT_INTERVAL
+                }));
+        assert_eq!(
+            (last.key.as_str(), last.policy),
+            ("night:2024-03-09", Policy::Final)
+        );
+        let rules = crate::ekos::Rules::with_user(&[]).unwrap();
+        let replayed = card::replay(NIGHT.lines(), &rules, &NightSettings::default());
+        assert_eq!(replayed.len(), 1);
+        assert_eq!(last.body, replayed[0].card, "the same numbers as --replay");
+        let desc = last.body["embeds"][0]["description"].as_str().unwrap();
+        assert!(desc.contains("9 frames"), "{desc}");
+        // The 40-minute stop in mid-exposure: one alarm, one resumption,
+        // and the card lists it.
+        let t = titles(&out);
+        assert_eq!(
+            t.iter().filter(|t| t.starts_with("Ekos silent")).count(),
+            1,
+            "{t:?}"
+        );
+        assert_eq!(
+            t.iter()
+                .filter(|t| t.starts_with("Ekos is writing again"))
+                .count(),
+            1
+        );
+        assert!(last.body.to_string().contains("Silences"), "{}", last.body);
+        assert!(w.card().is_none(), "the night is over");
+    }
+
+    #[test]
+    fn night_end_closes_the_card_by_the_clock_and_work_after_it_opens_none() {
+        let mut s = settings();
+        s.silence = Threshold::Off;
+        s.night = NightSettings {
+            start: crate::localtime::TimeOfDay(12 * 3600),
+            end: Some(crate::localtime::TimeOfDay(21 * 3600 + 30 * 60)),
+        };
+        let mut w = Watch::new(s, 0);
+        // The night up to its second frame (21:14), then nothing.
+        let part: String = NIGHT.lines().take(24).map(|l| format!("{l}\n")).collect();
+        let out = drive(&mut w, &part);
+        assert!(out.iter().all(|n| n.policy != Policy::Final));
+        let n = w.card().expect("running").clone();
+        let end = wall_of(w.settings.night.end_of(n.night));
+        let wake = w.wake_at(end - 2_000).1.unwrap();
+        assert_eq!(wake, end + 1000);
+        let out = w.tick(0, wake);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].policy, Policy::Final);
+        let desc = out[0].body["embeds"][0]["description"].as_str().unwrap();
+        assert!(
+            desc.contains("2 frames") && desc.contains("night_end"),
+            "{desc}"
+        );
+        // More work the same night, after night_end: no new card.
+        let more: String = NIGHT
+            .lines()
+            .skip(24)
+            .take(3)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let out = drive(&mut w, &more.replace("2024-03-09T21:", "2024-03-09T22:"));
+        assert!(
+            out.iter().all(|n| !n.key.starts_with("night:")),
+            "{:?}",
+            titles(&out)
+        );
     }
 
     #[test]

@@ -499,6 +499,9 @@ impl Sender {
     /// Applies Discord's answer to route `i`'s notice in flight.
     fn notice_answered(&mut self, i: usize, reply: Reply) {
         let now = Instant::now();
+        // A notice's answer tells the heartbeat as much about the webhook
+        // as a line's does.
+        self.stats.health.record_outcome(i, &reply.outcome, now);
         let lane = &mut self.lanes[i];
         let d = lane.route.answer(&reply.outcome, Shape::Whole, now);
         let done = lane.notices.answered(&reply, d.next, wall_secs());
