@@ -277,3 +277,174 @@ fn a_restart_edits_the_open_incident_instead_of_posting_it_again() {
         "not posted twice"
     );
 }
+
+/// `HH:MM:SS` in UTC, `ahead` from now (the daemon runs with `TZ=UTC0`).
+fn utc_time_of_day_in(ahead: Duration) -> String {
+    let t = (std::time::SystemTime::now() + ahead)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 86_400;
+    format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+}
+
+#[test]
+fn an_expect_deadline_not_met_alerts_once_on_its_files_webhook_and_a_late_line_once() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    // Real time: the deadline is a few seconds ahead on the wall clock
+    // ("by" takes seconds), in a zone that needs no time-zone files.
+    env.set("TZ", "UTC0");
+    let scripts = env.dir.path().join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let by = utc_time_of_day_in(Duration::from_secs(8));
+    env.write_config(&format!(
+        "[[source]]\nname = \"scripts\"\nroot = \"{}\"\ninclude = [\"*.log\"]\nfollow = \"all\"\n\
+         discord_webhook_url = \"{}\"\n\n\
+         [[expect]]\nfile = \"backup.log\"\npattern = \"completed\"\nby = \"{by}\"\n\n\
+         [[expect]]\nfile = \"rsync.log\"\npattern = \"done\"\nby = \"{by}\"\n",
+        scripts.display(),
+        fake.webhook_url_for("2", "scripts-token"),
+    ));
+    append(&scripts.join("backup.log"), &["backup started".to_string()]);
+    append(&scripts.join("rsync.log"), &[]);
+    let d = env.start(&[]);
+    // The other expectation is met in time: no alert for it.
+    append(&scripts.join("rsync.log"), &["rsync done".to_string()]);
+    let missing = |f: &FakeDiscord| titled(f, "Expected line missing");
+    assert!(
+        wait_until(Duration::from_secs(30), || !missing(&fake).is_empty()),
+        "no alert by {by}: {}",
+        d.stderr()
+    );
+    let alert = &missing(&fake)[0];
+    assert_eq!(alert.webhook_id, "2", "the webhook of the file's source");
+    // Shown without its seconds when they are zero.
+    let by_shown = by.strip_suffix(":00").unwrap_or(&by);
+    assert_eq!(
+        alert.embeds[0]["description"],
+        format!("backup.log: no 'completed' line by {by_shown}")
+    );
+    append(
+        &scripts.join("backup.log"),
+        &["backup completed".to_string()],
+    );
+    assert!(
+        wait_until(LONG, || !titled(&fake, "Expected line late").is_empty()),
+        "{}",
+        d.stderr()
+    );
+    // One more matching line, then a plain line on the Ekos log that is
+    // delivered after anything the night watch could still send.
+    append(
+        &scripts.join("backup.log"),
+        &["backup completed again".to_string()],
+    );
+    let marker = tokens("expect", 0..1);
+    append(&env.logs().join("2024-03-09/log_21-00-00.txt"), &marker);
+    assert!(wait_until(LONG, || {
+        loss_and_dups(&marker, &delivered(&fake.messages()))
+            .0
+            .is_empty()
+    }));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(missing(&fake).len(), 1, "missing is reported once");
+    assert_eq!(titled(&fake, "Expected line late").len(), 1, "late once");
+    assert_eq!(
+        titled(&fake, "Expected line").len(),
+        2,
+        "the met expectation is quiet"
+    );
+}
+
+fn card_title(m: &Received) -> bool {
+    title(m).starts_with("Night of ")
+}
+
+#[test]
+fn a_short_night_is_one_card_edited_in_place_into_its_summary() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let frame = |i: usize, f: &str| {
+        vec![
+            capture(&format!("Capturing 1.000-second {f} image...")),
+            capture(&format!("Received image {i} out of 3.")),
+        ]
+    };
+    let mut first = vec![
+        sched("\"Scheduler started.\""),
+        sched("Executing Job  \"M31\""),
+        sched("\"Job 'M31' capture is in progress...\""),
+    ];
+    first.extend(frame(1, "L"));
+    append(&file, &first);
+    // The card opens with the work.
+    assert!(
+        wait_until(LONG, || fake
+            .messages()
+            .iter()
+            .any(|m| !m.edit && card_title(m))),
+        "no card: {}",
+        d.stderr()
+    );
+    let mut rest = frame(2, "L");
+    rest.extend(frame(3, "Ha"));
+    rest.extend([
+        sched("\"Job 'M31' is complete.\""),
+        sched("\"Parking mount in progress...\""),
+        sched("\"Mount parked.\""),
+        sched("\"Scheduler is stopping...\""),
+    ]);
+    append(&file, &rest);
+    // The summary replaces the card at once, not after the 5 min throttle.
+    let summary = |m: &Received| m.edit && title(m).ends_with("— summary");
+    assert!(
+        fake.wait_for_edits(LONG, |e| e.iter().any(summary)),
+        "no summary: {:?}\n{}",
+        fake.messages().iter().map(title).collect::<Vec<_>>(),
+        d.stderr()
+    );
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    let cards: Vec<Received> = fake
+        .messages()
+        .into_iter()
+        .filter(|m| !m.edit && card_title(m))
+        .collect();
+    assert_eq!(cards.len(), 1, "one card message");
+    assert!(
+        title(&cards[0]).ends_with("— in progress"),
+        "{}",
+        title(&cards[0])
+    );
+    let edits: Vec<Received> = fake.edits().into_iter().filter(card_title).collect();
+    assert!(
+        edits.iter().all(|e| e.message_id == cards[0].message_id),
+        "edited in place"
+    );
+    let last = edits.last().unwrap();
+    assert!(summary(last), "the summary is the last word");
+    let e = &last.embeds[0];
+    let desc = e["description"].as_str().unwrap();
+    assert!(
+        desc.contains("1 target · 3 frames · 3 s of exposure · ended: mount parked"),
+        "{desc}"
+    );
+    let field = |name: &str| {
+        e["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {e}"))["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("M31"), "Ha: 1 × 1 s = 1 s\nL: 2 × 1 s = 2 s");
+}

@@ -194,7 +194,8 @@ pub struct Settings {
     pub expect: Vec<Expectation>,
     /// Per expectation, the route its alerts go to until a line of its file
     /// is seen (then that file's route): the first source whose patterns
-    /// take its file, else route 0.
+    /// take its file, a script source before the Ekos one (whose default
+    /// `*.log` takes most names), else route 0.
     pub expect_routes: Vec<usize>,
     /// `night_start`, `night_end`.
     pub night: NightSettings,
@@ -202,8 +203,19 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(cfg: &Config) -> Settings {
+        let ekos_source = cfg.sources.iter().position(|s| s.name == "ekos");
+        let by_preference: Vec<&crate::config::Source> = (cfg.sources.iter().enumerate())
+            .filter(|(i, _)| Some(*i) != ekos_source)
+            .chain(
+                cfg.sources
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) == ekos_source),
+            )
+            .map(|(_, s)| s)
+            .collect();
         Settings {
-            ekos_source: cfg.sources.iter().position(|s| s.name == "ekos"),
+            ekos_source,
             silence: cfg.silence_after,
             incident_window: cfg.incident_window,
             context_lines: cfg.context_lines,
@@ -213,7 +225,7 @@ impl Settings {
                 .expect
                 .iter()
                 .map(|e| {
-                    cfg.sources
+                    by_preference
                         .iter()
                         .find(|s| e.may_be_of(s))
                         .map_or(0, |s| s.route)
