@@ -203,7 +203,7 @@ impl Signals {
         }
     }
 
-    /// Whether both worker threads answered the supervisor's last ping.
+    /// Whether the worker threads (watcher, sender, night watch) answered the supervisor's last ping.
     pub fn record_workers(&self, answered: bool, now: Instant) {
         let mut stalled = lock(&self.stalled_since);
         if answered {
