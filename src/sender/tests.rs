@@ -828,11 +828,23 @@ fn a_notice_jumps_a_backlog_of_lines_which_stay_complete_and_in_order() {
 #[test]
 fn upserts_edit_the_posted_message_and_a_final_gets_out_at_shutdown() {
     let mut h = start(vec![Box::new(|_: &Req| ok())], settings());
-    h.notices.send(upsert(0, "inc", "count 1")).unwrap();
+    // An interval long enough that the four updates below all arrive
+    // within it even on a loaded machine (100 ms was not).
+    let upsert = |key: &str, text: &str| {
+        notice(
+            0,
+            key,
+            text,
+            crate::notice::Policy::Upsert {
+                min_interval: Duration::from_secs(1),
+            },
+        )
+    };
+    h.notices.send(upsert("inc", "count 1")).unwrap();
     assert!(wait_until(LONG, || h.world.requests(0).len() == 1));
     for i in 2..=5 {
         h.notices
-            .send(upsert(0, "inc", &format!("count {i}")))
+            .send(upsert("inc", &format!("count {i}")))
             .unwrap();
     }
     assert!(wait_until(LONG, || h.world.requests(0).len() == 2));
@@ -847,7 +859,7 @@ fn upserts_edit_the_posted_message_and_a_final_gets_out_at_shutdown() {
         sent[1].starts_with("EDIT ") && sent[1].ends_with(" count 5"),
         "{sent:?}"
     );
-    h.notices.send(upsert(0, "inc", "count 6")).unwrap();
+    h.notices.send(upsert("inc", "count 6")).unwrap();
     // Held by the interval, it goes anyway when the daemon stops.
     h.shutdown();
     let last = h.world.requests(0).last().unwrap().lines[0].clone();
