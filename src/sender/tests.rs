@@ -867,6 +867,40 @@ fn upserts_edit_the_posted_message_and_a_final_gets_out_at_shutdown() {
 }
 
 #[test]
+fn a_notices_answer_counts_for_the_heartbeat_like_a_lines() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = fail.clone();
+    let mut h = start(
+        vec![Box::new(move |_: &Req| {
+            if f.load(Ordering::SeqCst) {
+                Reply::Answer(500, String::new())
+            } else {
+                ok()
+            }
+        })],
+        settings(),
+    );
+    // Only a notice is sent: its failure alone marks the route failing.
+    h.notices
+        .send(notice(0, "x", "alone", crate::notice::Policy::New))
+        .unwrap();
+    assert!(wait_until(LONG, || h
+        .stats
+        .health
+        .snapshot()
+        .failing_since
+        .is_some()));
+    fail.store(false, Ordering::SeqCst);
+    assert!(wait_until(LONG, || h.world.accepted_lines(0) == ["POST alone"]));
+    assert_eq!(
+        h.stats.health.snapshot().failing_since,
+        None,
+        "its delivery proves the route works again"
+    );
+    h.shutdown();
+}
+
+#[test]
 fn a_failing_route_delays_neither_another_routes_notices_nor_loses_its_own() {
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let f = fail.clone();
