@@ -62,6 +62,7 @@ pub const ENV_KEYS: &[&str] = &[
     "HEARTBEAT_INTERVAL",
     "NIGHT_START",
     "NIGHT_END",
+    "NIGHT_CARD",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
@@ -320,6 +321,8 @@ pub struct Config {
     pub expect: Vec<crate::nightwatch::expect::Expectation>,
     /// `night_start` and `night_end` (see [`crate::nightwatch::card`]).
     pub night: crate::nightwatch::card::NightSettings,
+    /// `night_card`: whether the night card is posted.
+    pub night_card: bool,
     /// Effective values as strings, secrets redacted, for `check`.
     pub effective: BTreeMap<String, String>,
 }
@@ -968,6 +971,24 @@ impl Config {
             end: time_of_day("NIGHT_END")?,
         };
         effective.insert("NIGHT_START".into(), night.start.to_string());
+        let night_card = match l.get("NIGHT_CARD") {
+            None => true,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" => true,
+                "off" | "false" | "no" => false,
+                _ => {
+                    return Err(invalid(
+                        "NIGHT_CARD",
+                        &v,
+                        "\"on\" (a card per night, the default) or \"off\"",
+                    ));
+                }
+            },
+        };
+        effective.insert(
+            "NIGHT_CARD".into(),
+            if night_card { "on" } else { "off" }.into(),
+        );
         effective.insert(
             "NIGHT_END".into(),
             night
@@ -1021,6 +1042,7 @@ impl Config {
             heartbeat,
             expect,
             night,
+            night_card,
             effective,
         })
     }
@@ -1365,6 +1387,25 @@ mod tests {
     fn night_keys() {
         let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
         assert_eq!(c.night, crate::nightwatch::card::NightSettings::default());
+        assert!(c.night_card);
+        assert_eq!(c.effective["NIGHT_CARD"], "on");
+        let c = load(
+            Some("night_card = false\n"),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        assert!(!c.night_card);
+        assert_eq!(c.effective["NIGHT_CARD"], "off");
+        let e = load(
+            None,
+            &[("DISCORD_WEBHOOK_URL", URL), ("NIGHT_CARD", "maybe")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "NIGHT_CARD = \"maybe\": expected \"on\" (a card per night, the default) or \"off\""
+        );
         let c = load(
             Some("night_start = \"15:00\"\nnight_end = \"07:30\"\n"),
             &[("DISCORD_WEBHOOK_URL", URL)],

@@ -199,6 +199,8 @@ pub struct Settings {
     pub expect_routes: Vec<usize>,
     /// `night_start`, `night_end`.
     pub night: NightSettings,
+    /// `night_card`: off, no card is posted.
+    pub card: bool,
 }
 
 impl Settings {
@@ -232,6 +234,7 @@ impl Settings {
                 })
                 .collect(),
             night: cfg.night,
+            card: cfg.night_card,
         }
     }
 }
@@ -338,7 +341,7 @@ impl Watch {
                 None => true,
             };
         }
-        if !self.session.work_in_progress() {
+        if !self.settings.card || !self.session.work_in_progress() {
             return false;
         }
         let day = card::night_of(now, night.start);
@@ -876,6 +879,7 @@ mod tests {
             expect: vec![],
             expect_routes: vec![],
             night: NightSettings::default(),
+            card: true,
         }
     }
 
@@ -1232,6 +1236,21 @@ mod tests {
         );
         assert!(last.body.to_string().contains("Silences"), "{}", last.body);
         assert!(w.card().is_none(), "the night is over");
+    }
+
+    #[test]
+    fn night_card_off_posts_no_card_and_keeps_the_rest() {
+        let mut s = settings();
+        s.silence = Threshold::Auto;
+        s.card = false;
+        let mut w = Watch::new(s, 0);
+        let out = drive(&mut w, NIGHT);
+        assert!(out.iter().all(|n| !n.key.starts_with("night:")));
+        assert!(w.card().is_none());
+        assert!(
+            titles(&out).iter().any(|t| t.starts_with("Ekos silent")),
+            "the silence alarm does not depend on the card"
+        );
     }
 
     #[test]
