@@ -63,6 +63,7 @@ pub const ENV_KEYS: &[&str] = &[
     "NIGHT_START",
     "NIGHT_END",
     "NIGHT_CARD",
+    "FORUM",
 ];
 
 /// Keys that may appear in the TOML file besides the scalar ones.
@@ -77,6 +78,7 @@ const SOURCE_KEYS: &[&str] = &[
     "follow",
     "start_at",
     "discord_webhook_url",
+    "forum",
     "events",
     "min_level",
     "include_regex",
@@ -292,6 +294,9 @@ pub struct Config {
     /// Distinct destinations; sources refer to them by index. Empty only in
     /// dry-run mode without any webhook configured.
     pub webhooks: Vec<Webhook>,
+    /// Per webhook (same index): whether it posts into a forum channel,
+    /// each night in its own post (`forum`, see [`crate::sender::forum`]).
+    pub forums: Vec<bool>,
     pub log_level: log::LevelFilter,
     pub rate_limit_delay: Duration,
     pub batch_size: usize,
@@ -339,6 +344,7 @@ struct RawSource {
     follow: Option<String>,
     start_at: Option<String>,
     discord_webhook_url: Option<String>,
+    forum: Option<config::Value>,
     events: Option<String>,
     #[serde(flatten)]
     filter: FilterSpec,
@@ -762,27 +768,46 @@ impl Config {
                 "at least one glob pattern, e.g. log_*.txt,*.log",
             ));
         }
-        let mut route_for = |w: Option<Webhook>| -> Result<usize, ConfigError> {
-            let w = match w.or_else(|| default_webhook.clone()) {
-                Some(w) => w,
-                None if inputs.dry_run => Webhook::dry_run(),
-                None => {
-                    return Err(ConfigError::NoWebhook {
-                        file: file
-                            .as_ref()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string()),
-                    });
-                }
-            };
-            Ok(match webhooks.iter().position(|x| x.url() == w.url()) {
-                Some(i) => i,
-                None => {
-                    webhooks.push(w);
-                    webhooks.len() - 1
-                }
-            })
+        let default_forum = match l.get("FORUM") {
+            None => false,
+            Some(v) => parse_flag("FORUM", &v)?,
         };
+        let mut forums: Vec<bool> = Vec::new();
+        let mut route_for =
+            |w: Option<Webhook>, forum: Option<(String, bool)>| -> Result<usize, ConfigError> {
+                let forum = forum.map_or(("FORUM".to_string(), default_forum), |f| f);
+                let w = match w.or_else(|| default_webhook.clone()) {
+                    Some(w) => w,
+                    None if inputs.dry_run => Webhook::dry_run(),
+                    None => {
+                        return Err(ConfigError::NoWebhook {
+                            file: file
+                                .as_ref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string()),
+                        });
+                    }
+                };
+                Ok(match webhooks.iter().position(|x| x.url() == w.url()) {
+                    // One webhook is one channel: forum or not, whoever names it.
+                    Some(i) if forums[i] != forum.1 => {
+                        return Err(invalid(
+                            &forum.0,
+                            forum.1.to_string(),
+                            &format!(
+                                "{} like the other sources posting to the same webhook",
+                                forums[i]
+                            ),
+                        ));
+                    }
+                    Some(i) => i,
+                    None => {
+                        webhooks.push(w);
+                        forums.push(forum.1);
+                        webhooks.len() - 1
+                    }
+                })
+            };
 
         if ekos_explicit || raw_sources.is_empty() {
             let root_raw = l
@@ -798,7 +823,7 @@ impl Config {
                 exclude: Vec::new(),
                 follow: Follow::Newest,
                 start_at,
-                route: route_for(None)?,
+                route: route_for(None, None)?,
                 root_key: "EKOS_LOGS_DIRECTORY".to_string(),
                 filter: build_filter("MIN_LEVEL", &global_filter)?,
                 events,
@@ -832,6 +857,21 @@ impl Config {
                 })?),
                 None => None,
             };
+            let forum = match &rs.forum {
+                None => None,
+                Some(v) => {
+                    let text = v.clone().into_string().unwrap_or_default();
+                    let on = parse_flag(&key("forum"), &text)?;
+                    if webhook.is_none() {
+                        return Err(invalid(
+                            &key("forum"),
+                            &text,
+                            "no forum key in a [[source]] table without its own discord_webhook_url (set forum at the top for the main webhook)",
+                        ));
+                    }
+                    Some((key("forum"), on))
+                }
+            };
             sources.push(Source {
                 include: patterns(&key("include"), &include)?,
                 exclude: patterns(&key("exclude"), &rs.exclude)?,
@@ -844,7 +884,7 @@ impl Config {
                     None => start_at,
                 },
                 root: l.path(rs.root.trim(), env),
-                route: route_for(webhook)?,
+                route: route_for(webhook, forum)?,
                 root_key: key("root"),
                 filter: {
                     let mut spec = rs.filter.clone();
@@ -894,6 +934,7 @@ impl Config {
                     ));
                 }
                 webhooks.push(w);
+                forums.push(false);
                 Some((webhooks.len() - 1, alerts_min))
             }
         };
@@ -1015,6 +1056,14 @@ impl Config {
         let (silence_after, incident_window, context_lines) = night_watch(&l, &mut effective)?;
         effective.insert("STATE_DIRECTORY".into(), state_dir.display().to_string());
         effective.insert(
+            "FORUM".into(),
+            match forums.iter().filter(|f| **f).count() {
+                0 => "false".into(),
+                n if n == forums.len() => "true".into(),
+                n => format!("true for {n} of {} webhooks", forums.len()),
+            },
+        );
+        effective.insert(
             "DISCORD_WEBHOOK_URL".into(),
             webhooks
                 .first()
@@ -1025,6 +1074,7 @@ impl Config {
         Ok(Config {
             file,
             webhooks,
+            forums,
             log_level,
             rate_limit_delay,
             batch_size,
@@ -1107,6 +1157,15 @@ fn night_watch(
 
 /// Finds the default webhook: the URL itself (file or environment), else a
 /// file named by `DISCORD_WEBHOOK_URL_FILE`, else the systemd credential.
+/// `true` or `false` (TOML booleans, or the words in the environment).
+fn parse_flag(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(invalid(key, v, "true or false")),
+    }
+}
+
 fn webhook_from_layers(
     l: &Layers,
     env: &HashMap<String, String>,

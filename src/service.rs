@@ -46,6 +46,9 @@ pub struct Stats {
     pub nightwatch_pong: AtomicU64,
     /// The Ekos session as the night watch sees it.
     session: Mutex<Option<String>>,
+    /// The targets of a night (day number) in the order first seen, for
+    /// the name of a forum route's post of that night.
+    night_targets: Mutex<(i64, Vec<String>)>,
     /// What the heartbeat judges health by.
     pub health: crate::heartbeat::Signals,
     followed: Mutex<Vec<String>>,
@@ -70,6 +73,27 @@ impl Stats {
     pub fn set_session(&self, summary: Option<String>) {
         *lock(&self.session) = summary;
         self.publish();
+    }
+
+    /// Target `name` was worked on during night `night`.
+    pub fn note_target(&self, night: i64, name: &str) {
+        let mut t = lock(&self.night_targets);
+        if t.0 != night {
+            *t = (night, Vec::new());
+        }
+        if !t.1.iter().any(|n| n == name) {
+            t.1.push(name.to_string());
+        }
+    }
+
+    /// The targets of night `night` seen so far.
+    pub fn targets_of(&self, night: i64) -> Vec<String> {
+        let t = lock(&self.night_targets);
+        if t.0 == night {
+            t.1.clone()
+        } else {
+            Vec::new()
+        }
     }
 
     pub fn followed(&self) -> Vec<String> {

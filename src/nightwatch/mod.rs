@@ -767,6 +767,11 @@ impl NightWatch {
     }
 
     fn publish(&self) {
+        if let Some(job) = self.watch.session().job() {
+            let night =
+                card::night_of(local(self.clock.wall_ms()), self.watch.settings.night.start);
+            self.stats.note_target(night, job);
+        }
         self.stats.set_session(Some(self.watch.session().summary()));
     }
 

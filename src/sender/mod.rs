@@ -15,6 +15,7 @@
 //! line Discord refuses for its content goes again as an attachment.
 
 mod commits;
+pub mod forum;
 pub mod notices;
 mod route;
 #[cfg(test)]
@@ -74,6 +75,10 @@ pub struct Settings {
     /// as in a dry run), and each route's name in it ([`notices::route_id`]).
     pub notice_file: Option<std::path::PathBuf>,
     pub route_ids: Vec<String>,
+    /// Per route: a forum channel's webhook (each night in its own post).
+    pub forums: Vec<bool>,
+    /// Where one night ends and the next begins (`night_start`).
+    pub night_start: crate::localtime::TimeOfDay,
 }
 
 impl Settings {
@@ -93,6 +98,8 @@ impl Settings {
                 .iter()
                 .map(|w| notices::route_id(w.url()))
                 .collect(),
+            forums: cfg.forums.clone(),
+            night_start: cfg.night.start,
         }
     }
 }
@@ -117,6 +124,11 @@ struct Lane {
     poster: Poster,
     /// Messages the daemon writes itself; they go first.
     notices: Notices,
+    /// A forum route: every request goes into the night's thread.
+    forum: bool,
+    /// On a forum route, the request in flight and its night: what its
+    /// answer teaches about the night's thread ([`forum::learn`]).
+    forum_flight: Option<(Request, i64)>,
 }
 
 impl Lane {
@@ -172,6 +184,7 @@ pub struct Sender {
     store: Arc<Store>,
     stats: Arc<Stats>,
     pause: Pause,
+    night_start: crate::localtime::TimeOfDay,
     /// Why posting is paused now, as last shown in `STATUS=`.
     paused: Option<String>,
     grace: Duration,
@@ -285,6 +298,8 @@ impl Sender {
                         .map(|m| m.into_iter().collect())
                         .unwrap_or_default(),
                 ),
+                forum: s.forums.get(i).copied().unwrap_or(false),
+                forum_flight: None,
             });
         }
         Ok(Sender {
@@ -300,6 +315,7 @@ impl Sender {
             store,
             stats,
             pause: Box::new(|| None),
+            night_start: s.night_start,
             paused: None,
             alerts_full: false,
             grace: s.grace,
@@ -477,6 +493,18 @@ impl Sender {
                 (Request::PLAIN, lane.queue.front()?.payload())
             }
         };
+        let (req, payload) = if lane.forum {
+            // The night by the local wall clock: a new night, a new post.
+            let night =
+                crate::nightwatch::card::night_of(crate::localtime::Local::now(), self.night_start);
+            let thread = lane.notices.recall(&forum::key(night));
+            let place = forum::place(thread, night, &self.stats.targets_of(night));
+            let (req, payload) = forum::shape(req, payload, &place);
+            lane.forum_flight = Some((req.clone(), night));
+            (req, payload)
+        } else {
+            (req, payload)
+        };
         lane.route.sent(now);
         match &mut lane.poster {
             Poster::Inline(sink) => Some(perform(sink.as_mut(), &req, &payload)),
@@ -516,8 +544,43 @@ impl Sender {
         }
     }
 
+    /// On a forum route, keeps or forgets the night's thread as the answer
+    /// to the request in flight says.
+    fn forum_answered(&mut self, i: usize, reply: &Reply) {
+        let lane = &mut self.lanes[i];
+        let Some((sent, night)) = lane.forum_flight.take() else {
+            return;
+        };
+        let key = forum::key(night);
+        let changed = match forum::learn(&sent, reply) {
+            forum::Learned::Nothing => false,
+            forum::Learned::Opened(t) => {
+                log::info!(
+                    "{}: opened the forum post of the night of {}",
+                    lane.route.name(),
+                    forum::night_date(night)
+                );
+                lane.notices.remember(&key, Some(t), wall_secs())
+            }
+            // Only if it is still the one kept (not one opened since).
+            forum::Learned::Lost(t) if lane.notices.recall(&key) == Some(&t) => {
+                log::info!(
+                    "{}: the forum post of the night of {} is gone; the next message opens a new one",
+                    lane.route.name(),
+                    forum::night_date(night)
+                );
+                lane.notices.remember(&key, None, wall_secs())
+            }
+            forum::Learned::Lost(_) => false,
+        };
+        if changed {
+            self.save_notices();
+        }
+    }
+
     /// Applies Discord's answer to route `i`'s message in flight.
     fn answered(&mut self, i: usize, reply: Reply) {
+        self.forum_answered(i, &reply);
         if self.lanes[i].notices.in_flight() {
             return self.notice_answered(i, reply);
         }
@@ -542,8 +605,8 @@ impl Sender {
                 self.commit(out);
                 self.stats.record_post(lines);
             }
-            // Lines go as plain posts, which Discord never answers `Gone`;
-            // were one to, posting the lines anew is what a repost means.
+            // On a forum route the night's thread is gone (forgotten by
+            // `forum_answered`): the lines go again, opening a new one.
             Next::Again | Next::Stopped | Next::Repost => lane.queue.push_front(msg),
             Next::Split => match msg.split() {
                 Some((a, b)) => {

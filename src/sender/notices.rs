@@ -101,6 +101,31 @@ impl Notices {
         &self.kept
     }
 
+    /// The message (or thread) id kept under `key`, if open.
+    pub fn recall(&self, key: &str) -> Option<&MessageId> {
+        self.kept
+            .get(key)
+            .filter(|k| !k.closed)
+            .and_then(|k| k.id.as_ref())
+    }
+
+    /// Keeps `id` under `key` (a forum route's thread of a night, see
+    /// [`super::forum::key`]), or forgets it; saved with the notices'.
+    /// Returns whether the table changed.
+    pub fn remember(&mut self, key: &str, id: Option<MessageId>, wall: u64) -> bool {
+        match id {
+            Some(id) => {
+                let k = Kept {
+                    id: Some(id),
+                    closed: false,
+                    at: wall,
+                };
+                self.kept.insert(key.to_string(), k.clone()) != Some(k)
+            }
+            None => self.kept.remove(key).is_some(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty() && self.flight.is_none()
     }

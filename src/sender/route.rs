@@ -69,6 +69,14 @@ pub enum Next {
     Drop,
 }
 
+/// Whether Discord refused a message for want of a forum post (codes
+/// 220001–220003, which name `thread_name`/`thread_id`).
+fn is_forum_refusal(why: &str) -> bool {
+    ["220001", "220002", "220003", "thread_name"]
+        .iter()
+        .any(|w| why.contains(w))
+}
+
 /// The answer of [`Route::answer`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -295,6 +303,8 @@ impl Route {
                     self.reported = true;
                     let what = if matches!(status, 401 | 403 | 404) {
                         "the webhook was deleted or its token is wrong"
+                    } else if is_forum_refusal(why) {
+                        "the webhook's channel is a forum channel, which takes messages only in a post: set forum = true for this webhook"
                     } else {
                         "the webhook's channel does not take these messages (a forum channel?)"
                     };
@@ -533,6 +543,30 @@ mod tests {
         r.sent(t + STOP_RETRY);
         let d = r.answer(&rej, Shape::Last, t + STOP_RETRY);
         assert_eq!((d.next, d.log), (Next::Stopped, None));
+    }
+
+    #[test]
+    fn a_forum_channel_refusal_says_to_set_forum() {
+        let t = Instant::now();
+        let mut r = route(0, 3, t);
+        r.sent(t);
+        let forum = Outcome::Stop {
+            status: 400,
+            why: r#"{"code": 220001, "message": "Webhooks posted to forum channels must have a thread_name or thread_id"}"#.into(),
+        };
+        let d = r.answer(&forum, Shape::Several, t);
+        assert_eq!(d.next, Next::Stopped);
+        let (_, text) = d.log.unwrap();
+        assert!(text.contains("set forum = true"), "{text}");
+        let mut r = route(0, 3, t);
+        r.sent(t);
+        let other = Outcome::Stop {
+            status: 400,
+            why: r#"{"code": 50024, "message": "Cannot execute action on this channel type"}"#
+                .into(),
+        };
+        let (_, text) = r.answer(&other, Shape::Several, t).log.unwrap();
+        assert!(!text.contains("forum = true"), "{text}");
     }
 
     #[test]

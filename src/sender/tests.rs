@@ -180,6 +180,8 @@ fn settings() -> Settings {
         grace: Duration::from_millis(300),
         notice_file: None,
         route_ids: vec!["r0".into(), "r1".into()],
+        forums: Vec::new(),
+        night_start: crate::localtime::TimeOfDay(12 * 3600),
     }
 }
 
