@@ -1443,6 +1443,53 @@ mod tests {
     }
 
     #[test]
+    fn forum_keys() {
+        const OTHER: &str = "https://discord.com/api/webhooks/456/other-tok";
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert_eq!(c.forums, vec![false]);
+        assert_eq!(c.effective["FORUM"], "false");
+        let c = load(Some("forum = true\n"), &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        assert_eq!(c.forums, vec![true]);
+        assert_eq!(c.effective["FORUM"], "true");
+        let c = load(None, &[("DISCORD_WEBHOOK_URL", URL), ("FORUM", "true")]).unwrap();
+        assert_eq!(c.forums, vec![true]);
+        // A source with its own webhook says for it; the main one is apart.
+        let toml = format!(
+            "[[source]]\nroot = \"/a\"\n[[source]]\nroot = \"/b\"\ndiscord_webhook_url = \"{OTHER}\"\nforum = true\n"
+        );
+        let c = load(Some(&toml), &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
+        let forum_of = |i: usize| c.forums[c.sources[i].route];
+        assert_eq!((forum_of(0), forum_of(1)), (false, true));
+        assert_eq!(c.effective["FORUM"], "true for 1 of 2 webhooks");
+        // One-line errors naming key, value and what is expected.
+        let e = load(None, &[("DISCORD_WEBHOOK_URL", URL), ("FORUM", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "FORUM = \"maybe\": expected true or false");
+        let e = load(
+            Some("[[source]]\nname = \"s\"\nroot = \"/a\"\nforum = true\n"),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("source[s].forum = \"true\": expected no forum key in a [[source]] table without its own discord_webhook_url"),
+            "{e}"
+        );
+        let toml = format!(
+            "[[source]]\nroot = \"/a\"\ndiscord_webhook_url = \"{OTHER}\"\n[[source]]\nname = \"b\"\nroot = \"/b\"\ndiscord_webhook_url = \"{OTHER}\"\nforum = true\n"
+        );
+        let e = load(Some(&toml), &[("DISCORD_WEBHOOK_URL", URL)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "source[b].forum = \"true\": expected false like the other sources posting to the same webhook"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
     fn night_keys() {
         let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
         assert_eq!(c.night, crate::nightwatch::card::NightSettings::default());
