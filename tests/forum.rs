@@ -202,3 +202,22 @@ fn a_forum_webhook_without_forum_true_stops_and_says_to_set_it() {
     let (status, _, err) = d.stop();
     assert!(status.success(), "{err}");
 }
+
+#[test]
+fn forum_true_on_a_text_channels_webhook_stops_and_says_to_remove_it() {
+    let fake = FakeDiscord::start();
+    let env = forum_env(&fake);
+    fake.set_forum(FakeDiscord::WEBHOOK_ID, false);
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    append(&file, &tokens("plain", 0..2));
+    assert!(
+        wait_until(LONG, || d.stderr().contains("remove forum = true")),
+        "{}",
+        d.stderr()
+    );
+    assert!(posts(&fake).is_empty(), "no post opened in a text channel");
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+}

@@ -69,14 +69,6 @@ pub enum Next {
     Drop,
 }
 
-/// Whether Discord refused a message for want of a forum post (codes
-/// 220001–220003, which name `thread_name`/`thread_id`).
-fn is_forum_refusal(why: &str) -> bool {
-    ["220001", "220002", "220003", "thread_name"]
-        .iter()
-        .any(|w| why.contains(w))
-}
-
 /// The answer of [`Route::answer`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -303,8 +295,10 @@ impl Route {
                     self.reported = true;
                     let what = if matches!(status, 401 | 403 | 404) {
                         "the webhook was deleted or its token is wrong"
-                    } else if is_forum_refusal(why) {
+                    } else if why.contains("220001") {
                         "the webhook's channel is a forum channel, which takes messages only in a post: set forum = true for this webhook"
+                    } else if why.contains("220003") {
+                        "the webhook's channel is not a forum channel, where no post can be opened: remove forum = true for this webhook"
                     } else {
                         "the webhook's channel does not take these messages (a forum channel?)"
                     };
@@ -567,6 +561,15 @@ mod tests {
         };
         let (_, text) = r.answer(&other, Shape::Several, t).log.unwrap();
         assert!(!text.contains("forum = true"), "{text}");
+        // forum = true on a text channel's webhook: Discord opens no post.
+        let mut r = route(0, 3, t);
+        r.sent(t);
+        let text_channel = Outcome::Stop {
+            status: 400,
+            why: r#"{"code": 220003, "message": "Webhooks can only create threads in forum channels"}"#.into(),
+        };
+        let (_, text) = r.answer(&text_channel, Shape::Several, t).log.unwrap();
+        assert!(text.contains("remove forum = true"), "{text}");
     }
 
     #[test]
