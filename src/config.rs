@@ -54,6 +54,7 @@ pub const ENV_KEYS: &[&str] = &[
     "MIN_LEVEL",
     "ALERTS_WEBHOOK_URL",
     "ALERTS_MIN_SEVERITY",
+    "ALERTS_FORUM",
     "ATTACHMENT_THRESHOLD",
     "SILENCE_AFTER",
     "INCIDENT_WINDOW",
@@ -934,7 +935,10 @@ impl Config {
                     ));
                 }
                 webhooks.push(w);
-                forums.push(false);
+                forums.push(match l.get("ALERTS_FORUM") {
+                    None => false,
+                    Some(v) => parse_flag("ALERTS_FORUM", &v)?,
+                });
                 Some((webhooks.len() - 1, alerts_min))
             }
         };
@@ -961,6 +965,7 @@ impl Config {
         if let Some((i, min)) = alerts {
             effective.insert("ALERTS_WEBHOOK_URL".into(), webhooks[i].to_string());
             effective.insert("ALERTS_MIN_SEVERITY".into(), min.to_string());
+            effective.insert("ALERTS_FORUM".into(), forums[i].to_string());
         }
         let heartbeat_interval = l.seconds("HEARTBEAT_INTERVAL", 300.0, 1.0)?;
         let heartbeat = match l.get("HEARTBEAT_URL").filter(|v| !v.trim().is_empty()) {
@@ -1487,6 +1492,17 @@ mod tests {
             "source[b].forum = \"true\": expected false like the other sources posting to the same webhook"
         );
         assert!(!e.contains('\n'), "{e}");
+        // The alerts webhook says for itself.
+        let c = load(
+            Some(&format!(
+                "alerts_webhook_url = \"{OTHER}\"\nalerts_forum = true\n"
+            )),
+            &[("DISCORD_WEBHOOK_URL", URL)],
+        )
+        .unwrap();
+        let (ai, _) = c.alerts.unwrap();
+        assert_eq!((c.forums[0], c.forums[ai]), (false, true));
+        assert_eq!(c.effective["ALERTS_FORUM"], "true");
     }
 
     #[test]
