@@ -19,6 +19,8 @@ struct Req {
     /// Sent as an attachment.
     file: bool,
     lines: Vec<String>,
+    /// On a forum route: the thread (`open:<name>` for a new post).
+    thread: Option<String>,
 }
 
 enum Reply {
@@ -94,6 +96,7 @@ impl Sink for Fake {
             route: self.route,
             file,
             lines,
+            thread: None,
         };
         self.world.requests.lock().unwrap().push(req.clone());
         let (status, body) = match (self.script)(&req) {
@@ -116,35 +119,73 @@ impl Sink for Fake {
         payload: &Payload,
         timeout: Duration,
     ) -> crate::discord::Reply {
-        // Lines go as plain posts, through `post`; notices come here.
-        assert_ne!(*req, crate::discord::Request::PLAIN, "lines use post");
+        use crate::discord::{Request, Thread};
+        // Lines go as plain posts, through `post`, except on a forum
+        // route; notices come here.
+        assert_ne!(*req, Request::PLAIN, "lines use post");
         let v: serde_json::Value = serde_json::from_slice(&payload.printable).unwrap();
         let what = match req {
-            crate::discord::Request::Edit { id, .. } => format!("EDIT {id}"),
+            Request::Edit { id, .. } => format!("EDIT {id}"),
             _ => "POST".to_string(),
         };
+        let thread = match req {
+            Request::Post {
+                thread: Thread::In(t),
+                ..
+            }
+            | Request::Edit {
+                thread: Some(t), ..
+            } => Some(t.to_string()),
+            Request::Post {
+                thread: Thread::Open(name),
+                ..
+            } => {
+                assert_eq!(v["thread_name"], name.as_str(), "the body names the post");
+                Some(format!("open:{name}"))
+            }
+            _ => None,
+        };
         let text = v["content"].as_str().unwrap_or("").to_string();
+        let (file, lines) = if text.starts_with("```") {
+            decode(payload)
+        } else {
+            (v.get("files").is_some(), vec![format!("{what} {text}")])
+        };
         let r = Req {
             route: self.route,
-            file: v.get("files").is_some(),
-            lines: vec![format!("{what} {text}")],
+            file,
+            lines,
+            thread: thread.clone(),
         };
         self.world.requests.lock().unwrap().push(r.clone());
         let (status, body) = match (self.script)(&r) {
             Reply::Answer(s, b) | Reply::Hang(s, b) => (s, b),
         };
         let _ = timeout;
-        let outcome = classify(status, RateInfo::default(), None, &body);
+        // A request naming a thread is read as the client reads it (Gone).
+        let outcome = match &thread {
+            Some(_) => {
+                crate::discord::read_reply(req, status, RateInfo::default(), None, &body).outcome
+            }
+            None => classify(status, RateInfo::default(), None, &body),
+        };
         let delivered = matches!(outcome, Outcome::Delivered(_));
         if delivered {
             self.world.accepted.lock().unwrap().push(r);
         }
         let n = self.world.requests.lock().unwrap().len();
+        let id = format!("{}{n}", self.route + 1);
+        // A new forum post's thread has the id of its first message.
+        let channel = match &thread {
+            Some(t) if t.starts_with("open:") => id.clone(),
+            Some(t) => t.clone(),
+            None => "1".into(),
+        };
         crate::discord::Reply {
             outcome,
             message: (delivered && what == "POST").then(|| crate::discord::Posted {
-                id: crate::discord::Snowflake::parse(&format!("{}{n}", self.route + 1)).unwrap(),
-                channel_id: crate::discord::Snowflake::parse("1").unwrap(),
+                id: crate::discord::Snowflake::parse(&id).unwrap(),
+                channel_id: crate::discord::Snowflake::parse(&channel).unwrap(),
                 attachments: vec![],
             }),
         }
@@ -952,6 +993,84 @@ fn a_restart_edits_the_open_message_instead_of_posting_it_again() {
     assert_eq!(
         h.world.accepted_lines(0),
         [format!("EDIT {id} after restart")]
+    );
+    h.shutdown();
+}
+
+#[test]
+fn a_forum_route_opens_the_nights_post_keeps_it_and_reopens_a_deleted_one_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings();
+    s.forums = vec![true];
+    s.notice_file = Some(dir.path().join(notices::FILE));
+    // Threads the fake deleted: a post into one is refused with 10003.
+    let deleted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let gone = deleted.clone();
+    let script: Script = Box::new(move |r: &Req| {
+        assert!(r.thread.is_some(), "a forum route names a thread: {r:?}");
+        match &r.thread {
+            Some(t) if gone.lock().unwrap().contains(t) => {
+                Reply::Answer(400, r#"{"code":10003,"message":"Unknown Channel"}"#.into())
+            }
+            _ => ok(),
+        }
+    });
+    let mut h = start(vec![script], s);
+    h.send(0, &["a-0", "a-1"]);
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 2));
+    h.send(0, &["a-2"]);
+    h.notices
+        .send(notice(0, "k", "note", crate::notice::Policy::New))
+        .unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 4));
+    let reqs = h.world.requests(0);
+    let first = reqs[0].thread.clone().unwrap();
+    assert!(first.starts_with("open:Night of "), "{first}");
+    // Every later request goes into the thread the first one opened.
+    let accepted: Vec<Req> = h.world.accepted.lock().unwrap().clone();
+    let thread = {
+        let saved = notices::load(&dir.path().join(notices::FILE));
+        let (k, kept) = saved["r0"].iter().next().unwrap();
+        assert!(k.starts_with(forum::KEY_PREFIX), "{k}");
+        kept.id.clone().unwrap().to_string()
+    };
+    assert!(
+        accepted[1..]
+            .iter()
+            .all(|r| r.thread.as_deref() == Some(thread.as_str())),
+        "{accepted:?}"
+    );
+    let offset = h.offset(0);
+    // The post is deleted: the next message is refused, kept, and goes
+    // again in a new post; nothing is committed before it is accepted.
+    deleted.lock().unwrap().push(thread.clone());
+    h.send(0, &["b-0"]);
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 5));
+    h.send(0, &["b-1"]);
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 6));
+    let reqs = h.world.requests(0);
+    let n = reqs.len();
+    assert_eq!(
+        reqs[n - 3].thread.as_deref(),
+        Some(thread.as_str()),
+        "refused"
+    );
+    assert!(reqs[n - 2].thread.as_ref().unwrap().starts_with("open:"));
+    assert_eq!(reqs[n - 2].lines, ["b-0"]);
+    assert_ne!(reqs[n - 1].thread.as_deref(), Some(thread.as_str()));
+    assert!(h.offset(0) > offset);
+    assert_eq!(
+        h.offset(0),
+        h.files[0].1,
+        "everything accepted is committed"
+    );
+    let got = h.world.accepted_lines(0);
+    assert!(got.contains(&"POST note".to_string()), "{got:?}");
+    let lines: Vec<&String> = got.iter().filter(|l| !l.starts_with("POST")).collect();
+    assert_eq!(
+        lines,
+        ["a-0", "a-1", "a-2", "b-0", "b-1"],
+        "in order, once each"
     );
     h.shutdown();
 }
