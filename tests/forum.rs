@@ -1,9 +1,11 @@
 //! Forum routes through the real binary against the fake Discord in forum
 //! mode (which refuses any message outside a thread with 220001): the
 //! night's post is opened with the night's date, every line, notice and
-//! edit goes into it, a restart keeps it, and a deleted post makes the
-//! daemon open a new one without losing or repeating a line. A forum
-//! webhook without `forum = true` stops its route and says why.
+//! edit goes into it, a deleted post makes the daemon open a new one
+//! (named with the night's target) without losing or repeating a line,
+//! and a restart keeps posting into it. A forum webhook without
+//! `forum = true` stops its route and says why; so does `forum = true` on
+//! a text channel's webhook.
 
 mod support;
 
@@ -130,24 +132,12 @@ fn a_forum_night_goes_into_one_post_kept_across_a_restart_and_reopened_when_dele
         "the night card was posted into the thread"
     );
 
-    // A restart finds the night's post in the state directory.
-    let (status, _, err) = d.stop();
-    assert!(status.success(), "{err}");
-    let d = env.start(&[]);
-    append(&file, &plain[4..6]);
-    assert!(
-        wait_until(LONG, || all_delivered(&fake, &plain[..6])),
-        "lines after the restart: {}",
-        d.stderr()
-    );
-    assert_eq!(fake.threads().len(), 1, "the restart used the same post");
-    assert!(posts(&fake).iter().all(|m| m.channel_id == thread));
-
-    // Someone deletes the post: the next message opens a new one.
+    // Someone deletes the post: the next message opens a new one, named
+    // after the target worked on tonight.
     assert!(fake.delete_thread(&thread));
-    append(&file, &plain[6..12]);
+    append(&file, &plain[4..8]);
     assert!(
-        wait_until(LONG, || all_delivered(&fake, &plain[6..12])),
+        wait_until(LONG, || all_delivered(&fake, &plain[4..8])),
         "lines after the post was deleted: {}",
         d.stderr()
     );
@@ -159,16 +149,32 @@ fn a_forum_night_goes_into_one_post_kept_across_a_restart_and_reopened_when_dele
     );
     let (second, name) = threads[0].clone();
     assert_ne!(second, thread);
-    assert!(name.starts_with(&format!("Night of {date}")), "{name}");
-    let after: Vec<Received> = posts(&fake)
-        .into_iter()
-        .filter(|m| {
-            delivered(std::slice::from_ref(m))
-                .iter()
-                .any(|l| plain[6..12].iter().any(|t| l.contains(t.as_str())))
-        })
-        .collect();
-    assert!(!after.is_empty() && after.iter().all(|m| m.channel_id == second));
+    assert_eq!(name, format!("Night of {date} — M31"));
+    let in_second = |from: usize, to: usize| {
+        let msgs: Vec<Received> = posts(&fake)
+            .into_iter()
+            .filter(|m| {
+                delivered(std::slice::from_ref(m))
+                    .iter()
+                    .any(|l| plain[from..to].iter().any(|t| l.contains(t.as_str())))
+            })
+            .collect();
+        !msgs.is_empty() && msgs.iter().all(|m| m.channel_id == second)
+    };
+    assert!(in_second(4, 8));
+
+    // A restart finds the night's post in the state directory.
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    let d = env.start(&[]);
+    append(&file, &plain[8..12]);
+    assert!(
+        wait_until(LONG, || all_delivered(&fake, &plain[8..12])),
+        "lines after the restart: {}",
+        d.stderr()
+    );
+    assert_eq!(fake.threads().len(), 1, "the restart used the same post");
+    assert!(in_second(8, 12));
     let (status, _, err) = d.stop();
     assert!(status.success(), "{err}");
     // Nothing lost, nothing repeated, in order.

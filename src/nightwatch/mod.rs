@@ -767,7 +767,10 @@ impl NightWatch {
     }
 
     fn publish(&self) {
-        if let Some(job) = self.watch.session().job() {
+        // A job is tonight's target while it is worked on (the session
+        // keeps the last job after the work ends, into the next night).
+        let session = self.watch.session();
+        if let Some(job) = session.job().filter(|_| session.work_in_progress()) {
             let night =
                 card::night_of(local(self.clock.wall_ms()), self.watch.settings.night.start);
             self.stats.note_target(night, job);
