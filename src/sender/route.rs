@@ -300,7 +300,7 @@ impl Route {
                     } else if why.contains("220003") {
                         "the webhook's channel is not a forum channel, where no post can be opened: remove forum = true for this webhook"
                     } else {
-                        "the webhook's channel does not take these messages (a forum channel?)"
+                        "the webhook's channel does not take these messages"
                     };
                     d.log = Some((
                         log::Level::Error,
