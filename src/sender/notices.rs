@@ -325,8 +325,6 @@ fn first_post(kept: &HashMap<String, Kept>, key: &str) -> bool {
 /// repeats do not, so a repeat that replaces the unsent first post would
 /// otherwise post the incident silently.
 fn carry_ping(old: &serde_json::Value, new: &mut serde_json::Value) {
-        return;
-    }
     let has_content = new
         .get("content")
         .and_then(|c| c.as_str())
