@@ -316,6 +316,7 @@ mod tests {
             title: format!("title of {rule}"),
             footer: None,
             mention: Some(Mention::Role(7)),
+            alert_mention: Some(Mention::Role(7)),
             rule: rule.into(),
             more: 0,
         }

@@ -107,10 +107,11 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Copies the chunk's lines and events; takes the mention off the
-    /// line embeds of events that incidents cover (the incident's first
-    /// message carries it, once). Never blocks: a copy the night watch has
-    /// no room for is dropped and counted.
+    /// Copies the chunk's lines and events; once the night watch has the
+    /// copy, takes the mention off the line embeds of events that incidents
+    /// cover (the incident's first message carries it, once). Never blocks:
+    /// a copy the night watch has no room for is dropped and counted, and
+    /// its events keep their mentions (no incident will ping for them).
     pub fn offer(&self, chunk: &mut Chunk, path: &Path) {
         let mut text =
             String::with_capacity(chunk.lines.iter().map(|l| l.text.len() + 1).sum::<usize>());
@@ -119,12 +120,9 @@ impl Tap {
             text.push('\n');
         }
         let mut events = Vec::new();
-        for (i, shown) in chunk.shown.iter_mut().enumerate() {
+        for (i, shown) in chunk.shown.iter().enumerate() {
             if let Some(Some(ev)) = shown {
                 events.push((i, ev.clone()));
-                if self.incidents && ev.severity >= Severity::Warning {
-                    ev.mention = None;
-                }
             }
         }
         let seen = Seen {
@@ -136,10 +134,20 @@ impl Tap {
             events,
         };
         let ekos = self.ekos_source == Some(chunk.source);
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(seen) {
-            if ekos {
+        match self.tx.try_send(seen) {
+            Ok(()) if self.incidents => {
+                for ev in chunk.shown.iter_mut().flatten().flatten() {
+                    if ev.severity >= Severity::Warning {
+                        ev.mention = None;
+                    }
+                }
+            }
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) if ekos => {
                 self.lost.fetch_add(1, Ordering::Relaxed);
             }
+            // Full for another source, or the night watch is gone.
+            Err(_) => {}
         }
     }
 }
@@ -851,6 +859,7 @@ impl NightWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ekos::Mention;
 
     const MIN: u64 = 60_000;
 
@@ -899,9 +908,81 @@ mod tests {
             title: "INDI driver X crashed".into(),
             footer: None,
             mention: None,
+            alert_mention: None,
             rule: "indi-driver-crashed".into(),
             more: 0,
         }
+    }
+
+    fn tap(cap: usize, incidents: bool) -> (Tap, Receiver<Seen>) {
+        let (tx, rx) = crossbeam_channel::bounded(cap);
+        let tap = Tap {
+            tx,
+            lost: Arc::new(AtomicU64::new(0)),
+            incidents,
+            ekos_source: Some(0),
+        };
+        (tap, rx)
+    }
+
+    fn pinging_chunk() -> Chunk {
+        let e = EventPart {
+            mention: Some(Mention::Role(42)),
+            alert_mention: Some(Mention::Role(42)),
+            ..crash()
+        };
+        Chunk {
+            file: crate::checkpoint::FileId(1),
+            source: 0,
+            route: 0,
+            label: None,
+            start: 0,
+            lines: vec![crate::tail::Line {
+                text: "crash".into(),
+                end: 6,
+            }],
+            shown: vec![Some(Some(e))],
+        }
+    }
+
+    fn line_mention(c: &Chunk) -> Option<Mention> {
+        c.shown[0].as_ref().unwrap().as_ref().unwrap().mention
+    }
+
+    #[test]
+    fn the_tap_takes_the_mention_off_the_line_only_once_the_night_watch_has_the_copy() {
+        let (t, rx) = tap(1, true);
+        let mut c = pinging_chunk();
+        t.offer(&mut c, Path::new("/x"));
+        assert_eq!(line_mention(&c), None, "the incident pings instead");
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.events[0].1.mention, Some(Mention::Role(42)));
+        assert_eq!(
+            c.shown[0].as_ref().unwrap().as_ref().unwrap().alert_mention,
+            Some(Mention::Role(42)),
+            "an alerts webhook copy still pings"
+        );
+
+        // The channel is full (a catch-up): the copy is dropped, so the
+        // line must ping itself.
+        let mut first = pinging_chunk();
+        t.offer(&mut first, Path::new("/x"));
+        let mut c = pinging_chunk();
+        t.offer(&mut c, Path::new("/x"));
+        assert_eq!(line_mention(&c), Some(Mention::Role(42)));
+        assert_eq!(t.lost.load(Ordering::Relaxed), 1);
+
+        // The night watch is gone.
+        drop(rx);
+        let mut c = pinging_chunk();
+        t.offer(&mut c, Path::new("/x"));
+        assert_eq!(line_mention(&c), Some(Mention::Role(42)));
+
+        // Incidents off: nothing is taken.
+        let (t, _rx) = tap(1, false);
+        let mut c = pinging_chunk();
+        t.offer(&mut c, Path::new("/x"));
+        assert_eq!(line_mention(&c), Some(Mention::Role(42)));
     }
 
     #[test]

@@ -579,6 +579,7 @@ fn alert_copies_hold_the_checkpoint_until_accepted() {
         title: "Guiding failed".into(),
         footer: None,
         mention: None,
+        alert_mention: None,
         rule: "guide-aborted".into(),
         more: 0,
     }));
