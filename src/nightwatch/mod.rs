@@ -54,6 +54,11 @@ use silence::{Silence, Threshold};
 pub const SEEN_CHANNEL: usize = 64;
 /// Files whose last lines are kept for context attachments.
 const CONTEXT_FILES: usize = 64;
+/// Bytes kept per file for its context, and per line: a phone shows a
+/// context attachment, not megabytes; with 64 files this bounds the rings
+/// to 4 MiB whatever `context_lines` and the line lengths are.
+const CONTEXT_BYTES: usize = 64 * 1024;
+const CONTEXT_LINE_BYTES: usize = 2048;
 /// The night watch's state file (open incidents), in the state directory.
 pub const FILE: &str = "nightwatch.json";
 /// Longest wait for a wall-clock deadline (`[[expect]]`, `night_end`): the
@@ -542,7 +547,14 @@ impl Watch {
             if ring.len() == n {
                 ring.pop_front();
             }
-            ring.push_back(l.to_string());
+            ring.push_back(context_line(l));
+        }
+        let mut bytes: usize = ring.iter().map(String::len).sum();
+        while bytes > CONTEXT_BYTES {
+            match ring.pop_front() {
+                Some(l) => bytes -= l.len(),
+                None => break,
+            }
         }
     }
 
@@ -856,9 +868,31 @@ impl NightWatch {
     }
 }
 
+/// A line as kept for context: cut at a character boundary past
+/// [`CONTEXT_LINE_BYTES`], with a marker.
+fn context_line(l: &str) -> String {
+    if l.len() <= CONTEXT_LINE_BYTES {
+        return l.to_string();
+    }
+    let mut end = CONTEXT_LINE_BYTES;
+    while !l.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [… {} bytes cut]", &l[..end], l.len() - end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_line_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(5000);
+        let cut = context_line(&long);
+        assert!(cut.len() < CONTEXT_LINE_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with("bytes cut]"));
+        assert_eq!(context_line("short"), "short");
+    }
     use crate::ekos::Mention;
 
     const MIN: u64 = 60_000;
