@@ -679,6 +679,7 @@ mod tests {
             title: title.into(),
             footer: footer.map(Into::into),
             mention: m,
+            alert_mention: m,
             rule: "r".into(),
             more: 0,
         }

@@ -140,6 +140,10 @@ pub struct EventPart {
     /// Module and time, when the line had them.
     pub footer: Option<String>,
     pub mention: Option<Mention>,
+    /// The rule's mention, kept for a copy to the alerts webhook when the
+    /// night watch takes `mention` off the line's embed (its incident
+    /// pings in the logs channel instead; the alerts channel still must).
+    pub alert_mention: Option<Mention>,
     /// The rule that matched (the night watch folds repeats of one rule
     /// into an incident); not shown.
     pub rule: String,
@@ -179,6 +183,7 @@ pub fn classify_line(
                 severity: e.severity,
                 title: limits::cap(&e.title, limits::TITLE).into_owned(),
                 footer: Some(limits::cap(&footer, FOOTER_MAX).into_owned()),
+                alert_mention: e.mention,
                 mention: e.mention,
                 rule: e.rule,
                 more: 0,
@@ -891,6 +896,7 @@ mod tests {
             title: title.into(),
             footer: Some(footer.into()),
             mention,
+            alert_mention: mention,
             rule: "r".into(),
             more: 0,
         })

@@ -404,6 +404,14 @@ pub fn run(cfg: Config, inputs: Inputs) -> Result<(), RunError> {
             },
             recv(pipeline.exited) -> name => {
                 let name = name.unwrap_or("worker");
+                // Tell the others: a watcher whose night watch died would
+                // otherwise read on, and the join below would never end
+                // (no SIGTERM served, the panic never re-raised). Abort, not
+                // Shutdown: lines not yet accepted are read again from the
+                // checkpoint after the restart.
+                let _ = pipeline.watcher_ctl.send(Control::Abort);
+                let _ = pipeline.nightwatch_ctl.send(Control::Abort);
+                let _ = pipeline.sender_ctl.send(Control::Abort);
                 pipeline.join()?;
                 log::error!("the {name} thread stopped unexpectedly");
                 return Err(RunError::Io(std::io::Error::other(format!("{name} thread stopped"))));

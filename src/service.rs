@@ -127,6 +127,10 @@ impl Stats {
             None => "nothing posted yet".to_string(),
         };
         let session = match &*lock(&self.session) {
+            // Capped: a job name comes from the log and STATUS= is one line.
+            Some(s) if s.chars().count() > 160 => {
+                format!("; Ekos: {}…", s.chars().take(160).collect::<String>())
+            }
             Some(s) => format!("; Ekos: {s}"),
             None => String::new(),
         };

@@ -152,12 +152,20 @@ fn redact_guess(raw: &str) -> String {
         let id_end = after.find('/').map(|j| j + 1).unwrap_or(after.len());
         return format!("{}/webhooks/{}****", &raw[..i], &after[..id_end]);
     }
-    // Anything else: keep the scheme and host, hide the path.
+    // Anything else: keep the scheme and host; hide the path, the query,
+    // the fragment and any user:password@ (a heartbeat URL may carry its
+    // token in any of them).
     let start = raw.find("://").map(|i| i + 3).unwrap_or(0);
-    match raw[start..].find('/') {
-        Some(i) => format!("{}/****", &raw[..start + i]),
-        None => raw.to_string(),
-    }
+    let rest = &raw[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let hidden = end < rest.len() || host.len() < authority.len();
+    format!(
+        "{}{host}{}",
+        &raw[..start],
+        if hidden { "/****" } else { "" }
+    )
 }
 
 /// Scrubs whatever looks like a credential out of free text that is about
@@ -278,6 +286,26 @@ mod tests {
     }
 
     const TOKEN68: &str = "aB3dEfGh1jKlMnOpQrStUvWxYz0123456789-_aB3dEfGh1jKlMnOpQrStUvWxYz0123";
+
+    /// A heartbeat URL (healthchecks.io, Uptime Kuma) may carry its secret
+    /// in the path, the query or user:password@; only scheme and host stay.
+    #[test]
+    fn redact_guess_keeps_only_scheme_and_host() {
+        for (raw, want) in [
+            ("https://hc-ping.com/abc-secret", "https://hc-ping.com/****"),
+            ("https://kuma.lan?token=secret", "https://kuma.lan/****"),
+            ("https://kuma.lan#secret", "https://kuma.lan/****"),
+            ("https://user:secret@kuma.lan", "https://kuma.lan/****"),
+            (
+                "https://user:secret@kuma.lan/api/push/x",
+                "https://kuma.lan/****",
+            ),
+            ("http://kuma.lan:3001", "http://kuma.lan:3001"),
+        ] {
+            assert_eq!(redact_guess(raw), want, "{raw}");
+            assert!(!redact_secrets(&format!("x {raw} y")).contains("secret"));
+        }
+    }
 
     #[test]
     fn redact_secrets_hides_urls_and_long_tokens() {

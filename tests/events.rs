@@ -198,6 +198,16 @@ fn replay_shows_every_line_once_and_classifies() {
     assert_eq!(severities.get(solved).map(String::as_str), Some("success"));
 }
 
+/// An incident notice: its embed has fields (and quotes lines), unlike a
+/// line's embed.
+fn is_incident(body: &serde_json::Value) -> bool {
+    body["embeds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["fields"].as_array().is_some_and(|f| !f.is_empty()))
+}
+
 #[test]
 fn alerts_go_to_a_second_webhook_and_the_logs_channel_keeps_everything() {
     let fake = FakeDiscord::start();
@@ -206,8 +216,12 @@ fn alerts_go_to_a_second_webhook_and_the_logs_channel_keeps_everything() {
     env.set("BATCH_SIZE", "10")
         .set("BATCH_TIMEOUT", "0.2")
         .set("ALERTS_WEBHOOK_URL", &alerts)
-        .set("ALERTS_MIN_SEVERITY", "error")
-        .set("INCIDENT_WINDOW", "0");
+        .set("ALERTS_MIN_SEVERITY", "error");
+    // Incidents are on (the default): they ping in the logs channel, and
+    // the alerts channel must still ping as the rule says.
+    env.write_config(
+        "[[rule]]\nname = \"indi-driver-crashed\"\nseverity = \"critical\"\nmention = \"<@&424242>\"\n",
+    );
     let file = env.logs().join("2026-11-22/log_22-00-00.txt");
     append(&file, &[]);
     let d = env.start(&[]);
@@ -238,6 +252,10 @@ fn alerts_go_to_a_second_webhook_and_the_logs_channel_keeps_everything() {
             >= 2
             && m.iter()
                 .any(|r| r.webhook_id != "999" && r.content.contains("plain"))
+            && m.iter()
+                .filter(|r| r.webhook_id != "999" && is_incident(&r.body))
+                .count()
+                >= 2
     });
     assert!(ok, "{}", d.stderr());
     let msgs = fake.messages();
@@ -251,9 +269,33 @@ fn alerts_go_to_a_second_webhook_and_the_logs_channel_keeps_everything() {
         alert_titles,
         vec!["Autoguiding aborted", "INDI driver indi_asi_ccd crashed"]
     );
-    // The logs channel has every line once: three events and one plain line.
+    let crash_alert = msgs
+        .iter()
+        .find(|r| r.webhook_id == "999" && r.body.to_string().contains("crashed"))
+        .unwrap();
+    assert!(
+        crash_alert.content.starts_with("<@&424242>"),
+        "the alerts copy pings: {}",
+        crash_alert.body
+    );
+    assert_eq!(
+        crash_alert.body["allowed_mentions"]["roles"],
+        serde_json::json!(["424242"])
+    );
+    // The logs channel has every line once: three events and one plain line
+    // (besides the incidents, whose embeds have fields and quote lines).
+    assert_eq!(
+        msgs.iter()
+            .filter(|r| r.webhook_id != "999" && is_incident(&r.body))
+            .count(),
+        2,
+        "an incident each for the aborted guiding and the crash"
+    );
     let mut logs: Vec<String> = Vec::new();
-    for r in msgs.iter().filter(|r| r.webhook_id != "999") {
+    for r in msgs
+        .iter()
+        .filter(|r| r.webhook_id != "999" && !is_incident(&r.body))
+    {
         logs.extend(code_block_lines(&r.content));
         for e in r.body["embeds"].as_array().into_iter().flatten() {
             logs.extend(code_block_lines(e["description"].as_str().unwrap()));

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
-use support::fake_discord::{FakeDiscord, Received, delivered};
+use support::fake_discord::{FakeDiscord, Mode, Received, delivered};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -228,6 +228,67 @@ fn a_storm_is_one_incident_edited_in_place_and_a_crash_carries_its_context() {
             .0
             .is_empty()
     }));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    check_lines(&fake, &plain);
+}
+
+#[test]
+fn a_storm_that_comes_before_the_first_post_goes_out_still_pings_once() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO")
+        .set("BATCH_SIZE", "20")
+        .set("BATCH_TIMEOUT", "0.2");
+    env.write_config(
+        "[[rule]]\nname = \"guide-star-lost\"\nseverity = \"warning\"\nmention = \"<@&4242>\"\n",
+    );
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    // Discord is down: the incident's first post cannot go out, and the
+    // repeats (all in the same chunk) replace its body while it waits.
+    fake.set_mode(Mode::Down);
+    let before = fake.requests();
+    let plain = tokens("early", 0..5);
+    let mut lines = Vec::new();
+    for t in &plain {
+        lines.push(t.clone());
+        lines.push(guide(
+            "Lost track of the guide star. Searching for guide stars...",
+        ));
+    }
+    append(&file, &lines);
+    assert!(
+        fake.wait_for_requests(before + 2, LONG),
+        "no retry: {}",
+        d.stderr()
+    );
+    fake.set_mode(Mode::Normal);
+    assert!(
+        wait_until(LONG, || !incidents(&fake, "Lost track of the guide star")
+            .is_empty()),
+        "no incident: {}",
+        d.stderr()
+    );
+    let incident = incidents(&fake, "Lost track of the guide star");
+    assert_eq!(incident.len(), 1, "one message, not five");
+    assert_eq!(incident[0].content, "<@&4242>", "the incident pings");
+    assert_eq!(
+        incident[0].body["allowed_mentions"]["roles"],
+        serde_json::json!(["4242"])
+    );
+    assert!(wait_until(LONG, || {
+        loss_and_dups(&plain, &delivered(&fake.messages()))
+            .0
+            .is_empty()
+    }));
+    let pings = fake
+        .messages()
+        .iter()
+        .filter(|m| !m.edit && m.content.contains("<@&4242>"))
+        .count();
+    assert_eq!(pings, 1, "one ping for five losses");
     let (status, _, err) = d.stop();
     assert!(status.success(), "{err}");
     check_lines(&fake, &plain);

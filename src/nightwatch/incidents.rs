@@ -239,7 +239,7 @@ fn span(i: &Incident) -> String {
             i.count,
             clock(i.first_ms),
             clock(i.last_ms),
-            human(Duration::from_millis(i.last_ms - i.first_ms))
+            human(Duration::from_millis(i.last_ms.saturating_sub(i.first_ms)))
         )
     }
 }
@@ -316,6 +316,7 @@ mod tests {
             title: format!("title of {rule}"),
             footer: None,
             mention: Some(Mention::Role(7)),
+            alert_mention: Some(Mention::Role(7)),
             rule: rule.into(),
             more: 0,
         }

@@ -54,6 +54,11 @@ use silence::{Silence, Threshold};
 pub const SEEN_CHANNEL: usize = 64;
 /// Files whose last lines are kept for context attachments.
 const CONTEXT_FILES: usize = 64;
+/// Bytes kept per file for its context, and per line: a phone shows a
+/// context attachment, not megabytes; with 64 files this bounds the rings
+/// to 4 MiB whatever `context_lines` and the line lengths are.
+const CONTEXT_BYTES: usize = 64 * 1024;
+const CONTEXT_LINE_BYTES: usize = 2048;
 /// The night watch's state file (open incidents), in the state directory.
 pub const FILE: &str = "nightwatch.json";
 /// Longest wait for a wall-clock deadline (`[[expect]]`, `night_end`): the
@@ -107,10 +112,11 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Copies the chunk's lines and events; takes the mention off the
-    /// line embeds of events that incidents cover (the incident's first
-    /// message carries it, once). Never blocks: a copy the night watch has
-    /// no room for is dropped and counted.
+    /// Copies the chunk's lines and events; once the night watch has the
+    /// copy, takes the mention off the line embeds of events that incidents
+    /// cover (the incident's first message carries it, once). Never blocks:
+    /// a copy the night watch has no room for is dropped and counted, and
+    /// its events keep their mentions (no incident will ping for them).
     pub fn offer(&self, chunk: &mut Chunk, path: &Path) {
         let mut text =
             String::with_capacity(chunk.lines.iter().map(|l| l.text.len() + 1).sum::<usize>());
@@ -119,12 +125,9 @@ impl Tap {
             text.push('\n');
         }
         let mut events = Vec::new();
-        for (i, shown) in chunk.shown.iter_mut().enumerate() {
+        for (i, shown) in chunk.shown.iter().enumerate() {
             if let Some(Some(ev)) = shown {
                 events.push((i, ev.clone()));
-                if self.incidents && ev.severity >= Severity::Warning {
-                    ev.mention = None;
-                }
             }
         }
         let seen = Seen {
@@ -136,10 +139,20 @@ impl Tap {
             events,
         };
         let ekos = self.ekos_source == Some(chunk.source);
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(seen) {
-            if ekos {
+        match self.tx.try_send(seen) {
+            Ok(()) if self.incidents => {
+                for ev in chunk.shown.iter_mut().flatten().flatten() {
+                    if ev.severity >= Severity::Warning {
+                        ev.mention = None;
+                    }
+                }
+            }
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) if ekos => {
                 self.lost.fetch_add(1, Ordering::Relaxed);
             }
+            // Full for another source, or the night watch is gone.
+            Err(_) => {}
         }
     }
 }
@@ -534,7 +547,14 @@ impl Watch {
             if ring.len() == n {
                 ring.pop_front();
             }
-            ring.push_back(l.to_string());
+            ring.push_back(context_line(l));
+        }
+        let mut bytes: usize = ring.iter().map(String::len).sum();
+        while bytes > CONTEXT_BYTES {
+            match ring.pop_front() {
+                Some(l) => bytes -= l.len(),
+                None => break,
+            }
         }
     }
 
@@ -856,9 +876,32 @@ impl NightWatch {
     }
 }
 
+/// A line as kept for context: cut at a character boundary past
+/// [`CONTEXT_LINE_BYTES`], with a marker.
+fn context_line(l: &str) -> String {
+    if l.len() <= CONTEXT_LINE_BYTES {
+        return l.to_string();
+    }
+    let mut end = CONTEXT_LINE_BYTES;
+    while !l.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [… {} bytes cut]", &l[..end], l.len() - end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_line_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(5000);
+        let cut = context_line(&long);
+        assert!(cut.len() < CONTEXT_LINE_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with("bytes cut]"));
+        assert_eq!(context_line("short"), "short");
+    }
+    use crate::ekos::Mention;
 
     const MIN: u64 = 60_000;
 
@@ -907,9 +950,81 @@ mod tests {
             title: "INDI driver X crashed".into(),
             footer: None,
             mention: None,
+            alert_mention: None,
             rule: "indi-driver-crashed".into(),
             more: 0,
         }
+    }
+
+    fn tap(cap: usize, incidents: bool) -> (Tap, Receiver<Seen>) {
+        let (tx, rx) = crossbeam_channel::bounded(cap);
+        let tap = Tap {
+            tx,
+            lost: Arc::new(AtomicU64::new(0)),
+            incidents,
+            ekos_source: Some(0),
+        };
+        (tap, rx)
+    }
+
+    fn pinging_chunk() -> Chunk {
+        let e = EventPart {
+            mention: Some(Mention::Role(42)),
+            alert_mention: Some(Mention::Role(42)),
+            ..crash()
+        };
+        Chunk {
+            file: crate::checkpoint::FileId(1),
+            source: 0,
+            route: 0,
+            label: None,
+            start: 0,
+            lines: vec![crate::tail::Line {
+                text: "crash".into(),
+                end: 6,
+            }],
+            shown: vec![Some(Some(e))],
+        }
+    }
+
+    fn line_mention(c: &Chunk) -> Option<Mention> {
+        c.shown[0].as_ref().unwrap().as_ref().unwrap().mention
+    }
+
+    #[test]
+    fn the_tap_takes_the_mention_off_the_line_only_once_the_night_watch_has_the_copy() {
+        let (t, rx) = tap(1, true);
+        let mut c = pinging_chunk();
+        t.offer(&mut c, Path::new("/x"));
+        assert_eq!(line_mention(&c), None, "the incident pings instead");
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.events[0].1.mention, Some(Mention::Role(42)));
+        assert_eq!(
+            c.shown[0].as_ref().unwrap().as_ref().unwrap().alert_mention,
+            Some(Mention::Role(42)),
+            "an alerts webhook copy still pings"
+        );
+
+        // The channel is full (a catch-up): the copy is dropped, so the
+        // line must ping itself.
+        let mut first = pinging_chunk();
+        t.offer(&mut first, Path::new("/x"));
+        let mut c = pinging_chunk();
+        t.offer(&mut c, Path::new("/x"));
+        assert_eq!(line_mention(&c), Some(Mention::Role(42)));
+        assert_eq!(t.lost.load(Ordering::Relaxed), 1);
+
+        // The night watch is gone.
+        drop(rx);
+        let mut c = pinging_chunk();
+        t.offer(&mut c, Path::new("/x"));
+        assert_eq!(line_mention(&c), Some(Mention::Role(42)));
+
+        // Incidents off: nothing is taken.
+        let (t, _rx) = tap(1, false);
+        let mut c = pinging_chunk();
+        t.offer(&mut c, Path::new("/x"));
+        assert_eq!(line_mention(&c), Some(Mention::Role(42)));
     }
 
     #[test]

@@ -451,7 +451,12 @@ impl Sender {
             // For an alert copy this is the line's start: what the hold
             // is released by, never a commit.
             commit: Some((file, start)),
-            event: Some(Box::new(ev.clone())),
+            // The alerts channel pings as the rule says, even when the
+            // line's own embed lost its mention to an incident.
+            event: Some(Box::new(format::EventPart {
+                mention: ev.alert_mention,
+                ..ev.clone()
+            })),
         };
         let cp = part.text.chars().count();
         let q = &mut self.lanes[ai].queue;

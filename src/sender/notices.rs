@@ -154,6 +154,10 @@ impl Notices {
                     // must not be lost to a quick update.
                     n.files = std::mem::take(&mut old.notice.files);
                 }
+                if first_post(&self.kept, &n.key) {
+                    // Nor its ping: a repeat's body has none.
+                    carry_ping(&old.notice.body, &mut n.body);
+                }
                 old.notice = n;
                 old.tries = 0;
                 return;
@@ -322,10 +326,44 @@ impl Notices {
                 if newer.notice.files.is_empty() {
                     newer.notice.files = item.notice.files;
                 }
+                if first_post(&self.kept, &newer.notice.key) {
+                    carry_ping(&item.notice.body, &mut newer.notice.body);
+                }
                 return;
             }
         }
         self.queue.push_front(item);
+    }
+}
+
+/// Whether the next send of `key` posts a new message (nothing kept to
+/// edit), so it must carry the ping of the notice it replaces.
+fn first_post(kept: &HashMap<String, Kept>, key: &str) -> bool {
+    kept.get(key)
+        .filter(|k| !k.closed)
+        .and_then(|k| k.id.as_ref())
+        .is_none()
+}
+
+/// Gives `new` the ping (`content`, `allowed_mentions`) of `old` when it
+/// has no content of its own: an incident's first body pings and its
+/// repeats do not, so a repeat that replaces the unsent first post would
+/// otherwise post the incident silently.
+fn carry_ping(old: &serde_json::Value, new: &mut serde_json::Value) {
+    let has_content = new
+        .get("content")
+        .and_then(|c| c.as_str())
+        .is_some_and(|c| !c.is_empty());
+    if has_content {
+        return;
+    }
+    let Some(obj) = new.as_object_mut() else {
+        return;
+    };
+    for field in ["content", "allowed_mentions"] {
+        if let Some(v) = old.get(field) {
+            obj.insert(field.to_string(), v.clone());
+        }
     }
 }
 
@@ -541,6 +579,61 @@ mod tests {
         q.answered(&fail, Next::Again, 1);
         let (_, p) = q.next(t0).unwrap();
         assert!(String::from_utf8_lossy(&p.printable).contains("\"2\""));
+    }
+
+    fn pinging(key: &str) -> Notice {
+        let mut p = upsert(key, "");
+        p.body = serde_json::json!({
+            "content": "<@&42>",
+            "allowed_mentions": { "roles": ["42"] },
+            "embeds": [{ "title": "first" }],
+        });
+        p
+    }
+
+    fn silent(key: &str) -> Notice {
+        let mut s = upsert(key, "");
+        s.body = serde_json::json!({ "embeds": [{ "title": "repeat" }] });
+        s
+    }
+
+    #[test]
+    fn a_repeat_replacing_the_unsent_first_post_keeps_its_ping() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(pinging("k"));
+        q.push(silent("k"));
+        let (req, p) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Post { .. }));
+        let body = String::from_utf8_lossy(&p.printable).to_string();
+        assert!(body.contains("<@&42>"), "{body}");
+        assert!(body.contains("\"roles\""), "{body}");
+        assert!(body.contains("repeat"), "the newest body wins: {body}");
+        // Once posted, the edits carry no ping.
+        q.answered(&ok(Some("8")), Next::Commit, 1);
+        q.push(silent("k"));
+        q.push(silent("k"));
+        let (req, p) = q.next(t0 + Duration::from_secs(60)).unwrap();
+        assert!(matches!(req, Request::Edit { .. }));
+        assert!(!String::from_utf8_lossy(&p.printable).contains("<@&42>"));
+    }
+
+    #[test]
+    fn a_failed_first_post_gives_its_ping_to_the_newer_body() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(pinging("k"));
+        q.next(t0).unwrap();
+        q.push(silent("k"));
+        let fail = Reply {
+            outcome: Outcome::Retry { why: "x".into() },
+            message: None,
+        };
+        q.answered(&fail, Next::Again, 1);
+        let (req, p) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Post { .. }));
+        let body = String::from_utf8_lossy(&p.printable).to_string();
+        assert!(body.contains("<@&42>") && body.contains("repeat"), "{body}");
     }
 
     #[test]
