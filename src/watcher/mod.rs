@@ -716,7 +716,18 @@ impl Watcher {
     /// Opens `path` and starts following it where [`start::decide`] says.
     fn open_tailer(&mut self, i: usize, path: &Path, rel: &Path, running: bool) -> Option<Key> {
         let src = &self.cfg.sources[i];
-        let (file, meta) = match tail::open_regular(path) {
+        // Followed files may not take the descriptors the rest of the
+        // daemon needs: the POST's socket, the checkpoint, the night
+        // watch's state. Same warning as a real EMFILE.
+        let opened = if over_fd_budget(self.files.len(), nofile_limit()) {
+            Err(TailError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::from_raw_os_error(libc::EMFILE),
+            })
+        } else {
+            tail::open_regular(path)
+        };
+        let (file, meta) = match opened {
             Ok(x) => x,
             Err(TailError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
@@ -1490,9 +1501,46 @@ impl Watcher {
     }
 }
 
+/// The soft limit on open descriptors (`u64::MAX` if unknown).
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        // rlim_t is 32 bits on armhf.
+        #[allow(clippy::unnecessary_cast)]
+        let cur = r.rlim_cur as u64;
+        cur
+    } else {
+        u64::MAX
+    }
+}
+
+/// Whether following one more file would leave the daemon too few
+/// descriptors of its own: a quarter of the limit, between 8 and 64, stays
+/// free for sockets and state files.
+fn over_fd_budget(followed: usize, limit: u64) -> bool {
+    let reserve = (limit / 4).clamp(8, 64);
+    followed as u64 + reserve >= limit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn followed_files_leave_descriptors_for_the_rest() {
+        // 64 descriptors: 16 stay free, 48 files at most.
+        assert!(!over_fd_budget(47, 64));
+        assert!(over_fd_budget(48, 64));
+        // Large limits keep 64; tiny ones 8.
+        assert!(!over_fd_budget(65_000, 65_536));
+        assert!(over_fd_budget(65_472, 65_536));
+        assert!(over_fd_budget(12, 20));
+        assert!(!over_fd_budget(0, u64::MAX));
+    }
     use crate::config::Inputs;
     use std::io::Write;
 
