@@ -277,6 +277,8 @@ pub struct Watch {
     context_clock: u64,
     /// Route of the Ekos source (where its silence alarm and card go).
     ekos_route: usize,
+    /// The Ekos file last written: the silence alarm's context.
+    ekos_path: Option<Arc<Path>>,
     expectations: Expectations,
     expect_routes: Vec<usize>,
     /// The night card running.
@@ -306,6 +308,7 @@ impl Watch {
             context: HashMap::new(),
             context_clock: 0,
             ekos_route,
+            ekos_path: None,
             dirty: false,
             saved_generation: 0,
         }
@@ -460,6 +463,9 @@ impl Watch {
         }
         let mut card_changed = false;
         let ekos = self.settings.ekos_source == Some(seen.source);
+        if ekos {
+            self.ekos_path = Some(seen.path.clone());
+        }
         let n = self.settings.context_lines;
         let total = seen.lines().count();
         let mut events = seen.events.iter().peekable();
@@ -658,11 +664,18 @@ impl Watch {
 
     /// The most recently written file of the Ekos source's context.
     fn context_path(&self) -> Option<(Arc<Path>, String)> {
-        // The Ekos log is the file written last before the silence.
-        self.context
-            .iter()
-            .max_by_key(|(_, (t, _))| *t)
-            .map(|(p, _)| {
+        // The Ekos log last written, not whichever file of any source
+        // (a PHD2 or script log) was written last before the silence.
+        self.ekos_path
+            .as_ref()
+            .filter(|p| self.context.contains_key(*p))
+            .or_else(|| {
+                self.context
+                    .iter()
+                    .max_by_key(|(_, (t, _))| *t)
+                    .map(|(p, _)| p)
+            })
+            .map(|p| {
                 let name = p
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
@@ -1058,6 +1071,28 @@ mod tests {
         assert_eq!(
             back[0].body["embeds"][0]["title"],
             "Ekos is writing again after 14 min"
+        );
+    }
+
+    /// The silence alert's context is the Ekos log's last lines, even when
+    /// a script log (another source) was written after it.
+    #[test]
+    fn a_silence_carries_the_ekos_log_not_the_file_written_last() {
+        let mut w = Watch::new(settings(), 0);
+        w.seen(&seen(0, &exposing(), vec![]), 0, 0);
+        let script = Seen {
+            path: Arc::from(Path::new("/srv/service/event/backup.log")),
+            ..seen(1, &["backup step 1".into()], vec![])
+        };
+        w.seen(&script, MIN, 0);
+        let out = w.tick(3 * MIN, 0);
+        assert_eq!(out.len(), 1);
+        let f = &out[0].files[0];
+        assert_eq!(f.name, "log_21-00-00.txt.log");
+        let text = String::from_utf8_lossy(&f.data);
+        assert!(
+            text.contains("300.000-second Ha") && !text.contains("backup"),
+            "{text}"
         );
     }
 
