@@ -283,6 +283,17 @@ fn script_event_tree_every_file_and_right_attribution() {
     }
     std::fs::write(root.join("README.md"), "not a log\n").unwrap();
     let d = env.start(&[]);
+    // start_at = end: a line written before the daemon opened its file is
+    // not new to it. Wait until all four are followed, not only the first.
+    assert!(
+        support::daemon::wait_until(Duration::from_secs(10), || d
+            .stderr()
+            .matches("(start_at = end)")
+            .count()
+            >= 4),
+        "{}",
+        d.stderr()
+    );
     let files = [
         "deploy/deploy.log",
         "backup/backup.log",
