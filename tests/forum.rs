@@ -12,21 +12,10 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use support::ekos_lines::{capture, sched};
 use support::fake_discord::{FakeDiscord, Received, delivered};
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn ekos(cat: &str, msg: &str) -> String {
-    format!("[2024-03-09T21:14:06.000 CET INFO ][{cat:>30}] - {msg}")
-}
-
-fn sched(msg: &str) -> String {
-    ekos("org.kde.kstars.ekos.scheduler", msg)
-}
-
-fn capture(msg: &str) -> String {
-    ekos("org.kde.kstars.ekos.capture", &format!("\"{msg}\""))
-}
 
 /// Today's UTC date (the daemon runs with TZ=UTC and night_start 00:00,
 /// so it is the night's date).

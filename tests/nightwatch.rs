@@ -9,25 +9,10 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use support::ekos_lines::{capture, ekos, guide, sched};
 use support::fake_discord::{FakeDiscord, Mode, Received, delivered};
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn ekos(cat: &str, msg: &str) -> String {
-    format!("[2024-03-09T21:14:06.000 CET INFO ][{cat:>30}] - {msg}")
-}
-
-fn sched(msg: &str) -> String {
-    ekos("org.kde.kstars.ekos.scheduler", msg)
-}
-
-fn capture(msg: &str) -> String {
-    ekos("org.kde.kstars.ekos.capture", &format!("\"{msg}\""))
-}
-
-fn guide(msg: &str) -> String {
-    ekos("org.kde.kstars.ekos.guide", &format!("\"{msg}\""))
-}
 
 fn title(m: &Received) -> String {
     m.embeds

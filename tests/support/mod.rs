@@ -1,4 +1,5 @@
 pub mod daemon;
+pub mod ekos_lines;
 pub mod fake_discord;
 pub mod notify;
 pub mod pings;
