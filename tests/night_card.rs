@@ -5,6 +5,7 @@ mod support;
 
 use serde_json::Value;
 use support::daemon::Env;
+use support::fake_discord::embed_field;
 
 #[test]
 fn replay_prints_the_night_summary() {
@@ -25,17 +26,7 @@ fn replay_prints_the_night_summary() {
         desc.contains("2 targets · 9 frames · 46 min of exposure · ended: Ekos shut down"),
         "{desc}"
     );
-    let field = |name: &str| {
-        e["fields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {e}"))["value"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let field = |name: &str| embed_field(e, name);
     assert_eq!(
         field("M31"),
         "Ha: 2 × 600 s = 20 min\nL: 4 × 300 s = 20 min"

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
 use support::ekos_lines::{capture, ekos, guide, sched};
-use support::fake_discord::{FakeDiscord, Mode, Received, delivered};
+use support::fake_discord::{FakeDiscord, Mode, Received, delivered, embed_field};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -481,16 +481,6 @@ fn a_short_night_is_one_card_edited_in_place_into_its_summary() {
         desc.contains("1 target · 3 frames · 3 s of exposure · ended: mount parked"),
         "{desc}"
     );
-    let field = |name: &str| {
-        e["fields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {e}"))["value"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let field = |name: &str| embed_field(e, name);
     assert_eq!(field("M31"), "Ha: 1 × 1 s = 1 s\nL: 2 × 1 s = 2 s");
 }

@@ -1565,3 +1565,17 @@ pub fn delivered(msgs: &[Received]) -> Vec<String> {
         .flat_map(|m| code_block_lines(&m.content))
         .collect()
 }
+
+/// The value of the field `name` of an embed; panics naming the embed if
+/// it has none.
+pub fn embed_field(embed: &serde_json::Value, name: &str) -> String {
+    embed["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {embed}"))["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
