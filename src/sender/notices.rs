@@ -144,10 +144,21 @@ impl Notices {
         if n.policy != Policy::New {
             // The newest body of a key replaces the one still waiting; a
             // pending Final stays (the key closes, then this posts anew).
+            // A Final does not absorb an update whose message was never
+            // posted: the message goes out first as it opened (the ping
+            // belongs to the problem, not to its end), and the Final then
+            // edits it, so a storm that begins and ends before the first
+            // slot is still one message edited in place.
+            let unposted = first_post(&self.kept, &n.key);
             if let Some(old) = self.queue.iter_mut().find(|i| {
-                i.notice.key == n.key && i.notice.policy != Policy::New && {
-                    i.notice.policy != Policy::Final || n.policy == Policy::Final
-                }
+                i.notice.key == n.key
+                    && match (i.notice.policy, n.policy) {
+                        (Policy::New, _) => false,
+                        (Policy::Final, Policy::Final) => true,
+                        (Policy::Final, _) => false,
+                        (_, Policy::Final) => !unposted,
+                        _ => true,
+                    }
             }) {
                 if n.files.is_empty() {
                     // The first post's attachment (an alert's context)
@@ -510,6 +521,34 @@ mod tests {
         q.push(upsert("k", "again"));
         let (req, _) = q.next(t0 + Duration::from_secs(60)).unwrap();
         assert!(matches!(req, Request::Post { .. }));
+    }
+
+    #[test]
+    fn a_final_before_the_first_post_went_edits_the_message_posted_open() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(pinging("k"));
+        q.push(silent("k"));
+        q.push(n("k", "resolved", Policy::Final));
+        let (req, p) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Post { .. }));
+        let body = String::from_utf8_lossy(&p.printable).to_string();
+        assert!(body.contains("repeat") && body.contains("<@&42>"), "{body}");
+        assert!(q.next(t0).is_none(), "the final waits for the post");
+        q.answered(&ok(Some("9")), Next::Commit, 1);
+        let (req, p) = q.next(t0).unwrap();
+        assert_eq!(
+            req,
+            Request::Edit {
+                id: Snowflake::parse("9").unwrap(),
+                thread: None
+            },
+            "a final ignores the interval"
+        );
+        assert_eq!(text(&p), "resolved");
+        q.answered(&ok(Some("9")), Next::Commit, 2);
+        assert!(q.kept()["k"].closed);
+        assert!(q.is_empty());
     }
 
     #[test]
