@@ -68,11 +68,15 @@ pub fn place(thread: Option<&ThreadId>, night: i64, targets: &[String]) -> Place
 
 /// The request (and body) as sent on a forum route. A post goes into the
 /// thread, or opens it (asking for the message, whose `channel_id` is the
-/// thread); an edit names the thread. An edit while the night has no
-/// thread is of a message in another (older or deleted) thread: it goes
-/// without one, Discord answers Unknown Message (`Gone`), and the notice
-/// lane posts it anew, which opens the thread. A body that cannot carry a
-/// name is sent as it is (Discord then refuses it and the route stops).
+/// thread); an edit goes to the thread its message lives in, which the
+/// notice lane keeps with the message ([`super::notices::Kept::thread`]):
+/// an incident opened in last night's post is edited there, not posted
+/// again in tonight's. An edit whose thread is not known (a state file of
+/// an older version) names the night's thread; if the night has none, the
+/// message is in another (older or deleted) thread: it goes without one,
+/// Discord answers Unknown Message (`Gone`), and the notice lane posts it
+/// anew, which opens the thread. A body that cannot carry a name is sent
+/// as it is (Discord then refuses it and the route stops).
 pub fn shape(req: Request, payload: Payload, place: &Place) -> (Request, Payload) {
     match (req, place) {
         (Request::Post { wait, .. }, Place::In(t)) => (
@@ -92,14 +96,29 @@ pub fn shape(req: Request, payload: Payload, place: &Place) -> (Request, Payload
                 named,
             )
         }
-        (Request::Edit { id, .. }, Place::In(t)) => (
+        (
+            Request::Edit {
+                id,
+                thread: Some(t),
+            },
+            _,
+        ) => (
+            Request::Edit {
+                id,
+                thread: Some(t),
+            },
+            payload,
+        ),
+        (Request::Edit { id, thread: None }, Place::In(t)) => (
             Request::Edit {
                 id,
                 thread: Some(t.clone()),
             },
             payload,
         ),
-        (Request::Edit { id, .. }, Place::Open(_)) => (Request::Edit { id, thread: None }, payload),
+        (Request::Edit { id, thread: None }, Place::Open(_)) => {
+            (Request::Edit { id, thread: None }, payload)
+        }
     }
 }
 
