@@ -280,6 +280,21 @@ mod tests {
     }
 
     #[test]
+    fn an_edit_goes_to_the_thread_its_message_lives_in_not_tonights() {
+        let last_night = sf("800");
+        let tonight = sf("900");
+        let edit = Request::Edit {
+            id: sf("5"),
+            thread: Some(last_night.clone()),
+        };
+        for place in [Place::In(tonight), Place::Open("Night".into())] {
+            let (req, p) = shape(edit.clone(), body(), &place);
+            assert_eq!(req, edit, "{place:?}");
+            assert!(json(&p).get("thread_name").is_none());
+        }
+    }
+
+    #[test]
     fn an_opening_post_teaches_the_thread_a_gone_post_loses_it() {
         let open = Request::Post {
             thread: Thread::Open("Night".into()),

@@ -412,6 +412,7 @@ impl Notices {
                 self.requeue(item);
             }
             Next::Again if reply.outcome.unexplained_refusal() => {
+                self.last_sent.remove(&key);
                 item.tries += 1;
                 if item.tries >= MAX_TRIES {
                     out.log = Some((
@@ -452,8 +453,9 @@ impl Notices {
         out
     }
 
-    /// Forgets keys past their TTL, then the oldest beyond [`MAX_KEPT`]
-    /// (closed ones first); returns whether any went.
+    /// Forgets keys past their TTL, then, beyond [`MAX_KEPT`], the oldest
+    /// (closed ones first) down to nine tenths of it, so that the sort is
+    /// not made at every send; returns whether any went.
     fn prune_kept(&mut self, wall: u64) -> bool {
         let before = self.kept.len();
         self.kept.retain(|_, k| alive(k, wall));
@@ -464,7 +466,7 @@ impl Notices {
                 .map(|(key, k)| (!k.closed, k.at, key.clone()))
                 .collect();
             order.sort();
-            let excess = self.kept.len() - MAX_KEPT;
+            let excess = self.kept.len() - MAX_KEPT * 9 / 10;
             for (_, _, key) in order.into_iter().take(excess) {
                 self.kept.remove(&key);
             }
@@ -1020,5 +1022,445 @@ mod tests {
         );
         std::fs::write(&path, "not json").unwrap();
         assert_eq!(load(&path), State::default());
+    }
+
+    /// A tiny xorshift, so the randomized tests are reproducible.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Discord's answer to a request, read as the client reads it, and
+    /// what the route decides for a notice (the one place that says what
+    /// an HTTP answer means).
+    fn answer(status: u16, body: &str, sent: &Request, id: u64) -> (Reply, Next) {
+        let mut reply = crate::discord::read_reply(sent, status, RateInfo::default(), None, body);
+        if matches!(reply.outcome, Outcome::Delivered(_)) && sent.answers_message() {
+            reply.message = Some(Posted {
+                id: Snowflake::parse(&id.to_string()).unwrap(),
+                channel_id: Snowflake::parse("7").unwrap(),
+                attachments: vec![],
+            });
+        }
+        let t = Instant::now();
+        let mut route =
+            super::super::Route::new("hook".into(), Duration::ZERO, 3, t, Box::new(|| 0.5));
+        route.sent(t);
+        let next = route
+            .answer(&reply.outcome, super::super::Shape::Whole, t)
+            .next;
+        (reply, next)
+    }
+
+    #[test]
+    fn every_structure_stays_bounded_over_a_long_random_night_with_outages() {
+        for seed in [1u64, 0xdead_beef, 42_4242] {
+            let mut rng = Rng(seed);
+            let t0 = Instant::now();
+            let mut q = Notices::default();
+            let mut clock = Duration::ZERO;
+            let mut wall = 1_000_000u64;
+            let mut down = false;
+            let mut ids = 100u64;
+            let mut finals_pushed = 0usize;
+            let mut finals_delivered = 0usize;
+            for step in 0..12_000u64 {
+                if step % 700 == 0 {
+                    down = rng.below(2) == 0;
+                }
+                clock += Duration::from_millis(1000 + rng.below(2000));
+                wall += 10;
+                let now = t0 + clock;
+                for _ in 0..rng.below(4) {
+                    let k = rng.below(5000);
+                    let notice = match rng.below(10) {
+                        0..=3 => n(&format!("silence/{step}"), "s", Policy::New),
+                        4..=8 => upsert(&format!("incident/{k}"), "u"),
+                        _ => {
+                            finals_pushed += 1;
+                            n(&format!("incident/{k}"), "f", Policy::Final)
+                        }
+                    };
+                    q.push(notice);
+                }
+                if let Some((req, _)) = q.next(now) {
+                    let policy = q.flight.as_ref().unwrap().item.notice.policy;
+                    let (status, body) = if down {
+                        [(503, ""), (429, r#"{"retry_after": 1}"#), (502, "")]
+                            [rng.below(3) as usize]
+                    } else {
+                        [
+                            (200, r#"{"id": "1", "channel_id": "7"}"#),
+                            (200, r#"{"id": "1", "channel_id": "7"}"#),
+                            (200, r#"{"id": "1", "channel_id": "7"}"#),
+                            (400, ""),
+                            (413, ""),
+                            (404, r#"{"code": 10008, "message": "Unknown Message"}"#),
+                        ][rng.below(6) as usize]
+                    };
+                    ids += 1;
+                    let (reply, next) = answer(status, body, &req, ids);
+                    if next == Next::Commit && policy == Policy::Final {
+                        finals_delivered += 1;
+                    }
+                    q.answered(&reply, next, wall);
+                }
+                assert!(
+                    q.len() <= MAX_PENDING,
+                    "seed {seed} step {step}: {}",
+                    q.len()
+                );
+                assert!(q.kept.len() <= MAX_KEPT, "seed {seed}: {}", q.kept.len());
+                assert!(
+                    step % 97 != 0 || q.kept.values().all(|k| alive(k, wall)),
+                    "seed {seed}: a key past its TTL"
+                );
+                // One send per step at most, a step is a second at least:
+                // the send times cover one 30 s interval.
+                assert!(
+                    q.last_sent.len() <= 32,
+                    "seed {seed}: {}",
+                    q.last_sent.len()
+                );
+            }
+            assert!(
+                q.kept.len() > MAX_KEPT / 2,
+                "the cap was reached: {}",
+                q.kept.len()
+            );
+            assert!(finals_delivered > 0 && finals_pushed > finals_delivered);
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_a_new_one_then_the_oldest_update_a_final_last_logged_once() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        let mut logs = Vec::new();
+        logs.push(q.push(n("silence/1", "s", Policy::New)));
+        for i in 0..MAX_PENDING / 2 {
+            logs.push(q.push(n(&format!("f{i}"), "f", Policy::Final)));
+        }
+        for i in 0..MAX_PENDING / 2 - 1 {
+            logs.push(q.push(upsert(&format!("u{i}"), "u")));
+        }
+        assert_eq!(q.len(), MAX_PENDING);
+        assert!(logs.iter().all(Option::is_none));
+        // Full: the New one goes first, then the oldest updates.
+        let first = q.push(upsert("u-late", "u"));
+        let (level, text) = first.expect("the first drop is logged");
+        assert_eq!(level, log::Level::Warn);
+        assert!(text.contains("silence/1"), "{text}");
+        assert!(q.push(upsert("u-later", "u")).is_none(), "once per streak");
+        assert!(q.push(n("f-late", "f", Policy::Final)).is_none());
+        let keys: Vec<&str> = q.queue.iter().map(|i| i.notice.key.as_str()).collect();
+        assert_eq!(q.len(), MAX_PENDING);
+        assert!(!keys.contains(&"silence/1"));
+        assert!(
+            !keys.contains(&"u0") && !keys.contains(&"u1"),
+            "the oldest updates"
+        );
+        assert!(keys.contains(&"u2") && keys.contains(&"u-later"));
+        assert!(
+            (0..MAX_PENDING / 2).all(|i| keys.contains(&format!("f{i}").as_str())),
+            "no Final lost while an update could go instead"
+        );
+        // An update of a waiting key replaces it: nothing is dropped.
+        assert!(q.push(upsert("u5", "newer")).is_none());
+        assert_eq!(q.dropped, 3);
+        // Only Finals left: the oldest Final goes, never more than the cap.
+        let mut only = Notices::default();
+        for i in 0..=MAX_PENDING {
+            only.push(n(&format!("f{i}"), "f", Policy::Final));
+        }
+        assert_eq!(only.len(), MAX_PENDING);
+        assert_eq!(only.queue[0].notice.key, "f1");
+        // The streak ends when the queue has room again: the count is told.
+        let mut told = None;
+        let mut t = t0;
+        while q.len() >= MAX_PENDING / 2 - 1 {
+            t += Duration::from_secs(60);
+            let (req, _) = q.next(t).unwrap();
+            let (reply, next) = answer(200, r#"{"id": "5", "channel_id": "7"}"#, &req, 5);
+            let out = q.answered(&reply, next, 1);
+            if out.log.is_some() {
+                told = out.log;
+            }
+        }
+        let (_, text) = told.expect("the streak's count");
+        assert!(text.starts_with("3 notices were dropped"), "{text}");
+    }
+
+    #[test]
+    fn send_times_are_kept_only_for_updates_and_only_as_long_as_an_interval() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        for i in 0..50 {
+            q.push(n(&format!("silence/{i}"), "s", Policy::New));
+            let (req, _) = q.next(t0).unwrap();
+            let (reply, next) = answer(200, r#"{"id": "5", "channel_id": "7"}"#, &req, 5);
+            q.answered(&reply, next, 1);
+        }
+        assert!(q.last_sent.is_empty(), "a New key is never edited");
+        q.push(upsert("inc", "1"));
+        let (req, _) = q.next(t0).unwrap();
+        let (reply, next) = answer(200, r#"{"id": "5", "channel_id": "7"}"#, &req, 5);
+        q.answered(&reply, next, 1);
+        assert!(q.last_sent.contains_key("inc"));
+        // A Final closes the key: its send time goes with it.
+        q.push(n("inc", "done", Policy::Final));
+        let (req, _) = q.next(t0 + Duration::from_secs(1)).unwrap();
+        let (reply, next) = answer(200, r#"{"id": "5", "channel_id": "7"}"#, &req, 5);
+        q.answered(&reply, next, 2);
+        assert!(q.last_sent.is_empty());
+        // An open key's send time goes once the interval is over.
+        q.push(upsert("other", "1"));
+        q.next(t0).unwrap();
+        let (reply, next) = answer(200, r#"{"id": "6", "channel_id": "7"}"#, &Request::PLAIN, 6);
+        q.answered(&reply, next, 3);
+        assert!(q.last_sent.contains_key("other"));
+        q.push(n("x", "x", Policy::New));
+        q.next(t0 + Duration::from_secs(31)).unwrap();
+        assert!(q.last_sent.is_empty());
+    }
+
+    #[test]
+    fn an_unexplained_4xx_is_tried_three_times_a_5xx_as_long_as_it_lasts() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(upsert("incident/storm", "u"));
+        let mut logs = Vec::new();
+        for _ in 0..MAX_TRIES {
+            let (req, _) = q.next(t0).expect("tried again");
+            let (reply, next) = answer(400, "<html>bad request</html>", &req, 5);
+            assert_eq!(next, Next::Again);
+            logs.push(q.answered(&reply, next, 1).log);
+        }
+        assert!(q.is_empty(), "dropped after {MAX_TRIES} tries");
+        let (level, text) = logs.pop().unwrap().expect("one warning");
+        assert_eq!(level, log::Level::Warn);
+        assert!(text.contains("\"incident/storm\""), "names the key: {text}");
+        assert!(logs.iter().all(Option::is_none), "{logs:?}");
+        // A 5xx or a rate limit never drops it.
+        q.push(n("silence/1", "s", Policy::New));
+        for i in 0..50 {
+            let (req, _) = q.next(t0).expect("still there");
+            let (status, body) = [(503, ""), (429, r#"{"retry_after": 1}"#), (408, "")][i % 3];
+            let (reply, next) = answer(status, body, &req, 5);
+            assert!(q.answered(&reply, next, 1).log.is_none());
+        }
+        let (req, _) = q.next(t0).unwrap();
+        let (reply, next) = answer(204, "", &req, 5);
+        q.answered(&reply, next, 1);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_body_discord_refuses_as_too_large_or_invalid_is_dropped_at_once() {
+        let t0 = Instant::now();
+        let too_long = r#"{"code": 50035, "message": "Invalid Form Body", "errors": {"embeds": {"0": {"description": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "too long"}]}}}}}"#;
+        for (status, body) in [
+            (413, ""),
+            (400, too_long),
+            (
+                400,
+                r#"{"code": 50006, "message": "Cannot send an empty message"}"#,
+            ),
+            (
+                400,
+                r#"{"code": 40005, "message": "Request entity too large"}"#,
+            ),
+        ] {
+            let mut q = Notices::default();
+            q.push(n("summary", "s", Policy::Final));
+            let (req, _) = q.next(t0).unwrap();
+            let (reply, next) = answer(status, body, &req, 5);
+            assert_eq!(next, Next::Drop, "{status} {body}");
+            assert!(q.answered(&reply, next, 1).log.is_some());
+            assert!(q.is_empty(), "{status} {body}: not retried");
+        }
+    }
+
+    #[test]
+    fn kept_keys_are_pruned_by_their_ttl_and_capped_closed_ones_first() {
+        let mut q = Notices::default();
+        let t = |i: usize| Snowflake::parse(&(i + 1).to_string());
+        for i in 0..MAX_KEPT + 10 {
+            q.kept.insert(
+                format!("k{i}"),
+                Kept {
+                    id: t(i),
+                    closed: i % 2 == 0,
+                    at: 1_000_000 + i as u64,
+                    thread: None,
+                },
+            );
+        }
+        q.kept.insert(
+            "ancient".into(),
+            Kept {
+                id: t(0),
+                closed: false,
+                at: 0,
+                thread: None,
+            },
+        );
+        assert!(q.remember("forum-thread:x", t(5), 1_000_000 + 2000));
+        assert_eq!(q.kept.len(), MAX_KEPT * 9 / 10);
+        assert!(!q.kept.contains_key("ancient"), "past its TTL");
+        assert!(!q.kept.contains_key("k0") && !q.kept.contains_key("k20"));
+        assert!(
+            q.kept.contains_key("k1"),
+            "open ones stay while closed ones can go"
+        );
+        assert!(q.kept.contains_key("forum-thread:x"));
+    }
+
+    #[test]
+    fn waiting_notices_survive_a_stop_with_their_files_cut_and_old_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        let mut alert = n("silence/1", "silent", Policy::New);
+        let lines: Vec<String> = (0..20_000).map(|i| format!("line {i}")).collect();
+        alert.files = vec![crate::notice::context_file(
+            "ekos.txt",
+            lines.iter().map(String::as_str),
+        )];
+        q.push(alert);
+        q.push(upsert("card", "card"));
+        q.push(n("summary", "summary", Policy::Final));
+        // The first is in flight when the sender stops: saved too.
+        q.next(t0).unwrap();
+        let pending = q.pending();
+        assert_eq!(pending.len(), 3);
+        let state = State {
+            kept: Saved::from([(
+                "r".into(),
+                BTreeMap::from([(
+                    "card".into(),
+                    Kept {
+                        id: Snowflake::parse("9"),
+                        closed: false,
+                        at: 100,
+                        thread: Snowflake::parse("77"),
+                    },
+                )]),
+            )]),
+            pending: BTreeMap::from([("r".into(), pending)]),
+            version: 0,
+        };
+        save(&path, state, 200).unwrap();
+        let mut back = load(&path);
+        assert_eq!(back.version, 2);
+        let mut q = Notices::with_kept(back.kept.remove("r").unwrap().into_iter().collect());
+        q.restore(3, back.pending.remove("r").unwrap());
+        let (req, p) = q.next(t0).unwrap();
+        assert!(matches!(req, Request::Post { .. }));
+        assert!(p.content_type.starts_with("multipart/"), "with its file");
+        let first = &q.flight.as_ref().unwrap().item.notice;
+        assert_eq!((first.route, first.key.as_str()), (3, "silence/1"));
+        let data = &first.files[0].data;
+        assert!(data.len() <= SAVED_FILE_BYTES);
+        assert!(data.starts_with(b"line ") && data.ends_with(b"line 19999\n"));
+        q.answered(&ok(Some("5")), Next::Commit, 201);
+        let (req, p) = q.next(t0).unwrap();
+        assert_eq!(
+            req,
+            Request::Edit {
+                id: Snowflake::parse("9").unwrap(),
+                thread: Snowflake::parse("77")
+            },
+            "the card is edited where it is"
+        );
+        assert_eq!(text(&p), "card");
+        q.answered(&ok(Some("9")), Next::Commit, 202);
+        let (_, p) = q.next(t0).unwrap();
+        assert_eq!(text(&p), "summary");
+        assert_eq!(q.flight.as_ref().unwrap().item.notice.policy, Policy::Final);
+
+        // A file written by the previous version: the bare table.
+        std::fs::write(
+            &path,
+            r#"{"0123456789abcdef": {"incident/x": {"id": "12", "closed": false, "at": 5}}}"#,
+        )
+        .unwrap();
+        let old = load(&path);
+        assert_eq!(
+            old.kept["0123456789abcdef"]["incident/x"].id,
+            Snowflake::parse("12")
+        );
+        assert!(old.pending.is_empty());
+    }
+
+    #[test]
+    fn a_message_posted_in_a_thread_is_edited_in_that_thread() {
+        let t0 = Instant::now();
+        let mut q = Notices::default();
+        q.push(upsert("incident/a", "1"));
+        q.next(t0).unwrap();
+        // The forum route put the post into last night's thread.
+        q.placed(&Request::Post {
+            thread: Thread::In(Snowflake::parse("500").unwrap()),
+            wait: true,
+        });
+        q.answered(&ok(Some("61")), Next::Commit, 1);
+        assert_eq!(q.kept()["incident/a"].thread, Snowflake::parse("500"));
+        q.push(upsert("incident/a", "2"));
+        let (req, _) = q.next(t0 + Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            req,
+            Request::Edit {
+                id: Snowflake::parse("61").unwrap(),
+                thread: Snowflake::parse("500"),
+            }
+        );
+        q.answered(&ok(Some("61")), Next::Commit, 2);
+        assert_eq!(q.kept()["incident/a"].thread, Snowflake::parse("500"));
+        // A post that opens the night's thread: the answer names it.
+        q.push(upsert("incident/b", "1"));
+        q.next(t0).unwrap();
+        q.placed(&Request::Post {
+            thread: Thread::Open("Night".into()),
+            wait: true,
+        });
+        let opened = Reply {
+            outcome: Outcome::Delivered(RateInfo::default()),
+            message: Some(Posted {
+                id: Snowflake::parse("70").unwrap(),
+                channel_id: Snowflake::parse("600").unwrap(),
+                attachments: vec![],
+            }),
+        };
+        q.answered(&opened, Next::Commit, 3);
+        assert_eq!(q.kept()["incident/b"].thread, Snowflake::parse("600"));
+        // Outside a forum: no thread.
+        q.push(upsert("incident/c", "1"));
+        q.next(t0).unwrap();
+        q.answered(&ok(Some("80")), Next::Commit, 3);
+        assert_eq!(q.kept()["incident/c"].thread, None);
+    }
+
+    #[test]
+    fn the_next_slot_alternates_notices_and_waiting_lines() {
+        assert!(notice_turn(true, false, 99), "no line waits: a notice goes");
+        assert!(notice_turn(true, true, 0));
+        assert!(notice_turn(true, true, NOTICE_BURST - 1));
+        assert!(
+            !notice_turn(true, true, NOTICE_BURST),
+            "then a line message"
+        );
+        assert!(!notice_turn(false, true, 0));
     }
 }
