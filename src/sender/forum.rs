@@ -15,6 +15,13 @@
 //! route's `Repost`), which opens a new thread; nothing is committed
 //! until Discord accepted it, and the route keeps its order because it
 //! has one request in flight at a time.
+//!
+//! A message's thread is kept with it in the notice lane's table, so an
+//! incident or card posted in last night's post is edited there after
+//! `night_start`. The night's targets that name a new post
+//! (`Stats::note_target`) are kept in memory only: a restart between the
+//! first target of a night and that night's first message names the post
+//! by its date alone (and once open, a post's name never changes).
 
 use crate::discord::{Outcome, Reply, Request, Thread, ThreadId, with_thread_name};
 use crate::format::Payload;
