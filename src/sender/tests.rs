@@ -1205,3 +1205,51 @@ fn notices_waiting_at_a_reload_are_saved_and_sent_once_after_it() {
     h.shutdown();
     assert_eq!(h.world.accepted_lines(0), ["after"]);
 }
+
+#[test]
+fn on_a_forum_route_an_incident_is_edited_in_the_post_it_was_posted_in() {
+    let mut s = settings();
+    s.forums = vec![true];
+    // A post whose thread is "gone" for new messages (as last night's
+    // post is no longer the night's): lines open a new post, but the
+    // message already in it is still there to edit.
+    let old: Arc<Mutex<Vec<String>>> = Arc::default();
+    let o = old.clone();
+    let script: Script = Box::new(move |r: &Req| match &r.thread {
+        Some(t) if o.lock().unwrap().contains(t) && !r.lines[0].starts_with("EDIT") => {
+            Reply::Answer(400, r#"{"code":10003,"message":"Unknown Channel"}"#.into())
+        }
+        _ => ok(),
+    });
+    let mut h = start(vec![script], s);
+    h.notices.send(upsert(0, "incident/a", "first")).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 1));
+    let reqs = h.world.requests(0);
+    assert!(reqs[0].thread.as_ref().unwrap().starts_with("open:"));
+    // The post opened by the first message has that message's id.
+    let id = reqs.len().to_string();
+    let first_thread = format!("1{id}");
+    old.lock().unwrap().push(first_thread.clone());
+    h.send(0, &["line"]);
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 2));
+    h.notices.send(upsert(0, "incident/a", "second")).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 3));
+    let got = h.world.accepted.lock().unwrap().clone();
+    let edit = got.last().unwrap();
+    assert!(
+        edit.lines[0].starts_with("EDIT ") && edit.lines[0].ends_with(" second"),
+        "{got:?}"
+    );
+    assert_eq!(
+        edit.thread.as_deref(),
+        Some(first_thread.as_str()),
+        "edited where the message lives: {got:?}"
+    );
+    let line = &got[1];
+    assert_ne!(
+        line.thread.as_deref(),
+        Some(first_thread.as_str()),
+        "{got:?}"
+    );
+    h.shutdown();
+}
