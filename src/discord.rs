@@ -19,7 +19,7 @@
 //! | 413; a 4xx whose JSON names a size limit: code 40005 or 50045, a 50035 error `BASE_TYPE_MAX_LENGTH`, `BASE_TYPE_BAD_LENGTH` or `MAX_EMBED_SIZE_EXCEEDED`, or a message "… too large" | `Rejected` | split the message in halves; a single line is posted again as a `.log` attachment (`Message::fallback`) |
 //! | a 4xx whose JSON names this body's content: 50035 on a field we send (`content`, `embeds`, `files`, `attachments`, `allowed_mentions`, `username`, `payload_json`), 50006 (empty message), 50109 (invalid JSON), 200000/200001 (AutoMod), 240000 (harmful link), 20009 (explicit content) | `Rejected` | as above |
 //! | 401, 403, 404; a 4xx that no smaller body can fix: 220001–220004 (forum channel webhook without `thread_name`…), 40058, 40067, 50008, 50024, 50083 (channel type, archived thread), 10003, 10015, 50001, 50013, 50027 (unknown channel or webhook, missing access, bad token), a 50035 error only on fields not in `OUR_FIELDS` (`thread_name`, which only a forum post's first request sends, cut to its limit by [`thread_name`]) | `Stop` | keep the message; the route stops and tries again every 10 min; logged once |
-//! | any other 4xx (400, 409, 422… whose JSON names neither size nor content, or a proxy's HTML page), 3xx | `Retry` | as for 5xx: nothing in the body is to blame, so it is never split or changed |
+//! | any other 4xx (400, 409, 422… whose JSON names neither size nor content, or a proxy's HTML page), 3xx | `Retry` | as for 5xx: nothing in the body is to blame, so it is never split or changed; a notice (a message the daemon writes itself) is tried 3 times, then dropped ([`Outcome::unexplained_refusal`]) |
 //! | only for a [`Request`] other than a plain post: an edit's 404 code 10008 (Unknown Message, the message was deleted); code 10003 (Unknown Channel) or 50083 (archived thread) to a request naming its own thread | `Gone` | the webhook works, the message or thread it named does not exist: post the message anew (in a new thread if the thread is gone); never send the same request again |
 //!
 //! The log lines' plain posts never get `Gone`: for them the table is the
@@ -74,6 +74,30 @@ pub enum Outcome {
     /// caller posts the message anew instead (opening a new thread if the
     /// thread is gone). Never the answer to a plain post.
     Gone { info: RateInfo, why: String },
+}
+
+impl Outcome {
+    /// Whether this is the table's "any other 4xx" row: Discord (or a
+    /// proxy before it) refused the request with a client error that names
+    /// neither the body nor the webhook. Lines retry it as long as it
+    /// lasts (a line is never skipped); a notice gives up after a few
+    /// tries, as the same request may never be taken. 408 and 425 (retry
+    /// later) and 429 are not refusals.
+    pub fn unexplained_refusal(&self) -> bool {
+        match self {
+            Outcome::Retry { why } => refusal_status(why).is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// The status of a `Retry` that [`classify`] made of a refusing 4xx: its
+/// `why` is `HTTP <status> <body>`.
+fn refusal_status(why: &str) -> Option<u16> {
+    let rest = why.strip_prefix("HTTP ")?;
+    let status: u16 = rest.get(..3)?.parse().ok()?;
+    let whole = rest[3..].is_empty() || rest[3..].starts_with(' ');
+    (whole && (400..=499).contains(&status) && !matches!(status, 408 | 425 | 429)).then_some(status)
 }
 
 /// Discord's answer to one [`Request`], read by [`read_reply`].
@@ -625,6 +649,31 @@ mod tests {
             Outcome::Stop { .. } => "stop",
             Outcome::Gone { .. } => "gone",
         }
+    }
+
+    #[test]
+    fn only_an_unexplained_4xx_is_a_refusal_a_notice_gives_up_on() {
+        let refusal =
+            |status: u16, body: &str| classify(status, NONE, None, body).unexplained_refusal();
+        assert!(refusal(400, ""));
+        assert!(refusal(409, "<html>proxy</html>"));
+        assert!(refusal(422, r#"{"code": 0, "message": "x"}"#));
+        for status in [408, 425, 429, 500, 502, 503, 302, 204] {
+            assert!(!refusal(status, ""), "{status}");
+        }
+        // Rejected (the body) and Stop (the webhook) are not retried at all.
+        assert!(!refusal(413, ""));
+        assert!(!refusal(404, ""));
+        let network = Outcome::Retry {
+            why: "HTTP 4 connection reset".into(),
+        };
+        assert!(!network.unexplained_refusal());
+        assert!(
+            !Outcome::Retry {
+                why: "timed out".into()
+            }
+            .unexplained_refusal()
+        );
     }
 
     /// The body Discord sends for a 50035 with one nested error.

@@ -15,6 +15,13 @@
 //! route's `Repost`), which opens a new thread; nothing is committed
 //! until Discord accepted it, and the route keeps its order because it
 //! has one request in flight at a time.
+//!
+//! A message's thread is kept with it in the notice lane's table, so an
+//! incident or card posted in last night's post is edited there after
+//! `night_start`. The night's targets that name a new post
+//! (`Stats::note_target`) are kept in memory only: a restart between the
+//! first target of a night and that night's first message names the post
+//! by its date alone (and once open, a post's name never changes).
 
 use crate::discord::{Outcome, Reply, Request, Thread, ThreadId, with_thread_name};
 use crate::format::Payload;
@@ -68,11 +75,15 @@ pub fn place(thread: Option<&ThreadId>, night: i64, targets: &[String]) -> Place
 
 /// The request (and body) as sent on a forum route. A post goes into the
 /// thread, or opens it (asking for the message, whose `channel_id` is the
-/// thread); an edit names the thread. An edit while the night has no
-/// thread is of a message in another (older or deleted) thread: it goes
-/// without one, Discord answers Unknown Message (`Gone`), and the notice
-/// lane posts it anew, which opens the thread. A body that cannot carry a
-/// name is sent as it is (Discord then refuses it and the route stops).
+/// thread); an edit goes to the thread its message lives in, which the
+/// notice lane keeps with the message ([`super::notices::Kept::thread`]):
+/// an incident opened in last night's post is edited there, not posted
+/// again in tonight's. An edit whose thread is not known (a state file of
+/// an older version) names the night's thread; if the night has none, the
+/// message is in another (older or deleted) thread: it goes without one,
+/// Discord answers Unknown Message (`Gone`), and the notice lane posts it
+/// anew, which opens the thread. A body that cannot carry a name is sent
+/// as it is (Discord then refuses it and the route stops).
 pub fn shape(req: Request, payload: Payload, place: &Place) -> (Request, Payload) {
     match (req, place) {
         (Request::Post { wait, .. }, Place::In(t)) => (
@@ -92,14 +103,29 @@ pub fn shape(req: Request, payload: Payload, place: &Place) -> (Request, Payload
                 named,
             )
         }
-        (Request::Edit { id, .. }, Place::In(t)) => (
+        (
+            Request::Edit {
+                id,
+                thread: Some(t),
+            },
+            _,
+        ) => (
+            Request::Edit {
+                id,
+                thread: Some(t),
+            },
+            payload,
+        ),
+        (Request::Edit { id, thread: None }, Place::In(t)) => (
             Request::Edit {
                 id,
                 thread: Some(t.clone()),
             },
             payload,
         ),
-        (Request::Edit { id, .. }, Place::Open(_)) => (Request::Edit { id, thread: None }, payload),
+        (Request::Edit { id, thread: None }, Place::Open(_)) => {
+            (Request::Edit { id, thread: None }, payload)
+        }
     }
 }
 
@@ -258,6 +284,21 @@ mod tests {
         assert_eq!(req, edit);
         // An edit never opens a thread.
         assert!(json(&p).get("thread_name").is_none());
+    }
+
+    #[test]
+    fn an_edit_goes_to_the_thread_its_message_lives_in_not_tonights() {
+        let last_night = sf("800");
+        let tonight = sf("900");
+        let edit = Request::Edit {
+            id: sf("5"),
+            thread: Some(last_night.clone()),
+        };
+        for place in [Place::In(tonight), Place::Open("Night".into())] {
+            let (req, p) = shape(edit.clone(), body(), &place);
+            assert_eq!(req, edit, "{place:?}");
+            assert!(json(&p).get("thread_name").is_none());
+        }
     }
 
     #[test]

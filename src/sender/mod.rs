@@ -122,8 +122,11 @@ struct Lane {
     /// oldest first; while the route is busy the front one is in flight.
     queue: VecDeque<Message>,
     poster: Poster,
-    /// Messages the daemon writes itself; they go first.
+    /// Messages the daemon writes itself; they go first, at most
+    /// [`notices::NOTICE_BURST`] in a row while lines wait.
     notices: Notices,
+    /// Notices sent in a row while lines waited.
+    notice_run: u32,
     /// A forum route: every request goes into the night's thread.
     forum: bool,
     /// On a forum route, the request in flight and its night: what its
@@ -178,7 +181,7 @@ pub struct Sender {
     notice_file: Option<std::path::PathBuf>,
     route_ids: Vec<String>,
     /// Saved notice state of webhooks not configured now (kept as is).
-    notice_others: notices::Saved,
+    notice_others: notices::State,
     alerts: Option<(usize, Severity)>,
     commits: Commits,
     store: Arc<Store>,
@@ -272,6 +275,7 @@ impl Sender {
             .as_deref()
             .map(notices::load)
             .unwrap_or_default();
+        let mut restored = 0;
         let mut lanes = Vec::new();
         for (i, sink) in sinks.into_iter().enumerate() {
             let name = sink.describe();
@@ -286,23 +290,30 @@ impl Sender {
                     .spawn(move || poster(i, sink, rx, results_tx))?;
                 Poster::Thread(tx)
             };
+            let id = s.route_ids.get(i);
+            let mut notices = Notices::with_kept(
+                id.and_then(|id| saved.kept.remove(id))
+                    .map(|m| m.into_iter().collect())
+                    .unwrap_or_default(),
+            );
+            // Notices that still waited when the last run stopped (a
+            // reload, a clean stop) go first.
+            if let Some(pending) = id.and_then(|id| saved.pending.remove(id)) {
+                restored += pending.len();
+                notices.restore(i, pending);
+            }
             lanes.push(Lane {
                 route: Route::new(name, s.rate_limit_delay, s.max_retries, now, jitter(i)),
                 batcher: Batcher::new(s.batch_size, s.batch_timeout).folding(s.fold),
                 queue: VecDeque::new(),
                 poster,
-                notices: Notices::with_kept(
-                    s.route_ids
-                        .get(i)
-                        .and_then(|id| saved.remove(id))
-                        .map(|m| m.into_iter().collect())
-                        .unwrap_or_default(),
-                ),
+                notices,
+                notice_run: 0,
                 forum: s.forums.get(i).copied().unwrap_or(false),
                 forum_flight: None,
             });
         }
-        Ok(Sender {
+        let sender = Sender {
             lanes,
             results,
             _results_tx: results_tx,
@@ -319,7 +330,13 @@ impl Sender {
             paused: None,
             alerts_full: false,
             grace: s.grace,
-        })
+        };
+        if restored > 0 {
+            log::info!("{restored} notices saved by the last run are sent again");
+            // They are in memory now: a crash must not send them twice.
+            sender.save_notices(false);
+        }
+        Ok(sender)
     }
 
     /// Whether posting is paused now; a change is shown in `STATUS=` once
@@ -356,13 +373,19 @@ impl Sender {
 
     fn take_notice(&mut self, n: Notice) {
         match self.lanes.get_mut(n.route) {
-            Some(lane) => lane.notices.push(n),
+            Some(lane) => {
+                if let Some((level, text)) = lane.notices.push(n) {
+                    log::log!(level, "{}: {text}", lane.route.name());
+                }
+            }
             None => log::warn!("a notice for route {} (none such) is dropped", n.route),
         }
     }
 
-    /// Saves every route's key → message id table.
-    fn save_notices(&self) {
+    /// Saves every route's key → message id table, and with `pending` the
+    /// notices still waiting (only when the sender stops: saved while it
+    /// runs, a notice sent since would go twice after a crash).
+    fn save_notices(&self, pending: bool) {
         let Some(path) = &self.notice_file else {
             return;
         };
@@ -371,10 +394,16 @@ impl Sender {
             if let Some(id) = self.route_ids.get(i) {
                 let kept = lane.notices.kept();
                 if !kept.is_empty() {
-                    all.insert(
+                    all.kept.insert(
                         id.clone(),
                         kept.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     );
+                }
+                if pending {
+                    let waiting = lane.notices.pending();
+                    if !waiting.is_empty() {
+                        all.pending.insert(id.clone(), waiting);
+                    }
                 }
             }
         }
@@ -483,18 +512,29 @@ impl Sender {
     }
 
     /// Starts the next request of route `i`, a notice due now before any
-    /// lines (posting lines may be paused, notices are not); returns the
-    /// answer at once for an inline sink.
+    /// lines (posting lines may be paused, notices are not), unless
+    /// notices went [`notices::NOTICE_BURST`] times in a row while lines
+    /// waited; returns the answer at once for an inline sink.
     fn dispatch(&mut self, i: usize, now: Instant, paused: bool) -> Option<Reply> {
         let lane = &mut self.lanes[i];
-        let (req, payload) = match lane.notices.next(now) {
-            Some(job) => job,
+        let lines_wait = !paused && lane.has_work(now);
+        let notice = if notices::notice_turn(lane.notice_due(now), lines_wait, lane.notice_run) {
+            lane.notices.next(now)
+        } else {
+            None
+        };
+        let (req, payload) = match notice {
+            Some(job) => {
+                lane.notice_run = if lines_wait { lane.notice_run + 1 } else { 0 };
+                job
+            }
             None if paused => return None,
             None => {
                 if lane.queue.is_empty() {
                     let msg = lane.batcher.next_message(now)?;
                     lane.queue.push_back(msg);
                 }
+                lane.notice_run = 0;
                 (Request::PLAIN, lane.queue.front()?.payload())
             }
         };
@@ -505,6 +545,7 @@ impl Sender {
             let thread = lane.notices.recall(&forum::key(night));
             let place = forum::place(thread, night, &self.stats.targets_of(night));
             let (req, payload) = forum::shape(req, payload, &place);
+            lane.notices.placed(&req);
             lane.forum_flight = Some((req.clone(), night));
             (req, payload)
         } else {
@@ -545,7 +586,7 @@ impl Sender {
             self.stats.record_error(status);
         }
         if done.changed {
-            self.save_notices();
+            self.save_notices(false);
         }
     }
 
@@ -579,7 +620,7 @@ impl Sender {
             forum::Learned::Lost(_) => false,
         };
         if changed {
-            self.save_notices();
+            self.save_notices(false);
         }
     }
 
@@ -698,6 +739,28 @@ impl Sender {
     /// shutdown grace time ran out (a POST in flight is abandoned), or at
     /// once on `Abort`.
     pub fn run(mut self, lines: Vec<Receiver<Chunk>>, control: Receiver<Control>) {
+        self.run_loop(&lines, &control);
+        self.stop();
+    }
+
+    /// On the way out: notices not sent yet (a reload's abort, a stop
+    /// whose grace ran out, a webhook that does not answer) are saved with
+    /// the table and sent at the next start, the one in flight included
+    /// (its answer never came: at worst it goes twice, never lost).
+    fn stop(&mut self) {
+        // What the night watch handed over before it stopped.
+        while let Ok(n) = self.notice_rx.try_recv() {
+            self.take_notice(n);
+        }
+        let waiting: usize = self.lanes.iter().map(|l| l.notices.len()).sum();
+        if waiting > 0 && self.notice_file.is_some() {
+            log::info!("{waiting} notices not sent yet are saved; they are sent at the next start");
+            self.save_notices(true);
+        }
+    }
+
+    fn run_loop(&mut self, lines: &[Receiver<Chunk>], control: &Receiver<Control>) {
+        let control = control.clone();
         let results = self.results.clone();
         let mut open: Vec<bool> = (0..lines.len()).map(|i| i < self.lanes.len()).collect();
         let mut closing: Option<Instant> = None;

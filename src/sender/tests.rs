@@ -987,7 +987,7 @@ fn a_restart_edits_the_open_message_instead_of_posting_it_again() {
     assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 1));
     h.shutdown();
     let saved = notices::load(&dir.path().join(notices::FILE));
-    let id = saved["r0"]["inc"].id.clone().expect("the id is kept");
+    let id = saved.kept["r0"]["inc"].id.clone().expect("the id is kept");
     let mut h = start(vec![Box::new(|_: &Req| ok())], s);
     h.notices.send(upsert(0, "inc", "after restart")).unwrap();
     assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 1));
@@ -1031,7 +1031,7 @@ fn a_forum_route_opens_the_nights_post_keeps_it_and_reopens_a_deleted_one_in_ord
     let accepted: Vec<Req> = h.world.accepted.lock().unwrap().clone();
     let thread = {
         let saved = notices::load(&dir.path().join(notices::FILE));
-        let (k, kept) = saved["r0"].iter().next().unwrap();
+        let (k, kept) = saved.kept["r0"].iter().next().unwrap();
         assert!(k.starts_with(forum::KEY_PREFIX), "{k}");
         kept.id.clone().unwrap().to_string()
     };
@@ -1072,6 +1072,184 @@ fn a_forum_route_opens_the_nights_post_keeps_it_and_reopens_a_deleted_one_in_ord
         lines,
         ["a-0", "a-1", "a-2", "b-0", "b-1"],
         "in order, once each"
+    );
+    h.shutdown();
+}
+
+#[test]
+fn a_storm_of_notices_and_a_backlog_of_lines_take_turns() {
+    let mut s = settings();
+    s.batch_size = 1;
+    s.rate_limit_delay = Duration::from_millis(1);
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s);
+    // About three lines per message: a backlog of a dozen messages.
+    let lines: Vec<String> = texts("l", 36)
+        .into_iter()
+        .map(|t| format!("{t} {}", "x".repeat(600)))
+        .collect();
+    // A producer that never stops: many rules storming at once (each an
+    // incident of its own key) and New notices.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let tx = h.notices.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let mut n = if i % 2 == 0 {
+                    upsert(0, &format!("incident/{i}"), &format!("n-{i}"))
+                } else {
+                    let key = format!("silence/{i}");
+                    notice(0, &key, &format!("n-{i}"), crate::notice::Policy::New)
+                };
+                loop {
+                    match tx.send_timeout(n, Duration::from_millis(20)) {
+                        Ok(()) => break,
+                        Err(e) if !stop.load(Ordering::SeqCst) => n = e.into_inner(),
+                        Err(_) => return,
+                    }
+                }
+                i += 1;
+            }
+        })
+    };
+    assert!(wait_until(LONG, || h.world.requests(0).len() >= 4));
+    h.send(0, &refs(&lines));
+    let line_count = |h: &Harness| {
+        h.world
+            .accepted_lines(0)
+            .iter()
+            .filter(|l| l.starts_with("l-"))
+            .count()
+    };
+    let done = wait_until(Duration::from_secs(20), || line_count(&h) == lines.len());
+    stop.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+    assert!(done, "the lines starved behind the notices");
+    let got = h.world.accepted_lines(0);
+    let only_lines: Vec<&String> = got.iter().filter(|l| l.starts_with("l-")).collect();
+    assert_eq!(only_lines, refs(&lines), "in order, once each");
+    // Both wait a bounded number of slots: between two line messages one
+    // notice at least and two at most.
+    let accepted = h.world.accepted.lock().unwrap().clone();
+    let is_line = |r: &Req| r.lines.iter().any(|l| l.starts_with("l-"));
+    let first = accepted.iter().position(is_line).unwrap();
+    let last = accepted.iter().rposition(is_line).unwrap();
+    let mut between = 0;
+    let mut messages = 1;
+    for r in &accepted[first + 1..=last] {
+        if is_line(r) {
+            assert!(
+                (1..=notices::NOTICE_BURST).contains(&between),
+                "{between} notices between two line messages: {accepted:?}"
+            );
+            between = 0;
+            messages += 1;
+        } else {
+            between += 1;
+        }
+    }
+    assert!(messages >= 8, "a backlog of line messages: {messages}");
+}
+
+#[test]
+fn notices_waiting_at_a_reload_are_saved_and_sent_once_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(notices::FILE);
+    let mut s = settings();
+    s.notice_file = Some(file.clone());
+    let mut h = start(
+        vec![Box::new(|_: &Req| Reply::Answer(503, String::new()))],
+        s.clone(),
+    );
+    let mut alert = notice(0, "silence/1", "silence", crate::notice::Policy::New);
+    alert.files = vec![crate::notice::context_file("ekos.txt", ["a", "b"])];
+    h.notices.send(alert).unwrap();
+    h.notices
+        .send(notice(
+            0,
+            "night/summary",
+            "summary",
+            crate::notice::Policy::Final,
+        ))
+        .unwrap();
+    assert!(wait_until(LONG, || h.world.requests(0).len() >= 3));
+    // A reload: the workers are aborted.
+    h.ctl.send(Control::Abort).unwrap();
+    let t = h.thread.take().unwrap();
+    assert!(wait_until(LONG, || t.is_finished()));
+    t.join().unwrap();
+    let saved = notices::load(&file);
+    let keys: Vec<&str> = saved.pending["r0"].iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&"silence/1") && keys.contains(&"night/summary"));
+
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s.clone());
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 2));
+    // Sent, they are not in the file any more: a crash now sends nothing twice.
+    assert!(notices::load(&file).pending.is_empty());
+    h.shutdown();
+    let got = h.world.accepted_lines(0);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.contains(&"POST silence".to_string()), "{got:?}");
+    assert!(got.contains(&"POST summary".to_string()), "{got:?}");
+    let first = h.world.requests(0);
+    assert!(
+        first.iter().any(|r| r.file),
+        "the alert keeps its context file"
+    );
+    // A third run has nothing to send.
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s);
+    h.send(0, &["after"]);
+    assert!(wait_until(LONG, || h.world.accepted_lines(0) == ["after"]));
+    h.shutdown();
+    assert_eq!(h.world.accepted_lines(0), ["after"]);
+}
+
+#[test]
+fn on_a_forum_route_an_incident_is_edited_in_the_post_it_was_posted_in() {
+    let mut s = settings();
+    s.forums = vec![true];
+    // A post whose thread is "gone" for new messages (as last night's
+    // post is no longer the night's): lines open a new post, but the
+    // message already in it is still there to edit.
+    let old: Arc<Mutex<Vec<String>>> = Arc::default();
+    let o = old.clone();
+    let script: Script = Box::new(move |r: &Req| match &r.thread {
+        Some(t) if o.lock().unwrap().contains(t) && !r.lines[0].starts_with("EDIT") => {
+            Reply::Answer(400, r#"{"code":10003,"message":"Unknown Channel"}"#.into())
+        }
+        _ => ok(),
+    });
+    let mut h = start(vec![script], s);
+    h.notices.send(upsert(0, "incident/a", "first")).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 1));
+    let reqs = h.world.requests(0);
+    assert!(reqs[0].thread.as_ref().unwrap().starts_with("open:"));
+    // The post opened by the first message has that message's id.
+    let id = reqs.len().to_string();
+    let first_thread = format!("1{id}");
+    old.lock().unwrap().push(first_thread.clone());
+    h.send(0, &["line"]);
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 2));
+    h.notices.send(upsert(0, "incident/a", "second")).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 3));
+    let got = h.world.accepted.lock().unwrap().clone();
+    let edit = got.last().unwrap();
+    assert!(
+        edit.lines[0].starts_with("EDIT ") && edit.lines[0].ends_with(" second"),
+        "{got:?}"
+    );
+    assert_eq!(
+        edit.thread.as_deref(),
+        Some(first_thread.as_str()),
+        "edited where the message lives: {got:?}"
+    );
+    let line = &got[1];
+    assert_ne!(
+        line.thread.as_deref(),
+        Some(first_thread.as_str()),
+        "{got:?}"
     );
     h.shutdown();
 }
