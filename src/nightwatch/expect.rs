@@ -20,6 +20,17 @@
 //! once, not each one skipped, and a jump back never reports a deadline
 //! twice. Deadlines that passed before the daemon started (or before the
 //! first call) are not judged: their lines may have been written unseen.
+//!
+//! Across a restart the state is saved ([`Expectations::saved`], restored by
+//! [`Expectations::restore`]): a deadline already judged is not judged
+//! again (no second alert), a line seen before the restart still counts,
+//! and a deadline that passed while the daemon was down is judged once,
+//! after a grace period ([`Expectations::restore`]'s `hold_until`) in which
+//! the lines the watcher reads back from its checkpoint (written while the
+//! daemon was down, at unknown times) count as on time: a line that may
+//! have been in time is given the benefit of the doubt, rather than a false
+//! alert. An expectation without saved state (new in the configuration)
+//! starts fresh, as at a first start.
 
 use std::path::Path;
 
@@ -208,6 +219,17 @@ impl Expectation {
             .find(|d| *d >= now && self.days[d.weekday() as usize])
     }
 
+    /// Its identity in saved state.
+    fn id(&self) -> String {
+        format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.name,
+            self.file.as_str(),
+            self.pattern.as_str(),
+            self.by
+        )
+    }
+
     fn shown_pattern(&self) -> String {
         crate::limits::cap(self.pattern.as_str(), SHOWN_PATTERN).into_owned()
     }
@@ -281,7 +303,8 @@ impl Alert {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 struct State {
     /// The last deadline judged (or passed before the first call).
     judged: Option<Local>,
@@ -291,17 +314,77 @@ struct State {
     missed: Option<Local>,
 }
 
+/// One expectation's state, saved across restarts under its identity
+/// (name, file, pattern and deadline: a changed table starts fresh).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub id: String,
+    #[serde(flatten)]
+    state: State,
+}
+
 /// Every expectation and its state.
 #[derive(Debug, Clone, Default)]
 pub struct Expectations {
     items: Vec<(Expectation, State)>,
+    /// After a restart with saved state: deadlines at or before `.0` (the
+    /// start) are not judged before `.1` (lines read back come first).
+    hold: Option<(Local, Local)>,
+    /// Moves whenever a state changes (to be saved).
+    generation: u64,
 }
 
 impl Expectations {
     pub fn new(specs: Vec<Expectation>) -> Expectations {
         Expectations {
             items: specs.into_iter().map(|e| (e, State::default())).collect(),
+            hold: None,
+            generation: 0,
         }
+    }
+
+    /// Changes whenever a state to save changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The identity of expectation `i` in saved state.
+    pub fn id(&self, i: usize) -> Option<String> {
+        self.items.get(i).map(|(e, _)| e.id())
+    }
+
+    /// The state of every expectation that has one, for saving.
+    pub fn saved(&self) -> Vec<Saved> {
+        self.items
+            .iter()
+            .filter(|(_, st)| *st != State::default())
+            .map(|(e, st)| Saved {
+                id: e.id(),
+                state: st.clone(),
+            })
+            .collect()
+    }
+
+    /// Restores saved states (those of expectations no longer configured
+    /// are dropped) at a restart at `start`; deadlines passed by then are
+    /// judged from `hold_until` on. Returns how many were restored.
+    pub fn restore(&mut self, saved: Vec<Saved>, start: Local, hold_until: Local) -> usize {
+        let mut n = 0;
+        for s in saved {
+            if let Some((_, st)) = self.items.iter_mut().find(|(e, _)| e.id() == s.id) {
+                *st = s.state;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.hold = Some((start, hold_until));
+        }
+        n
+    }
+
+    /// When the hold after a restart ends, if one is on.
+    pub fn hold_until(&self) -> Option<Local> {
+        self.hold.map(|(_, until)| until)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -334,6 +417,7 @@ impl Expectations {
             }
             match st.missed.take() {
                 Some(m) if now.since(m) <= LATE_WINDOW => {
+                    self.generation += 1;
                     let after = now.since(m).max(0);
                     out.push(Alert {
                         index,
@@ -350,7 +434,12 @@ impl Expectations {
                         ),
                     });
                 }
-                _ => st.seen = true,
+                missed => {
+                    if !st.seen || missed.is_some() {
+                        self.generation += 1;
+                    }
+                    st.seen = true;
+                }
             }
         }
         out
@@ -360,6 +449,14 @@ impl Expectations {
     /// no matching line.
     pub fn due(&mut self, now: Local) -> Vec<Alert> {
         let mut out = Vec::new();
+        let held = match self.hold {
+            Some((start, until)) if now < until => Some(start),
+            Some(_) => {
+                self.hold = None;
+                None
+            }
+            None => None,
+        };
         for (index, (e, st)) in self.items.iter_mut().enumerate() {
             let Some(last) = e.last_deadline_before(now) else {
                 continue;
@@ -367,14 +464,17 @@ impl Expectations {
             let Some(judged) = st.judged else {
                 // First call: earlier deadlines were not watched.
                 st.judged = Some(last);
+                self.generation += 1;
                 continue;
             };
             if st.missed.is_some_and(|m| now.since(m) > LATE_WINDOW) {
                 st.missed = None;
+                self.generation += 1;
             }
-            if last <= judged {
+            if last <= judged || held.is_some_and(|start| last <= start) {
                 continue;
             }
+            self.generation += 1;
             st.judged = Some(last);
             if std::mem::take(&mut st.seen) {
                 st.missed = None;
@@ -392,12 +492,14 @@ impl Expectations {
         out
     }
 
-    /// The next deadline of any expectation after `now`, for the caller's
-    /// timer (call [`Expectations::due`] just after it).
+    /// The next deadline of any expectation after `now` (or the end of
+    /// the hold after a restart), for the caller's timer (call
+    /// [`Expectations::due`] just after it).
     pub fn next_deadline(&self, now: Local) -> Option<Local> {
         self.items
             .iter()
             .filter_map(|(e, _)| e.next_deadline(now))
+            .chain(self.hold_until())
             .min()
     }
 }

@@ -21,6 +21,38 @@
 //! actor around them. The night card is driven the way [`card::replay`]
 //! drives it over a past log, with arrival times instead of the lines'
 //! timestamps, and the silences the silence alarm reported.
+//!
+//! # Across a restart
+//!
+//! A restart (a stop, a crash and systemd's `Restart=`, `kill -9`, a
+//! reload) must not lose the night: the whole state of the watch is saved
+//! to [`FILE`] ([`State`]): open incidents, `[[expect]]` states, the
+//! session model, the silence alarm and the night card's numbers. The
+//! session model is saved rather than rebuilt by replaying the end of the
+//! Ekos log: KStars starts a new log file per session and the daemon may
+//! have been down across that, the counts of a night reach back further
+//! than any tail worth reading, and lines replayed would be counted twice
+//! with those already counted. Times in the state are wall-clock or the
+//! night watch's monotonic milliseconds; the latter continue across a
+//! restart (the new clock starts at the saved value plus the wall-clock
+//! time the daemon was down), so saved arrival times stay comparable. The
+//! daemon being down is not Ekos being silent: the silence alarm counts
+//! from the restart ([`silence::Silence::restarted`]), and a line read back
+//! at start is activity like any other. The card keeps its key (one per
+//! night), so the sender's notice lane, whose message ids are saved in
+//! `notices.json`, goes on editing the same message. `[[expect]]`
+//! deadlines that passed while the daemon was down are judged once, after
+//! [`RESTART_GRACE_MS`] (see [`expect`]).
+//!
+//! Saving: at once when something an alert depends on changed (an
+//! incident opened or ended, an expectation met or judged, the card
+//! opened or closed, a frame received, a silence reported or ended, work
+//! started or stopped), otherwise (event counts, guiding state…) at most
+//! every [`SOFT_SAVE_MS`], and at every stop. The write is atomic
+//! (temporary file, fsync, rename). A file that cannot be read in part
+//! (corrupt, or from another version) gives one warning and what could be
+//! read is kept; the first format (a bare array of open incidents) loads
+//! its incidents.
 
 pub mod card;
 pub mod expect;
@@ -59,8 +91,18 @@ const CONTEXT_FILES: usize = 64;
 /// to 4 MiB whatever `context_lines` and the line lengths are.
 const CONTEXT_BYTES: usize = 64 * 1024;
 const CONTEXT_LINE_BYTES: usize = 2048;
-/// The night watch's state file (open incidents), in the state directory.
+/// The night watch's state file ([`State`]), in the state directory.
 pub const FILE: &str = "nightwatch.json";
+/// Version of [`State`] written (the first format, a bare array of open
+/// incidents, has none).
+pub const STATE_VERSION: u32 = 2;
+/// After a restart with saved state, how long the lines read back (written
+/// while the daemon was down) may come before `[[expect]]` deadlines passed
+/// meanwhile are judged.
+pub const RESTART_GRACE_MS: u64 = 30_000;
+/// Changes no alert depends on (event counts, the guiding state…) are
+/// saved at most this often; a crash loses at most that much of them.
+pub const SOFT_SAVE_MS: u64 = 10_000;
 /// Longest wait for a wall-clock deadline (`[[expect]]`, `night_end`): the
 /// wait is computed on the wall clock, which may jump (daylight saving,
 /// a clock set late); looking again this often bounds the error.
@@ -288,9 +330,131 @@ pub struct Watch {
     ended: Option<NightStats>,
     /// When the silence reported began, on the wall clock (for the card).
     silence_from: Option<Local>,
-    /// Save even if no incident opened or ended (at the end).
-    dirty: bool,
-    saved_generation: u64,
+    /// Something changed since the last save that can wait a little.
+    soft: bool,
+    /// [`Watch::marks`] at the last save.
+    saved_marks: Option<Marks>,
+}
+
+/// What must be saved at once when it changes (see [`Watch::dirty`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Marks {
+    incidents: u64,
+    expect: u64,
+    expect_routes: Vec<usize>,
+    card: Option<(i64, u32, usize)>,
+    ended: Option<i64>,
+    silence: Option<u64>,
+    work: bool,
+    frames: u32,
+    exposing: bool,
+}
+
+/// How urgently the state should be saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dirty {
+    Clean,
+    /// Within [`SOFT_SAVE_MS`].
+    Soft,
+    /// Now: an alert depends on it.
+    Hard,
+}
+
+/// The night watch's saved state ([`FILE`]): everything a restart must not
+/// lose. Monotonic times in it are on the night watch's clock at
+/// `mono_ms` (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct State {
+    pub version: u32,
+    /// When it was saved: wall-clock and monotonic milliseconds.
+    pub wall_ms: u64,
+    pub mono_ms: u64,
+    pub incidents: Vec<Incident>,
+    pub expect: Vec<expect::Saved>,
+    /// Per expectation (by id), the route its alerts go to as learnt.
+    pub expect_routes: Vec<(String, usize)>,
+    pub session: Session,
+    pub silence: Silence,
+    pub silence_from: Option<Local>,
+    pub card: Option<NightStats>,
+    pub ended: Option<NightStats>,
+}
+
+impl State {
+    /// Reads a saved state, keeping what can be read: returns it and what
+    /// could not be read (for one warning). The first format, a bare array
+    /// of open incidents, gives its incidents.
+    pub fn parse(bytes: &[u8]) -> (State, Vec<String>) {
+        use serde_json::Value;
+        let mut problems = Vec::new();
+        let mut state = State::default();
+        let value: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("not readable ({e})"));
+                return (state, problems);
+            }
+        };
+        fn each<T: serde::de::DeserializeOwned>(
+            v: Value,
+            what: &str,
+            problems: &mut Vec<String>,
+        ) -> Vec<T> {
+            let Value::Array(items) = v else {
+                problems.push(format!("{what}: not a list"));
+                return Vec::new();
+            };
+            let n = items.len();
+            let kept: Vec<T> = items
+                .into_iter()
+                .filter_map(|i| serde_json::from_value(i).ok())
+                .collect();
+            if kept.len() < n {
+                problems.push(format!("{what}: {} of {n} unreadable", n - kept.len()));
+            }
+            kept
+        }
+        match value {
+            Value::Array(_) => state.incidents = each(value, "incidents", &mut problems),
+            Value::Object(mut map) => {
+                let mut field = |name: &str| map.remove(name).filter(|v| !v.is_null());
+                macro_rules! take {
+                    ($name:ident) => {
+                        if let Some(v) = field(stringify!($name)) {
+                            match serde_json::from_value(v) {
+                                Ok(x) => state.$name = x,
+                                Err(e) => problems.push(format!("{}: {e}", stringify!($name))),
+                            }
+                        }
+                    };
+                }
+                take!(version);
+                take!(wall_ms);
+                take!(mono_ms);
+                if let Some(v) = field("incidents") {
+                    state.incidents = each(v, "incidents", &mut problems);
+                }
+                if let Some(v) = field("expect") {
+                    state.expect = each(v, "expect", &mut problems);
+                }
+                take!(expect_routes);
+                take!(session);
+                take!(silence);
+                take!(silence_from);
+                take!(card);
+                take!(ended);
+                if state.version > STATE_VERSION {
+                    problems.push(format!(
+                        "written by a newer version (format {})",
+                        state.version
+                    ));
+                }
+            }
+            _ => problems.push("not a saved state".into()),
+        }
+        (state, problems)
+    }
 }
 
 impl Watch {
@@ -309,8 +473,8 @@ impl Watch {
             context_clock: 0,
             ekos_route,
             ekos_path: None,
-            dirty: false,
-            saved_generation: 0,
+            soft: false,
+            saved_marks: None,
         }
     }
 
@@ -432,15 +596,85 @@ impl Watch {
         }
     }
 
-    pub fn restore(&mut self, saved: Vec<Incident>) {
-        self.incidents.restore(saved);
+    /// The state to save, at `now_ms` (monotonic) and `wall`.
+    pub fn snapshot(&self, now_ms: u64, wall: u64) -> State {
+        State {
+            version: STATE_VERSION,
+            wall_ms: wall,
+            mono_ms: now_ms,
+            incidents: self.incidents.saved(),
+            expect: self.expectations.saved(),
+            expect_routes: (self.expect_routes.iter().enumerate())
+                .filter_map(|(i, r)| Some((self.expectations.id(i)?, *r)))
+                .collect(),
+            session: self.session.clone(),
+            silence: self.silence.clone(),
+            silence_from: self.silence_from,
+            card: self.card.clone(),
+            ended: self.ended.clone(),
+        }
     }
 
-    /// Whether incidents opened or ended since the last call (counts
-    /// are saved with the next opening or ending, and at the end).
-    pub fn take_dirty(&mut self) -> bool {
-        let g = self.incidents.generation();
-        std::mem::replace(&mut self.saved_generation, g) != g || std::mem::take(&mut self.dirty)
+    /// Goes on from a saved state after a restart at `now_ms` (on the
+    /// night watch's clock, continued: see the module documentation) and
+    /// `wall`; call before [`Watch::start`].
+    pub fn resume(&mut self, state: State, now_ms: u64, wall: u64) {
+        self.incidents.restore(state.incidents);
+        self.expectations
+            .restore(state.expect, local(wall), local(wall + RESTART_GRACE_MS));
+        for (id, route) in state.expect_routes {
+            if let Some(i) = (0..self.expect_routes.len())
+                .find(|i| self.expectations.id(*i).as_deref() == Some(id.as_str()))
+            {
+                self.expect_routes[i] = route;
+            }
+        }
+        self.session = state.session;
+        self.silence = state.silence;
+        self.silence.restarted(now_ms);
+        self.silence_from = state.silence_from;
+        // A card of a night the configuration no longer wants is not
+        // resumed; its message stays as last edited.
+        self.card = state.card.filter(|_| self.settings.card);
+        self.ended = state.ended;
+        self.saved_marks = Some(self.marks());
+    }
+
+    fn marks(&self) -> Marks {
+        Marks {
+            incidents: self.incidents.generation(),
+            expect: self.expectations.generation(),
+            expect_routes: self.expect_routes.clone(),
+            card: self.card.as_ref().map(|n| {
+                (
+                    n.night,
+                    n.counts(&self.session).total_frames(),
+                    n.silences.len(),
+                )
+            }),
+            ended: self.ended.as_ref().map(|n| n.night),
+            silence: self.silence.reported().map(|r| r.since_ms),
+            work: self.session.work_in_progress(),
+            frames: self.session.counts().total_frames(),
+            exposing: self.session.exposure().is_some(),
+        }
+    }
+
+    /// How urgently the state should be saved.
+    pub fn dirty(&self) -> Dirty {
+        if self.saved_marks.as_ref() != Some(&self.marks()) {
+            Dirty::Hard
+        } else if self.soft {
+            Dirty::Soft
+        } else {
+            Dirty::Clean
+        }
+    }
+
+    /// The state was saved.
+    pub fn mark_saved(&mut self) {
+        self.saved_marks = Some(self.marks());
+        self.soft = false;
     }
 
     fn allowed(&self) -> Option<Duration> {
@@ -486,7 +720,7 @@ impl Watch {
             let next_event = events.peek().map(|(at, _)| *at);
             let is_event = next_event == Some(i);
             if ekos {
-                self.session.observe(&crate::ekos::parse(line), arrived_ms);
+                self.soft |= self.session.observe(&crate::ekos::parse(line), arrived_ms);
                 if let Some(quiet) = self.silence.line(arrived_ms, line) {
                     let n = self.silence_ended(quiet, wall);
                     out.push(n);
@@ -504,6 +738,7 @@ impl Watch {
                 continue;
             }
             let (_, ev) = events.next().expect("peeked");
+            self.soft = true;
             self.push_context(&seen.path, &ring_lines);
             ring_lines.clear();
             let context = (n > 0 && ev.severity >= Severity::Error)
@@ -734,6 +969,11 @@ pub struct NightWatch {
     stats: Arc<Stats>,
     lost: Arc<AtomicU64>,
     state_file: Option<PathBuf>,
+    /// Added to the clock's monotonic time: the saved clock's time plus
+    /// the downtime, so monotonic times continue across a restart.
+    mono_offset: u64,
+    /// When the state was last saved (monotonic ms), for [`SOFT_SAVE_MS`].
+    last_save_ms: Option<u64>,
 }
 
 /// The channel between the watcher and the night watch; the counter of
@@ -764,12 +1004,23 @@ impl NightWatch {
     ) -> NightWatch {
         let state_file = settings.state_file.clone();
         let mut watch = Watch::new(settings, ekos_route);
+        let mut mono_offset = 0;
         if let Some(path) = &state_file {
             if let Ok(bytes) = std::fs::read(path) {
-                match serde_json::from_slice::<Vec<Incident>>(&bytes) {
-                    Ok(saved) => watch.restore(saved),
-                    Err(e) => log::warn!("ignoring {}: {e}", path.display()),
+                let (state, problems) = State::parse(&bytes);
+                if !problems.is_empty() {
+                    log::warn!(
+                        "{}: {}; kept what could be read",
+                        path.display(),
+                        problems.join("; ")
+                    );
                 }
+                let wall = clock.wall_ms();
+                // The saved monotonic time plus the downtime (none if the
+                // wall clock went back).
+                let continued = state.mono_ms + wall.saturating_sub(state.wall_ms);
+                mono_offset = continued.saturating_sub(clock.now_ms());
+                watch.resume(state, clock.now_ms() + mono_offset, wall);
             }
         }
         NightWatch {
@@ -778,24 +1029,53 @@ impl NightWatch {
             stats,
             lost,
             state_file,
+            mono_offset,
+            last_save_ms: None,
         }
     }
 
-    fn save(&mut self) {
-        if !self.watch.take_dirty() {
-            return;
-        }
+    /// Monotonic milliseconds, continued across restarts.
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms() + self.mono_offset
+    }
+
+    /// When a pending change that can wait is to be saved.
+    fn save_at(&self) -> Option<u64> {
+        (self.state_file.is_some() && self.watch.dirty() == Dirty::Soft)
+            .then(|| self.last_save_ms.map_or(0, |t| t + SOFT_SAVE_MS))
+    }
+
+    /// Saves the state if it is due, or whatever changed if `force`.
+    fn save(&mut self, force: bool) {
         let Some(path) = &self.state_file else {
             return;
         };
-        let bytes = serde_json::to_vec(&self.watch.incidents().saved())
-            .expect("incidents always serialize");
-        if let Err(source) = crate::sender::notices::write_atomic(path, &bytes) {
-            let e = NightWatchError::Save {
-                path: path.display().to_string(),
-                source,
-            };
-            log::warn!("{e}; an open incident may be posted again after a restart");
+        let now = self.now_ms();
+        let due = match self.watch.dirty() {
+            Dirty::Clean => false,
+            Dirty::Hard => true,
+            Dirty::Soft => force || self.save_at().is_some_and(|t| t <= now),
+        };
+        if !due {
+            return;
+        }
+        let state = self.watch.snapshot(now, self.clock.wall_ms());
+        let bytes = serde_json::to_vec(&state).expect("the state always serializes");
+        self.last_save_ms = Some(now);
+        match crate::sender::notices::write_atomic(path, &bytes) {
+            Ok(()) => self.watch.mark_saved(),
+            Err(source) => {
+                let e = NightWatchError::Save {
+                    path: path.display().to_string(),
+                    source,
+                };
+                log::warn!(
+                    "{e}; after a restart an open incident or an alert may be posted again and the night card may count from where it was last saved"
+                );
+                // Not tried again before SOFT_SAVE_MS, whatever changes.
+                self.watch.mark_saved();
+                self.watch.soft = true;
+            }
         }
     }
 
@@ -819,7 +1099,7 @@ impl NightWatch {
                 break;
             }
         }
-        self.save();
+        self.save(false);
     }
 
     /// The actor loop: until the line channel closes (the watcher ended)
@@ -835,10 +1115,11 @@ impl NightWatch {
         let mut summary = String::new();
         self.watch.start(self.clock.wall_ms());
         loop {
-            let now = self.clock.now_ms();
+            let now = self.now_ms();
             let wall = self.clock.wall_ms();
             let (silence_at, incident_at) = self.watch.wake_at(wall);
-            let mut wait: Option<u64> = silence_at.map(|t| t.saturating_sub(now));
+            let mono_at = [silence_at, self.save_at()].into_iter().flatten().min();
+            let mut wait: Option<u64> = mono_at.map(|t| t.saturating_sub(now));
             if let Some(w) = incident_at.map(|t| t.saturating_sub(wall)) {
                 wait = Some(wait.map_or(w, |x| x.min(w)));
             }
@@ -850,14 +1131,13 @@ impl NightWatch {
                 recv(control) -> msg => match msg {
                     Ok(Control::Ping(n)) => self.stats.nightwatch_pong.store(n, Ordering::Relaxed),
                     Ok(Control::Shutdown) | Ok(Control::Abort) | Err(_) => {
-                        self.watch.dirty = true;
-                        self.save();
+                        self.save(true);
                         return;
                     }
                 },
                 recv(lines) -> seen => match seen {
                     Ok(seen) => {
-                        let arrived = self.clock.at_ms(seen.arrived);
+                        let arrived = self.clock.at_ms(seen.arrived) + self.mono_offset;
                         let wall = self.clock.wall_ms();
                         let out = self.watch.seen(&seen, arrived, wall);
                         self.emit(out, &notices);
@@ -873,12 +1153,10 @@ impl NightWatch {
             let lost = self.lost.load(Ordering::Relaxed);
             if lost != seen_lost {
                 seen_lost = lost;
-                let out = self
-                    .watch
-                    .lines_lost(self.clock.now_ms(), self.clock.wall_ms());
+                let out = self.watch.lines_lost(self.now_ms(), self.clock.wall_ms());
                 self.emit(out, &notices);
             }
-            let out = self.watch.tick(self.clock.now_ms(), self.clock.wall_ms());
+            let out = self.watch.tick(self.now_ms(), self.clock.wall_ms());
             self.emit(out, &notices);
             let s = self.watch.session().summary();
             if s != summary && self.watch.settings.ekos_source.is_some() {
@@ -1199,6 +1477,10 @@ mod tests {
                 .ends_with("(×2)")
         );
         // Simulated time: the window passes, the incident ends (Final).
+        // The night card, restored with the session, goes on too.
+        let card = b.notices.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(card.key.starts_with("night:"), "{}", card.key);
+        assert!(card.body.to_string().contains("M31"), "{}", card.body);
         clock.0.store(11 * MIN, Ordering::SeqCst);
         b.ctl.send(Control::Ping(1)).unwrap();
         let end = b.notices.recv_timeout(Duration::from_secs(5)).unwrap();
