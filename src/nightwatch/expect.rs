@@ -721,6 +721,110 @@ mod tests {
         assert_eq!(y.due(t(1, 3, 0)).len(), 1);
     }
 
+    /// A restart at `at`: the state goes through JSON into a fresh
+    /// instance of the same configuration, held for 30 s.
+    fn restarted(x: &Expectations, at: Local) -> Expectations {
+        let json = serde_json::to_string(&x.saved()).unwrap();
+        let mut y = backup();
+        let n = y.restore(serde_json::from_str(&json).unwrap(), at, at.plus(30));
+        assert_eq!(n, x.saved().len());
+        y
+    }
+
+    #[test]
+    fn across_a_restart_a_line_seen_before_counts_and_an_alert_is_not_repeated() {
+        // Down from 04:00 to 05:00 (deadline 04:30), the line seen at 04:10.
+        let mut x = backup();
+        x.due(t(0, 12, 0));
+        assert!(
+            x.observe(Path::new(LOG), "completed", t(1, 4, 10))
+                .is_empty()
+        );
+        let mut y = restarted(&x, t(1, 5, 0));
+        for m in [0, 1, 2, 30] {
+            assert!(y.due(t(1, 5, m)).is_empty(), "met before the crash");
+        }
+        assert_eq!(y.due(t(2, 4, 31)).len(), 1, "the next day is judged");
+        // Reported before the restart: not again, and a late line is late.
+        let mut x = backup();
+        x.due(t(0, 12, 0));
+        assert_eq!(x.due(t(1, 4, 31)).len(), 1);
+        let mut y = restarted(&x, t(1, 5, 0));
+        assert!(y.due(t(1, 5, 1)).is_empty());
+        let late = y.observe(Path::new(LOG), "completed", t(1, 6, 0));
+        assert_eq!(late.len(), 1);
+        assert!(matches!(late[0].kind, AlertKind::Late { .. }));
+    }
+
+    #[test]
+    fn a_deadline_passed_while_down_is_judged_once_after_the_grace() {
+        // Down from 04:00 to 05:00, no line: one alert after the grace.
+        let mut x = backup();
+        x.due(t(0, 12, 0));
+        x.due(t(1, 4, 0));
+        let mut y = restarted(&x, t(1, 5, 0));
+        assert!(y.due(t(1, 5, 0)).is_empty(), "lines read back come first");
+        assert_eq!(y.next_deadline(t(1, 5, 0)), Some(t(1, 5, 0).plus(30)));
+        let a = y.due(t(1, 5, 1));
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (a[0].kind.clone(), a[0].deadline),
+            (AlertKind::Missing, t(1, 4, 30))
+        );
+        assert!(y.due(t(1, 5, 2)).is_empty(), "once");
+        assert_eq!(y.next_deadline(t(1, 5, 2)), Some(t(2, 4, 30)));
+        // A line read back within the grace (written while down, at an
+        // unknown time) is given the benefit of the doubt.
+        let mut y = restarted(&x, t(1, 5, 0));
+        assert!(
+            y.observe(Path::new(LOG), "completed", t(1, 5, 0).plus(2))
+                .is_empty()
+        );
+        assert!(y.due(t(1, 5, 1)).is_empty());
+        // A fresh start (nothing saved) still judges nothing passed before.
+        let mut z = backup();
+        assert_eq!(z.restore(Vec::new(), t(1, 5, 0), t(1, 5, 0).plus(30)), 0);
+        assert!(z.due(t(1, 5, 0)).is_empty());
+        assert!(z.due(t(1, 6, 0)).is_empty());
+        // A changed table starts fresh too.
+        let mut other = Expectations::new(vec![
+            Expectation::new(
+                &spec("backup.log", "completed", "04:45", None),
+                1,
+                Path::new("/etc"),
+            )
+            .unwrap(),
+        ]);
+        assert_eq!(other.restore(x.saved(), t(1, 5, 0), t(1, 5, 0).plus(30)), 0);
+        assert!(other.due(t(1, 6, 0)).is_empty());
+    }
+
+    /// Every state change moves the generation (so it is saved at once).
+    #[test]
+    fn state_changes_move_the_generation() {
+        let mut x = backup();
+        let mut g = x.generation();
+        let mut moved = |x: &Expectations| {
+            let m = x.generation() != g;
+            g = x.generation();
+            m
+        };
+        x.due(t(0, 12, 0));
+        assert!(moved(&x), "first look");
+        x.due(t(0, 13, 0));
+        assert!(!moved(&x));
+        x.observe(Path::new(LOG), "completed", t(0, 23, 0));
+        assert!(moved(&x), "met");
+        x.observe(Path::new(LOG), "completed", t(0, 23, 5));
+        assert!(!moved(&x), "met again changes nothing");
+        x.due(t(1, 4, 31));
+        assert!(moved(&x), "judged");
+        x.due(t(2, 4, 31));
+        assert!(moved(&x), "missed");
+        x.observe(Path::new(LOG), "completed", t(2, 5, 0));
+        assert!(moved(&x), "late");
+    }
+
     #[test]
     fn files_match_by_name_or_whole_path() {
         let e = |f: &str| {

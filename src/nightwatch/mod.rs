@@ -1733,6 +1733,355 @@ mod tests {
         );
     }
 
+    /// A scripted step: an Ekos line or a line of the script log.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Ekos(String),
+        Script(String),
+    }
+
+    /// splitmix64: a seeded generator for the scripts.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn restart_settings() -> Settings {
+        let mut s = with_expect("21:30");
+        let second = expect::Spec {
+            name: Some("archive".into()),
+            file: "backup.log".into(),
+            pattern: "archived".into(),
+            by: "22:45".into(),
+            weekdays: None,
+        };
+        s.expect
+            .extend(expect::from_specs(&[second], Path::new("/etc")).unwrap());
+        s.expect_routes = vec![0, 0];
+        s.silence = Threshold::Auto;
+        s
+    }
+
+    /// The real night with random stops (silences), repeated warnings
+    /// (incidents), script lines (some deadlines met, some missed) and,
+    /// after its shutdown, work resumed in the same night; times in ms.
+    fn night_script(rng: &mut Rng) -> Vec<(u64, Step)> {
+        let mut out = Vec::new();
+        let mut extra = 0;
+        let resumed: Vec<&str> = NIGHT.lines().skip(1).take(30).collect();
+        let lines = NIGHT.lines().chain(resumed.iter().copied());
+        let mut prev = 0;
+        for (i, l) in lines.enumerate() {
+            let rec = crate::ekos::parse(l);
+            let t = rec.time.and_then(Local::parse_timestamp).unwrap();
+            let mut at = wall_of(t) + extra;
+            if i >= 68 {
+                // The resumed work: after 23:00, before noon.
+                at += 2 * 3_600_000;
+            }
+            at = at.max(prev);
+            if rng.below(8) == 0 {
+                extra += rng.below(30 * 60) * 1000;
+                at += extra;
+            }
+            if rng.below(6) == 0 {
+                let text = ["backup started", "backup completed", "backup archived"]
+                    [rng.below(3) as usize];
+                out.push((at, Step::Script(text.into())));
+                at += rng.below(3000);
+            }
+            out.push((at, Step::Ekos(l.to_string())));
+            if rng.below(5) == 0 {
+                for k in 0..rng.below(4) {
+                    out.push((
+                        at + k * 20_000,
+                        Step::Ekos(
+                            "[2024-03-09T22:30:03.813 CET INFO ][      org.kde.kstars.ekos.align] - \"Solver Failed.\""
+                                .into(),
+                        ),
+                    ));
+                }
+            }
+            prev = out.last().unwrap().0;
+        }
+        out.sort_by_key(|(t, _)| *t);
+        out
+    }
+
+    fn step_seen(step: &Step, rules: &crate::ekos::Rules) -> Seen {
+        match step {
+            Step::Script(l) => script(l),
+            Step::Ekos(l) => {
+                let events = match crate::format::classify_line(
+                    rules,
+                    &crate::ekos::Filter::default(),
+                    crate::format::EventMode::On,
+                    l,
+                ) {
+                    Some(Some(ev)) => vec![(0, ev)],
+                    _ => vec![],
+                };
+                Seen {
+                    events,
+                    ..seen(0, std::slice::from_ref(l), vec![])
+                }
+            }
+        }
+    }
+
+    /// Runs `script` through a watch, ticking where it asks, until `end`;
+    /// restarts it (state through JSON into a new watch) before step
+    /// `restart`. Returns the notices (without their attachments: the
+    /// context lines are not saved) and the final state.
+    fn run_script(
+        settings: &Settings,
+        script: &[(u64, Step)],
+        end: u64,
+        restart: Option<usize>,
+    ) -> (Vec<(usize, String, Policy, serde_json::Value)>, State) {
+        let rules = crate::ekos::Rules::with_user(&[]).unwrap();
+        let w0 = script[0].0 - 60_000;
+        let m0 = 1_000_000;
+        let mono = |wall: u64| m0 + (wall - w0);
+        let mut w = Watch::new(settings.clone(), 0);
+        w.start(w0);
+        let mut out = Vec::new();
+        let advance = |w: &mut Watch, wall: u64, out: &mut Vec<Notice>| loop {
+            let (s, x) = w.wake_at(wall - 1);
+            match [s, x.map(mono)].into_iter().flatten().min() {
+                Some(t) if t < mono(wall) => out.extend(w.tick(t, t - m0 + w0)),
+                _ => break,
+            }
+        };
+        for (i, (wall, step)) in script.iter().enumerate() {
+            advance(&mut w, *wall, &mut out);
+            if restart == Some(i) {
+                let json = serde_json::to_vec(&w.snapshot(mono(*wall), *wall)).unwrap();
+                let (state, problems) = State::parse(&json);
+                assert!(problems.is_empty(), "{problems:?}");
+                let mut again = Watch::new(settings.clone(), 0);
+                again.resume(state, mono(*wall), *wall);
+                again.start(*wall);
+                w = again;
+            }
+            out.extend(w.seen(&step_seen(step, &rules), mono(*wall), *wall));
+        }
+        advance(&mut w, end, &mut out);
+        let notices = out
+            .into_iter()
+            .map(|n| (n.route, n.key, n.policy, n.body))
+            .collect();
+        (notices, w.snapshot(mono(end), end))
+    }
+
+    /// Whether a restart at `wall` would fall just after an `[[expect]]`
+    /// deadline, before the tick that judges it: the restart then judges
+    /// it after its grace, later than an uninterrupted run.
+    fn just_after_a_deadline(s: &Settings, wall: u64) -> bool {
+        let t = local(wall);
+        s.expect.iter().any(|e| {
+            let d = t.secs as i64 - e.by.0 as i64;
+            (0..=2).contains(&d)
+        })
+    }
+
+    /// The oracle: a restart anywhere between two Ekos lines (state saved,
+    /// read back, a new watch) gives the same notices and the same final
+    /// state as the uninterrupted run.
+    #[test]
+    fn a_restart_at_a_random_point_changes_no_notice_and_no_count() {
+        let s = restart_settings();
+        let mut covered = (0, 0, 0, 0);
+        for seed in 0..24 {
+            let mut rng = Rng(seed);
+            let script = night_script(&mut rng);
+            let end = wall_of(Local::ymd_hms(2024, 3, 10, 13, 0, 0).unwrap());
+            let (want, want_state) = run_script(&s, &script, end, None);
+            let candidates: Vec<usize> = (1..script.len())
+                .filter(|i| matches!(script[*i].1, Step::Ekos(_)))
+                .filter(|i| !just_after_a_deadline(&s, script[*i].0))
+                .collect();
+            for _ in 0..3 {
+                let k = candidates[rng.below(candidates.len() as u64) as usize];
+                let (got, got_state) = run_script(&s, &script, end, Some(k));
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "seed {seed}, restart before step {k}: {:#?}",
+                    got.iter().zip(&want).find(|(a, b)| a != b)
+                );
+                for (a, b) in got.iter().zip(&want) {
+                    assert_eq!(a, b, "seed {seed}, restart before step {k}");
+                }
+                assert_eq!(
+                    got_state, want_state,
+                    "seed {seed}, restart before step {k}"
+                );
+            }
+            let keys: Vec<&str> = want.iter().map(|(_, k, _, _)| k.as_str()).collect();
+            covered.0 += keys.iter().any(|k| k.starts_with("expect:")) as u32;
+            covered.1 += keys.iter().any(|k| k.starts_with("silence/")) as u32;
+            covered.2 += keys.iter().any(|k| k.starts_with("incident/")) as u32;
+            covered.3 += (keys.iter().filter(|k| k.starts_with("night:")).count() > 20) as u32;
+        }
+        assert!(
+            covered.0 > 6 && covered.1 > 6 && covered.2 > 6 && covered.3 > 6,
+            "the scripts exercise every part: {covered:?}"
+        );
+    }
+
+    #[test]
+    fn the_state_file_keeps_what_it_can_read() {
+        let inc = Incident {
+            route: 0,
+            rule: "indi-driver-crashed".into(),
+            key: "incident/indi-driver-crashed/1".into(),
+            severity: Severity::Critical,
+            title: "INDI driver X crashed".into(),
+            file: "log.txt".into(),
+            last_line: "x".into(),
+            count: 2,
+            first_ms: 1,
+            last_ms: 2,
+        };
+        // The first format: a bare array of open incidents.
+        let old = serde_json::to_vec(&vec![inc.clone()]).unwrap();
+        let (st, problems) = State::parse(&old);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(st.incidents, vec![inc.clone()]);
+        assert_eq!(st.session, Session::new());
+        // Torn (a write cut short) or garbage: one problem, nothing kept.
+        for bad in [&b"{\"version\":2,\"incid"[..], b"\x00\x01", b"42"] {
+            let (st, problems) = State::parse(bad);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(st, State::default());
+        }
+        // One part unreadable (another version's card): the rest is kept.
+        let mut w = Watch::new(settings(), 0);
+        w.seen(
+            &seen(0, &exposing(), vec![]),
+            0,
+            wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap()),
+        );
+        let mut state = w.snapshot(5, 6);
+        state.incidents = vec![inc.clone()];
+        let mut v = serde_json::to_value(&state).unwrap();
+        v["card"] = serde_json::json!({"night": "soon"});
+        v["incidents"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"what": 1}));
+        v["future_key"] = serde_json::json!(true);
+        let (st, problems) = State::parse(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(st.card, None);
+        assert_eq!(st.incidents, vec![inc]);
+        assert_eq!((st.session.clone(), st.mono_ms), (state.session.clone(), 5));
+        assert!(st.session.work_in_progress());
+        v["card"] = serde_json::Value::Null;
+        v["version"] = 99.into();
+        let (_, problems) = State::parse(&serde_json::to_vec(&v).unwrap());
+        assert!(problems.iter().any(|p| p.contains("newer")), "{problems:?}");
+    }
+
+    fn capture_line(msg: &str) -> String {
+        line("org.kde.kstars.ekos.capture", &format!("\"{msg}\""))
+    }
+
+    fn field_of(n: &Notice, name: &str) -> String {
+        n.body["embeds"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["value"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Down 20 min in mid-exposure: no "Ekos silent" for the downtime, the
+    /// quiet counted from the restart, a line read back is activity, and
+    /// the card goes on with the same key and its numbers.
+    #[test]
+    fn a_restart_after_downtime_in_mid_exposure_is_no_silence_and_the_card_goes_on() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let mut s = settings();
+        s.silence = Threshold::Auto;
+        let mut w = Watch::new(s.clone(), 0);
+        w.start(w0);
+        w.seen(&seen(0, &exposing(), vec![]), 0, w0);
+        let out = w.seen(
+            &seen(0, &[capture_line("Received image 1 out of 5.")], vec![]),
+            5 * MIN,
+            w0 + 5 * MIN,
+        );
+        let key = out.last().unwrap().key.clone();
+        assert_eq!(field_of(out.last().unwrap(), "Tonight"), "1 frames, 5 min");
+        w.seen(
+            &seen(
+                0,
+                &[capture_line("Capturing 300.000-second Ha image...")],
+                vec![],
+            ),
+            5 * MIN + 1000,
+            w0 + 5 * MIN + 1000,
+        );
+        let state = w.snapshot(6 * MIN, w0 + 6 * MIN);
+        // Back 20 min later (the continued monotonic clock too).
+        let back = 26 * MIN;
+        let mut w = Watch::new(s, 0);
+        w.resume(
+            State::parse(&serde_json::to_vec(&state).unwrap()).0,
+            back,
+            w0 + back,
+        );
+        w.start(w0 + back);
+        assert!(
+            w.tick(back + 1000, w0 + back + 1000).is_empty(),
+            "the daemon was down, not Ekos"
+        );
+        let allowed = 7 * MIN; // 300 s + download + margin
+        assert_eq!(w.wake_at(w0 + back).0, Some(back + allowed + 1));
+        // A line read back at start is activity: no "writing again".
+        let out = w.seen(
+            &seen(0, &[capture_line("Received image 2 out of 5.")], vec![]),
+            back + 2000,
+            w0 + back + 2000,
+        );
+        assert_eq!(
+            titles(&out),
+            ["Night of 2024-03-09 — in progress"],
+            "only the card"
+        );
+        assert_eq!(out[0].key, key, "the same message");
+        assert_eq!(field_of(&out[0], "Tonight"), "2 frames, 10 min");
+        assert!(matches!(out[0].policy, Policy::Upsert { .. }));
+        // Then a real silence, counted from that line.
+        w.seen(
+            &seen(
+                0,
+                &[capture_line("Capturing 300.000-second Ha image...")],
+                vec![],
+            ),
+            back + 3000,
+            w0 + back + 3000,
+        );
+        let out = w.tick(back + 3000 + allowed + 1, w0 + back + 3000 + allowed + 1);
+        assert_eq!(
+            titles(&out),
+            ["Ekos silent for 7 min during a 300 s exposure of M31"]
+        );
+    }
+
     #[test]
     fn check_replays_the_end_of_the_log_for_the_session() {
         let dir = tempfile::tempdir().unwrap();
