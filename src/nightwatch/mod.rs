@@ -1492,6 +1492,108 @@ mod tests {
         b.thread.join().unwrap();
     }
 
+    /// A clock whose monotonic and wall times the test sets apart (a new
+    /// process's monotonic clock starts again at zero).
+    #[derive(Clone, Default)]
+    struct SplitClock {
+        mono: Arc<AtomicU64>,
+        wall: Arc<AtomicU64>,
+    }
+
+    impl Clock for SplitClock {
+        fn now_ms(&self) -> u64 {
+            self.mono.load(Ordering::SeqCst)
+        }
+        fn at_ms(&self, _t: Instant) -> u64 {
+            self.now_ms()
+        }
+        fn wall_ms(&self) -> u64 {
+            self.wall.load(Ordering::SeqCst)
+        }
+    }
+
+    fn split_actor(s: Settings, clock: SplitClock) -> Actor {
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let (ctl, ctl_rx) = crossbeam_channel::bounded(8);
+        let (ntx, notices) = crossbeam_channel::bounded(64);
+        let stats = Arc::new(Stats::default());
+        let nw = NightWatch::new(s, 0, Box::new(clock), stats.clone(), Arc::default());
+        let thread = std::thread::spawn(move || nw.run(rx, ctl_rx, ntx));
+        Actor {
+            lines: tx,
+            ctl,
+            notices,
+            stats,
+            thread,
+        }
+    }
+
+    /// Waits until the actor answered ping `n` and finished the loop
+    /// round that followed (a second ping), so its notices are out.
+    fn settle(a: &Actor, n: u64) {
+        for p in [n, n + 1] {
+            a.ctl.send(Control::Ping(p)).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while a.stats.nightwatch_pong.load(Ordering::SeqCst) != p {
+                assert!(Instant::now() < deadline, "no pong {p}");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// The monotonic clock of a new process starts at zero; the night
+    /// watch's goes on from the saved value plus the downtime, so the
+    /// saved arrival times keep their meaning: the quiet is counted from
+    /// the restart, not from a saved time that now lies in the future.
+    #[test]
+    fn the_actors_monotonic_time_continues_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings();
+        s.state_file = Some(dir.path().join(FILE));
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let clock = SplitClock::default();
+        clock.mono.store(50 * MIN, Ordering::SeqCst);
+        clock.wall.store(w0, Ordering::SeqCst);
+        let a = split_actor(s.clone(), clock.clone());
+        a.lines.send(seen(0, &exposing(), vec![])).unwrap();
+        settle(&a, 1);
+        a.ctl.send(Control::Shutdown).unwrap();
+        a.thread.join().unwrap();
+        let saved = State::parse(&std::fs::read(dir.path().join(FILE)).unwrap()).0;
+        assert_eq!(saved.mono_ms, 50 * MIN);
+        assert!(saved.card.is_some() && saved.session.work_in_progress());
+
+        // A new process 10 min later: monotonic zero.
+        let clock = SplitClock::default();
+        clock.wall.store(w0 + 10 * MIN, Ordering::SeqCst);
+        let b = split_actor(s, clock.clone());
+        settle(&b, 1);
+        assert!(b.notices.try_recv().is_err(), "no silence for the downtime");
+        clock.mono.store(MIN, Ordering::SeqCst);
+        clock.wall.store(w0 + 11 * MIN, Ordering::SeqCst);
+        settle(&b, 3);
+        assert!(
+            b.notices.try_recv().is_err(),
+            "within silence_after of the restart"
+        );
+        clock.mono.store(3 * MIN, Ordering::SeqCst);
+        clock.wall.store(w0 + 13 * MIN, Ordering::SeqCst);
+        settle(&b, 5);
+        let n = b
+            .notices
+            .try_recv()
+            .expect("a silence counted from the restart");
+        assert_eq!(
+            n.body["embeds"][0]["title"],
+            "Ekos silent for 3 min during a 300 s exposure of M31"
+        );
+        b.ctl.send(Control::Abort).unwrap();
+        b.thread.join().unwrap();
+        let saved = State::parse(&std::fs::read(dir.path().join(FILE)).unwrap()).0;
+        assert!(saved.silence.reported().is_some(), "saved at the alarm");
+        assert_eq!(saved.mono_ms, 60 * MIN + 3 * MIN);
+    }
+
     /// Wall-clock milliseconds at which the local clock shows `t` (the
     /// test's time zone, whatever it is).
     fn wall_of(t: Local) -> u64 {
