@@ -1067,6 +1067,34 @@ fn driver_message(msg: &str) -> Option<Msg<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Saved by the night watch across restarts: the model read back is
+    /// the same and goes on the same way (frame counts keyed by target and
+    /// filter are a list in JSON, whose object keys are strings only).
+    #[test]
+    fn a_session_survives_serialization_in_mid_night() {
+        let night = include_str!("../tests/data/night-2024-03-09.txt");
+        let lines: Vec<&str> = night.lines().collect();
+        for cut in [20, 33, 40, 60] {
+            let mut s = Session::new();
+            for (i, l) in lines[..cut].iter().enumerate() {
+                s.observe(&crate::ekos::parse(l), i as u64 * 1000);
+            }
+            let json = serde_json::to_string(&s).unwrap();
+            let mut back: Session = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, s, "cut at {cut}");
+            for (i, l) in lines[cut..].iter().enumerate() {
+                let t = (cut + i) as u64 * 1000;
+                s.observe(&crate::ekos::parse(l), t);
+                back.observe(&crate::ekos::parse(l), t);
+            }
+            assert_eq!(back, s);
+            assert_eq!(back.counts().total_frames(), 9);
+        }
+        // A state from an older version (fields missing) still loads.
+        let old: Session = serde_json::from_str(r#"{"job":"M31"}"#).unwrap();
+        assert_eq!(old.job(), Some("M31"));
+    }
     use crate::ekos::parse;
 
     /// A modern KStars line, as `KSUtils::Logging` writes it.
