@@ -24,7 +24,9 @@ pub enum TimeError {
 pub const DAY: u32 = 86_400;
 
 /// A moment on the local wall clock. Ordered by day, then time of day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Local {
     /// Days since 1970-01-01 in the local calendar.
     pub day: i64,

@@ -99,7 +99,7 @@ const MAX_DRIVERS: usize = 64;
 const MAX_FRAME_KEYS: usize = 256;
 
 /// The scheduler as the log shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum SchedulerState {
     #[default]
     Idle,
@@ -111,7 +111,7 @@ pub enum SchedulerState {
 }
 
 /// Mount park state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum MountState {
     #[default]
     Unknown,
@@ -122,7 +122,7 @@ pub enum MountState {
 }
 
 /// Guiding as the log shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum GuideState {
     #[default]
     Off,
@@ -135,7 +135,7 @@ pub enum GuideState {
 }
 
 /// End-of-session state, from the scheduler's shutdown procedure and Ekos.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ShutdownState {
     #[default]
     None,
@@ -144,7 +144,7 @@ pub enum ShutdownState {
 }
 
 /// What the current job is doing, from the scheduler's stage messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Phase {
     #[default]
     None,
@@ -157,7 +157,7 @@ pub enum Phase {
 }
 
 /// An exposure in progress.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Exposure {
     pub seconds: f64,
     /// Filter name; empty without a filter wheel.
@@ -167,7 +167,7 @@ pub struct Exposure {
 }
 
 /// Frames received for one target and filter.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FrameTotals {
     pub frames: u32,
     /// Sum of the exposure lengths of those frames, in seconds.
@@ -175,9 +175,12 @@ pub struct FrameTotals {
 }
 
 /// Counts for the night card.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Counts {
     /// Keyed by (target, filter); target is empty when no job was known.
+    /// Saved as a list (JSON object keys are strings only).
+    #[serde(with = "frames_as_list")]
     pub frames: BTreeMap<(String, String), FrameTotals>,
     pub autofocus_ok: u32,
     pub autofocus_failed: u32,
@@ -193,6 +196,30 @@ pub struct Counts {
     pub jobs_aborted: u32,
 }
 
+/// `Counts::frames` as a list of `[target, filter, totals]`.
+mod frames_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::FrameTotals;
+
+    type Frames = BTreeMap<(String, String), FrameTotals>;
+
+    pub fn serialize<S: Serializer>(frames: &Frames, s: S) -> Result<S::Ok, S::Error> {
+        let list: Vec<(&str, &str, &FrameTotals)> = frames
+            .iter()
+            .map(|((t, f), v)| (t.as_str(), f.as_str(), v))
+            .collect();
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Frames, D::Error> {
+        let list: Vec<(String, String, FrameTotals)> = Vec::deserialize(d)?;
+        Ok(list.into_iter().map(|(t, f, v)| ((t, f), v)).collect())
+    }
+}
+
 impl Counts {
     /// Frames received over all targets and filters.
     pub fn total_frames(&self) -> u32 {
@@ -201,7 +228,14 @@ impl Counts {
 }
 
 /// The session model. See the module documentation for what moves it.
-#[derive(Debug, Clone, Default)]
+///
+/// Saved across restarts by the night watch (serde): a saved model is
+/// faithful where replaying the log is not (see `nightwatch::State`). Its
+/// times are the night watch's monotonic milliseconds, which the night
+/// watch continues across a restart (the clock goes on from the saved
+/// value plus the wall-clock downtime), so they stay comparable.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Session {
     scheduler: SchedulerState,
     mount: MountState,
@@ -1033,6 +1067,34 @@ fn driver_message(msg: &str) -> Option<Msg<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Saved by the night watch across restarts: the model read back is
+    /// the same and goes on the same way (frame counts keyed by target and
+    /// filter are a list in JSON, whose object keys are strings only).
+    #[test]
+    fn a_session_survives_serialization_in_mid_night() {
+        let night = include_str!("../tests/data/night-2024-03-09.txt");
+        let lines: Vec<&str> = night.lines().collect();
+        for cut in [20, 33, 40, 60] {
+            let mut s = Session::new();
+            for (i, l) in lines[..cut].iter().enumerate() {
+                s.observe(&crate::ekos::parse(l), i as u64 * 1000);
+            }
+            let json = serde_json::to_string(&s).unwrap();
+            let mut back: Session = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, s, "cut at {cut}");
+            for (i, l) in lines[cut..].iter().enumerate() {
+                let t = (cut + i) as u64 * 1000;
+                s.observe(&crate::ekos::parse(l), t);
+                back.observe(&crate::ekos::parse(l), t);
+            }
+            assert_eq!(back, s);
+            assert_eq!(back.counts().total_frames(), 9);
+        }
+        // A state from an older version (fields missing) still loads.
+        let old: Session = serde_json::from_str(r#"{"job":"M31"}"#).unwrap();
+        assert_eq!(old.job(), Some("M31"));
+    }
     use crate::ekos::parse;
 
     /// A modern KStars line, as `KSUtils::Logging` writes it.

@@ -484,3 +484,126 @@ fn a_short_night_is_one_card_edited_in_place_into_its_summary() {
     let field = |name: &str| embed_field(e, name);
     assert_eq!(field("M31"), "Ha: 1 × 1 s = 1 s\nL: 2 × 1 s = 2 s");
 }
+
+/// A crash (`kill -9`) in mid-night, down across an `[[expect]]` deadline
+/// met before the crash, with lines written while down: the night card
+/// goes on in the same message with its counts, no silence is reported
+/// for the downtime, and no expect alert is sent.
+#[test]
+fn a_crash_in_mid_night_goes_on_with_the_same_card_its_counts_and_no_false_alert() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO")
+        .set("TZ", "UTC0")
+        .set("SILENCE_AFTER", "8");
+    let scripts = env.dir.path().join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(12);
+    let by = utc_time_of_day_in(Duration::from_secs(12));
+    env.write_config(&format!(
+        "[[source]]\nname = \"scripts\"\nroot = \"{}\"\ninclude = [\"*.log\"]\nfollow = \"all\"\n\n\
+         [[expect]]\nfile = \"backup.log\"\npattern = \"completed\"\nby = \"{by}\"\n",
+        scripts.display(),
+    ));
+    append(&scripts.join("backup.log"), &["backup started".to_string()]);
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let state = env.dir.path().join("state");
+    let d = env.start(&[]);
+    let frame = |i: usize| {
+        vec![
+            capture("Capturing 1.000-second L image..."),
+            capture(&format!("Received image {i} out of 3.")),
+        ]
+    };
+    let mut first = vec![
+        sched("\"Scheduler started.\""),
+        sched("Executing Job  \"M31\""),
+        sched("\"Job 'M31' capture is in progress...\""),
+    ];
+    first.extend(frame(1));
+    first.push(capture("Capturing 1.000-second L image..."));
+    append(&file, &first);
+    append(
+        &scripts.join("backup.log"),
+        &["backup completed".to_string()],
+    );
+    let marker = tokens("crash", 0..1);
+    append(&file, &marker);
+    let read = |name: &str| std::fs::read_to_string(state.join(name)).unwrap_or_default();
+    // Wait until the card is posted, its id kept, the night watch's state
+    // saved with the frame and the met deadline, and the lines delivered.
+    assert!(
+        wait_until(LONG, || {
+            read("notices.json").contains("night:")
+                && read("nightwatch.json").contains("\"frames_seen\":1")
+                && read("nightwatch.json").contains("\"seen\":true")
+                && loss_and_dups(&marker, &delivered(&fake.messages()))
+                    .0
+                    .is_empty()
+        }),
+        "{}\n{}",
+        read("nightwatch.json"),
+        d.stderr()
+    );
+    d.kill9();
+    // Down across the deadline (and longer than SILENCE_AFTER); the
+    // frame written meanwhile is read back at the restart.
+    append(&file, &frame(2)[1..]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::time::SystemTime::now() > deadline + Duration::from_secs(1)
+    }));
+    let d = env.start(&[]);
+    let card_with = |n: &str| {
+        let n = n.to_string();
+        move |e: &[Received]| {
+            e.iter()
+                .any(|m| card_title(m) && embed_field(&m.embeds[0], "Tonight").starts_with(&n))
+        }
+    };
+    assert!(
+        fake.wait_for_edits(LONG, card_with("2 frames")),
+        "the card goes on: {:?}\n{}",
+        fake.edits()
+            .iter()
+            .map(|m| m.embeds[0].to_string())
+            .collect::<Vec<_>>(),
+        d.stderr()
+    );
+    let mut rest = frame(3);
+    rest.extend([
+        sched("\"Job 'M31' is complete.\""),
+        sched("\"Mount parked.\""),
+        sched("\"Scheduler is stopping...\""),
+    ]);
+    append(&file, &rest);
+    let summary = |m: &Received| m.edit && title(m).ends_with("— summary");
+    assert!(
+        fake.wait_for_edits(LONG, |e| e.iter().any(summary)),
+        "no summary: {}",
+        d.stderr()
+    );
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    let cards: Vec<Received> = fake
+        .messages()
+        .into_iter()
+        .filter(|m| !m.edit && card_title(m))
+        .collect();
+    assert_eq!(cards.len(), 1, "one card message across the crash");
+    let edits: Vec<Received> = fake.edits().into_iter().filter(card_title).collect();
+    assert!(edits.iter().all(|e| e.message_id == cards[0].message_id));
+    let desc = edits.last().unwrap().embeds[0]["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(desc.contains("3 frames"), "{desc}");
+    assert!(
+        titled(&fake, "Expected line").is_empty(),
+        "met before the crash"
+    );
+    assert!(
+        titled(&fake, "Ekos silent").is_empty(),
+        "the daemon was down, not Ekos"
+    );
+}

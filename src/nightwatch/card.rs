@@ -135,15 +135,18 @@ impl EndReason {
 }
 
 /// One silence of the followed Ekos log, from the silence alarm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Silence {
     /// When it began (the last line before it).
     pub at: Local,
     pub duration: Duration,
 }
 
-/// What the night card needs beyond the session model.
-#[derive(Debug, Clone)]
+/// What the night card needs beyond the session model. Saved across
+/// restarts with the night watch's state, so a restart in mid-night goes on
+/// counting (its `last_exposure_ms` is on the night watch's monotonic
+/// clock, continued across a restart like the session's).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NightStats {
     /// The night: day number of its evening.
     pub night: i64,

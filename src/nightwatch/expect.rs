@@ -20,6 +20,17 @@
 //! once, not each one skipped, and a jump back never reports a deadline
 //! twice. Deadlines that passed before the daemon started (or before the
 //! first call) are not judged: their lines may have been written unseen.
+//!
+//! Across a restart the state is saved ([`Expectations::saved`], restored by
+//! [`Expectations::restore`]): a deadline already judged is not judged
+//! again (no second alert), a line seen before the restart still counts,
+//! and a deadline that passed while the daemon was down is judged once,
+//! after a grace period ([`Expectations::restore`]'s `hold_until`) in which
+//! the lines the watcher reads back from its checkpoint (written while the
+//! daemon was down, at unknown times) count as on time: a line that may
+//! have been in time is given the benefit of the doubt, rather than a false
+//! alert. An expectation without saved state (new in the configuration)
+//! starts fresh, as at a first start.
 
 use std::path::Path;
 
@@ -208,6 +219,17 @@ impl Expectation {
             .find(|d| *d >= now && self.days[d.weekday() as usize])
     }
 
+    /// Its identity in saved state.
+    fn id(&self) -> String {
+        format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.name,
+            self.file.as_str(),
+            self.pattern.as_str(),
+            self.by
+        )
+    }
+
     fn shown_pattern(&self) -> String {
         crate::limits::cap(self.pattern.as_str(), SHOWN_PATTERN).into_owned()
     }
@@ -281,7 +303,8 @@ impl Alert {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 struct State {
     /// The last deadline judged (or passed before the first call).
     judged: Option<Local>,
@@ -291,17 +314,77 @@ struct State {
     missed: Option<Local>,
 }
 
+/// One expectation's state, saved across restarts under its identity
+/// (name, file, pattern and deadline: a changed table starts fresh).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub id: String,
+    #[serde(flatten)]
+    state: State,
+}
+
 /// Every expectation and its state.
 #[derive(Debug, Clone, Default)]
 pub struct Expectations {
     items: Vec<(Expectation, State)>,
+    /// After a restart with saved state: deadlines at or before `.0` (the
+    /// start) are not judged before `.1` (lines read back come first).
+    hold: Option<(Local, Local)>,
+    /// Moves whenever a state changes (to be saved).
+    generation: u64,
 }
 
 impl Expectations {
     pub fn new(specs: Vec<Expectation>) -> Expectations {
         Expectations {
             items: specs.into_iter().map(|e| (e, State::default())).collect(),
+            hold: None,
+            generation: 0,
         }
+    }
+
+    /// Changes whenever a state to save changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The identity of expectation `i` in saved state.
+    pub fn id(&self, i: usize) -> Option<String> {
+        self.items.get(i).map(|(e, _)| e.id())
+    }
+
+    /// The state of every expectation that has one, for saving.
+    pub fn saved(&self) -> Vec<Saved> {
+        self.items
+            .iter()
+            .filter(|(_, st)| *st != State::default())
+            .map(|(e, st)| Saved {
+                id: e.id(),
+                state: st.clone(),
+            })
+            .collect()
+    }
+
+    /// Restores saved states (those of expectations no longer configured
+    /// are dropped) at a restart at `start`; deadlines passed by then are
+    /// judged from `hold_until` on. Returns how many were restored.
+    pub fn restore(&mut self, saved: Vec<Saved>, start: Local, hold_until: Local) -> usize {
+        let mut n = 0;
+        for s in saved {
+            if let Some((_, st)) = self.items.iter_mut().find(|(e, _)| e.id() == s.id) {
+                *st = s.state;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.hold = Some((start, hold_until));
+        }
+        n
+    }
+
+    /// When the hold after a restart ends, if one is on.
+    pub fn hold_until(&self) -> Option<Local> {
+        self.hold.map(|(_, until)| until)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -334,6 +417,7 @@ impl Expectations {
             }
             match st.missed.take() {
                 Some(m) if now.since(m) <= LATE_WINDOW => {
+                    self.generation += 1;
                     let after = now.since(m).max(0);
                     out.push(Alert {
                         index,
@@ -350,7 +434,12 @@ impl Expectations {
                         ),
                     });
                 }
-                _ => st.seen = true,
+                missed => {
+                    if !st.seen || missed.is_some() {
+                        self.generation += 1;
+                    }
+                    st.seen = true;
+                }
             }
         }
         out
@@ -360,6 +449,14 @@ impl Expectations {
     /// no matching line.
     pub fn due(&mut self, now: Local) -> Vec<Alert> {
         let mut out = Vec::new();
+        let held = match self.hold {
+            Some((start, until)) if now < until => Some(start),
+            Some(_) => {
+                self.hold = None;
+                None
+            }
+            None => None,
+        };
         for (index, (e, st)) in self.items.iter_mut().enumerate() {
             let Some(last) = e.last_deadline_before(now) else {
                 continue;
@@ -367,14 +464,17 @@ impl Expectations {
             let Some(judged) = st.judged else {
                 // First call: earlier deadlines were not watched.
                 st.judged = Some(last);
+                self.generation += 1;
                 continue;
             };
             if st.missed.is_some_and(|m| now.since(m) > LATE_WINDOW) {
                 st.missed = None;
+                self.generation += 1;
             }
-            if last <= judged {
+            if last <= judged || held.is_some_and(|start| last <= start) {
                 continue;
             }
+            self.generation += 1;
             st.judged = Some(last);
             if std::mem::take(&mut st.seen) {
                 st.missed = None;
@@ -392,12 +492,14 @@ impl Expectations {
         out
     }
 
-    /// The next deadline of any expectation after `now`, for the caller's
-    /// timer (call [`Expectations::due`] just after it).
+    /// The next deadline of any expectation after `now` (or the end of
+    /// the hold after a restart), for the caller's timer (call
+    /// [`Expectations::due`] just after it).
     pub fn next_deadline(&self, now: Local) -> Option<Local> {
         self.items
             .iter()
             .filter_map(|(e, _)| e.next_deadline(now))
+            .chain(self.hold_until())
             .min()
     }
 }
@@ -617,6 +719,110 @@ mod tests {
         y.due(t(0, 12, 0));
         assert!(y.due(t(1, 1, 59)).is_empty());
         assert_eq!(y.due(t(1, 3, 0)).len(), 1);
+    }
+
+    /// A restart at `at`: the state goes through JSON into a fresh
+    /// instance of the same configuration, held for 30 s.
+    fn restarted(x: &Expectations, at: Local) -> Expectations {
+        let json = serde_json::to_string(&x.saved()).unwrap();
+        let mut y = backup();
+        let n = y.restore(serde_json::from_str(&json).unwrap(), at, at.plus(30));
+        assert_eq!(n, x.saved().len());
+        y
+    }
+
+    #[test]
+    fn across_a_restart_a_line_seen_before_counts_and_an_alert_is_not_repeated() {
+        // Down from 04:00 to 05:00 (deadline 04:30), the line seen at 04:10.
+        let mut x = backup();
+        x.due(t(0, 12, 0));
+        assert!(
+            x.observe(Path::new(LOG), "completed", t(1, 4, 10))
+                .is_empty()
+        );
+        let mut y = restarted(&x, t(1, 5, 0));
+        for m in [0, 1, 2, 30] {
+            assert!(y.due(t(1, 5, m)).is_empty(), "met before the crash");
+        }
+        assert_eq!(y.due(t(2, 4, 31)).len(), 1, "the next day is judged");
+        // Reported before the restart: not again, and a late line is late.
+        let mut x = backup();
+        x.due(t(0, 12, 0));
+        assert_eq!(x.due(t(1, 4, 31)).len(), 1);
+        let mut y = restarted(&x, t(1, 5, 0));
+        assert!(y.due(t(1, 5, 1)).is_empty());
+        let late = y.observe(Path::new(LOG), "completed", t(1, 6, 0));
+        assert_eq!(late.len(), 1);
+        assert!(matches!(late[0].kind, AlertKind::Late { .. }));
+    }
+
+    #[test]
+    fn a_deadline_passed_while_down_is_judged_once_after_the_grace() {
+        // Down from 04:00 to 05:00, no line: one alert after the grace.
+        let mut x = backup();
+        x.due(t(0, 12, 0));
+        x.due(t(1, 4, 0));
+        let mut y = restarted(&x, t(1, 5, 0));
+        assert!(y.due(t(1, 5, 0)).is_empty(), "lines read back come first");
+        assert_eq!(y.next_deadline(t(1, 5, 0)), Some(t(1, 5, 0).plus(30)));
+        let a = y.due(t(1, 5, 1));
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (a[0].kind.clone(), a[0].deadline),
+            (AlertKind::Missing, t(1, 4, 30))
+        );
+        assert!(y.due(t(1, 5, 2)).is_empty(), "once");
+        assert_eq!(y.next_deadline(t(1, 5, 2)), Some(t(2, 4, 30)));
+        // A line read back within the grace (written while down, at an
+        // unknown time) is given the benefit of the doubt.
+        let mut y = restarted(&x, t(1, 5, 0));
+        assert!(
+            y.observe(Path::new(LOG), "completed", t(1, 5, 0).plus(2))
+                .is_empty()
+        );
+        assert!(y.due(t(1, 5, 1)).is_empty());
+        // A fresh start (nothing saved) still judges nothing passed before.
+        let mut z = backup();
+        assert_eq!(z.restore(Vec::new(), t(1, 5, 0), t(1, 5, 0).plus(30)), 0);
+        assert!(z.due(t(1, 5, 0)).is_empty());
+        assert!(z.due(t(1, 6, 0)).is_empty());
+        // A changed table starts fresh too.
+        let mut other = Expectations::new(vec![
+            Expectation::new(
+                &spec("backup.log", "completed", "04:45", None),
+                1,
+                Path::new("/etc"),
+            )
+            .unwrap(),
+        ]);
+        assert_eq!(other.restore(x.saved(), t(1, 5, 0), t(1, 5, 0).plus(30)), 0);
+        assert!(other.due(t(1, 6, 0)).is_empty());
+    }
+
+    /// Every state change moves the generation (so it is saved at once).
+    #[test]
+    fn state_changes_move_the_generation() {
+        let mut x = backup();
+        let mut g = x.generation();
+        let mut moved = |x: &Expectations| {
+            let m = x.generation() != g;
+            g = x.generation();
+            m
+        };
+        x.due(t(0, 12, 0));
+        assert!(moved(&x), "first look");
+        x.due(t(0, 13, 0));
+        assert!(!moved(&x));
+        x.observe(Path::new(LOG), "completed", t(0, 23, 0));
+        assert!(moved(&x), "met");
+        x.observe(Path::new(LOG), "completed", t(0, 23, 5));
+        assert!(!moved(&x), "met again changes nothing");
+        x.due(t(1, 4, 31));
+        assert!(moved(&x), "judged");
+        x.due(t(2, 4, 31));
+        assert!(moved(&x), "missed");
+        x.observe(Path::new(LOG), "completed", t(2, 5, 0));
+        assert!(moved(&x), "late");
     }
 
     #[test]

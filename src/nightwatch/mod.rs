@@ -21,6 +21,38 @@
 //! actor around them. The night card is driven the way [`card::replay`]
 //! drives it over a past log, with arrival times instead of the lines'
 //! timestamps, and the silences the silence alarm reported.
+//!
+//! # Across a restart
+//!
+//! A restart (a stop, a crash and systemd's `Restart=`, `kill -9`, a
+//! reload) must not lose the night: the whole state of the watch is saved
+//! to [`FILE`] ([`State`]): open incidents, `[[expect]]` states, the
+//! session model, the silence alarm and the night card's numbers. The
+//! session model is saved rather than rebuilt by replaying the end of the
+//! Ekos log: KStars starts a new log file per session and the daemon may
+//! have been down across that, the counts of a night reach back further
+//! than any tail worth reading, and lines replayed would be counted twice
+//! with those already counted. Times in the state are wall-clock or the
+//! night watch's monotonic milliseconds; the latter continue across a
+//! restart (the new clock starts at the saved value plus the wall-clock
+//! time the daemon was down), so saved arrival times stay comparable. The
+//! daemon being down is not Ekos being silent: the silence alarm counts
+//! from the restart ([`silence::Silence::restarted`]), and a line read back
+//! at start is activity like any other. The card keeps its key (one per
+//! night), so the sender's notice lane, whose message ids are saved in
+//! `notices.json`, goes on editing the same message. `[[expect]]`
+//! deadlines that passed while the daemon was down are judged once, after
+//! [`RESTART_GRACE_MS`] (see [`expect`]).
+//!
+//! Saving: at once when something an alert depends on changed (an
+//! incident opened or ended, an expectation met or judged, the card
+//! opened or closed, a frame received, a silence reported or ended, work
+//! started or stopped), otherwise (event counts, guiding state…) at most
+//! every [`SOFT_SAVE_MS`], and at every stop. The write is atomic
+//! (temporary file, fsync, rename). A file that cannot be read in part
+//! (corrupt, or from another version) gives one warning and what could be
+//! read is kept; the first format (a bare array of open incidents) loads
+//! its incidents.
 
 pub mod card;
 pub mod expect;
@@ -59,8 +91,18 @@ const CONTEXT_FILES: usize = 64;
 /// to 4 MiB whatever `context_lines` and the line lengths are.
 const CONTEXT_BYTES: usize = 64 * 1024;
 const CONTEXT_LINE_BYTES: usize = 2048;
-/// The night watch's state file (open incidents), in the state directory.
+/// The night watch's state file ([`State`]), in the state directory.
 pub const FILE: &str = "nightwatch.json";
+/// Version of [`State`] written (the first format, a bare array of open
+/// incidents, has none).
+pub const STATE_VERSION: u32 = 2;
+/// After a restart with saved state, how long the lines read back (written
+/// while the daemon was down) may come before `[[expect]]` deadlines passed
+/// meanwhile are judged.
+pub const RESTART_GRACE_MS: u64 = 30_000;
+/// Changes no alert depends on (event counts, the guiding state…) are
+/// saved at most this often; a crash loses at most that much of them.
+pub const SOFT_SAVE_MS: u64 = 10_000;
 /// Longest wait for a wall-clock deadline (`[[expect]]`, `night_end`): the
 /// wait is computed on the wall clock, which may jump (daylight saving,
 /// a clock set late); looking again this often bounds the error.
@@ -288,9 +330,131 @@ pub struct Watch {
     ended: Option<NightStats>,
     /// When the silence reported began, on the wall clock (for the card).
     silence_from: Option<Local>,
-    /// Save even if no incident opened or ended (at the end).
-    dirty: bool,
-    saved_generation: u64,
+    /// Something changed since the last save that can wait a little.
+    soft: bool,
+    /// [`Watch::marks`] at the last save.
+    saved_marks: Option<Marks>,
+}
+
+/// What must be saved at once when it changes (see [`Watch::dirty`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Marks {
+    incidents: u64,
+    expect: u64,
+    expect_routes: Vec<usize>,
+    card: Option<(i64, u32, usize)>,
+    ended: Option<i64>,
+    silence: Option<u64>,
+    work: bool,
+    frames: u32,
+    exposing: bool,
+}
+
+/// How urgently the state should be saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dirty {
+    Clean,
+    /// Within [`SOFT_SAVE_MS`].
+    Soft,
+    /// Now: an alert depends on it.
+    Hard,
+}
+
+/// The night watch's saved state ([`FILE`]): everything a restart must not
+/// lose. Monotonic times in it are on the night watch's clock at
+/// `mono_ms` (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct State {
+    pub version: u32,
+    /// When it was saved: wall-clock and monotonic milliseconds.
+    pub wall_ms: u64,
+    pub mono_ms: u64,
+    pub incidents: Vec<Incident>,
+    pub expect: Vec<expect::Saved>,
+    /// Per expectation (by id), the route its alerts go to as learnt.
+    pub expect_routes: Vec<(String, usize)>,
+    pub session: Session,
+    pub silence: Silence,
+    pub silence_from: Option<Local>,
+    pub card: Option<NightStats>,
+    pub ended: Option<NightStats>,
+}
+
+impl State {
+    /// Reads a saved state, keeping what can be read: returns it and what
+    /// could not be read (for one warning). The first format, a bare array
+    /// of open incidents, gives its incidents.
+    pub fn parse(bytes: &[u8]) -> (State, Vec<String>) {
+        use serde_json::Value;
+        let mut problems = Vec::new();
+        let mut state = State::default();
+        let value: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("not readable ({e})"));
+                return (state, problems);
+            }
+        };
+        fn each<T: serde::de::DeserializeOwned>(
+            v: Value,
+            what: &str,
+            problems: &mut Vec<String>,
+        ) -> Vec<T> {
+            let Value::Array(items) = v else {
+                problems.push(format!("{what}: not a list"));
+                return Vec::new();
+            };
+            let n = items.len();
+            let kept: Vec<T> = items
+                .into_iter()
+                .filter_map(|i| serde_json::from_value(i).ok())
+                .collect();
+            if kept.len() < n {
+                problems.push(format!("{what}: {} of {n} unreadable", n - kept.len()));
+            }
+            kept
+        }
+        match value {
+            Value::Array(_) => state.incidents = each(value, "incidents", &mut problems),
+            Value::Object(mut map) => {
+                let mut field = |name: &str| map.remove(name).filter(|v| !v.is_null());
+                macro_rules! take {
+                    ($name:ident) => {
+                        if let Some(v) = field(stringify!($name)) {
+                            match serde_json::from_value(v) {
+                                Ok(x) => state.$name = x,
+                                Err(e) => problems.push(format!("{}: {e}", stringify!($name))),
+                            }
+                        }
+                    };
+                }
+                take!(version);
+                take!(wall_ms);
+                take!(mono_ms);
+                if let Some(v) = field("incidents") {
+                    state.incidents = each(v, "incidents", &mut problems);
+                }
+                if let Some(v) = field("expect") {
+                    state.expect = each(v, "expect", &mut problems);
+                }
+                take!(expect_routes);
+                take!(session);
+                take!(silence);
+                take!(silence_from);
+                take!(card);
+                take!(ended);
+                if state.version > STATE_VERSION {
+                    problems.push(format!(
+                        "written by a newer version (format {})",
+                        state.version
+                    ));
+                }
+            }
+            _ => problems.push("not a saved state".into()),
+        }
+        (state, problems)
+    }
 }
 
 impl Watch {
@@ -309,8 +473,8 @@ impl Watch {
             context_clock: 0,
             ekos_route,
             ekos_path: None,
-            dirty: false,
-            saved_generation: 0,
+            soft: false,
+            saved_marks: None,
         }
     }
 
@@ -432,15 +596,85 @@ impl Watch {
         }
     }
 
-    pub fn restore(&mut self, saved: Vec<Incident>) {
-        self.incidents.restore(saved);
+    /// The state to save, at `now_ms` (monotonic) and `wall`.
+    pub fn snapshot(&self, now_ms: u64, wall: u64) -> State {
+        State {
+            version: STATE_VERSION,
+            wall_ms: wall,
+            mono_ms: now_ms,
+            incidents: self.incidents.saved(),
+            expect: self.expectations.saved(),
+            expect_routes: (self.expect_routes.iter().enumerate())
+                .filter_map(|(i, r)| Some((self.expectations.id(i)?, *r)))
+                .collect(),
+            session: self.session.clone(),
+            silence: self.silence.clone(),
+            silence_from: self.silence_from,
+            card: self.card.clone(),
+            ended: self.ended.clone(),
+        }
     }
 
-    /// Whether incidents opened or ended since the last call (counts
-    /// are saved with the next opening or ending, and at the end).
-    pub fn take_dirty(&mut self) -> bool {
-        let g = self.incidents.generation();
-        std::mem::replace(&mut self.saved_generation, g) != g || std::mem::take(&mut self.dirty)
+    /// Goes on from a saved state after a restart at `now_ms` (on the
+    /// night watch's clock, continued: see the module documentation) and
+    /// `wall`; call before [`Watch::start`].
+    pub fn resume(&mut self, state: State, now_ms: u64, wall: u64) {
+        self.incidents.restore(state.incidents);
+        self.expectations
+            .restore(state.expect, local(wall), local(wall + RESTART_GRACE_MS));
+        for (id, route) in state.expect_routes {
+            if let Some(i) = (0..self.expect_routes.len())
+                .find(|i| self.expectations.id(*i).as_deref() == Some(id.as_str()))
+            {
+                self.expect_routes[i] = route;
+            }
+        }
+        self.session = state.session;
+        self.silence = state.silence;
+        self.silence.restarted(now_ms);
+        self.silence_from = state.silence_from;
+        // A card of a night the configuration no longer wants is not
+        // resumed; its message stays as last edited.
+        self.card = state.card.filter(|_| self.settings.card);
+        self.ended = state.ended;
+        self.saved_marks = Some(self.marks());
+    }
+
+    fn marks(&self) -> Marks {
+        Marks {
+            incidents: self.incidents.generation(),
+            expect: self.expectations.generation(),
+            expect_routes: self.expect_routes.clone(),
+            card: self.card.as_ref().map(|n| {
+                (
+                    n.night,
+                    n.counts(&self.session).total_frames(),
+                    n.silences.len(),
+                )
+            }),
+            ended: self.ended.as_ref().map(|n| n.night),
+            silence: self.silence.reported().map(|r| r.since_ms),
+            work: self.session.work_in_progress(),
+            frames: self.session.counts().total_frames(),
+            exposing: self.session.exposure().is_some(),
+        }
+    }
+
+    /// How urgently the state should be saved.
+    pub fn dirty(&self) -> Dirty {
+        if self.saved_marks.as_ref() != Some(&self.marks()) {
+            Dirty::Hard
+        } else if self.soft {
+            Dirty::Soft
+        } else {
+            Dirty::Clean
+        }
+    }
+
+    /// The state was saved.
+    pub fn mark_saved(&mut self) {
+        self.saved_marks = Some(self.marks());
+        self.soft = false;
     }
 
     fn allowed(&self) -> Option<Duration> {
@@ -486,7 +720,7 @@ impl Watch {
             let next_event = events.peek().map(|(at, _)| *at);
             let is_event = next_event == Some(i);
             if ekos {
-                self.session.observe(&crate::ekos::parse(line), arrived_ms);
+                self.soft |= self.session.observe(&crate::ekos::parse(line), arrived_ms);
                 if let Some(quiet) = self.silence.line(arrived_ms, line) {
                     let n = self.silence_ended(quiet, wall);
                     out.push(n);
@@ -504,6 +738,7 @@ impl Watch {
                 continue;
             }
             let (_, ev) = events.next().expect("peeked");
+            self.soft = true;
             self.push_context(&seen.path, &ring_lines);
             ring_lines.clear();
             let context = (n > 0 && ev.severity >= Severity::Error)
@@ -734,6 +969,11 @@ pub struct NightWatch {
     stats: Arc<Stats>,
     lost: Arc<AtomicU64>,
     state_file: Option<PathBuf>,
+    /// Added to the clock's monotonic time: the saved clock's time plus
+    /// the downtime, so monotonic times continue across a restart.
+    mono_offset: u64,
+    /// When the state was last saved (monotonic ms), for [`SOFT_SAVE_MS`].
+    last_save_ms: Option<u64>,
 }
 
 /// The channel between the watcher and the night watch; the counter of
@@ -764,12 +1004,23 @@ impl NightWatch {
     ) -> NightWatch {
         let state_file = settings.state_file.clone();
         let mut watch = Watch::new(settings, ekos_route);
+        let mut mono_offset = 0;
         if let Some(path) = &state_file {
             if let Ok(bytes) = std::fs::read(path) {
-                match serde_json::from_slice::<Vec<Incident>>(&bytes) {
-                    Ok(saved) => watch.restore(saved),
-                    Err(e) => log::warn!("ignoring {}: {e}", path.display()),
+                let (state, problems) = State::parse(&bytes);
+                if !problems.is_empty() {
+                    log::warn!(
+                        "{}: {}; kept what could be read",
+                        path.display(),
+                        problems.join("; ")
+                    );
                 }
+                let wall = clock.wall_ms();
+                // The saved monotonic time plus the downtime (none if the
+                // wall clock went back).
+                let continued = state.mono_ms + wall.saturating_sub(state.wall_ms);
+                mono_offset = continued.saturating_sub(clock.now_ms());
+                watch.resume(state, clock.now_ms() + mono_offset, wall);
             }
         }
         NightWatch {
@@ -778,24 +1029,53 @@ impl NightWatch {
             stats,
             lost,
             state_file,
+            mono_offset,
+            last_save_ms: None,
         }
     }
 
-    fn save(&mut self) {
-        if !self.watch.take_dirty() {
-            return;
-        }
+    /// Monotonic milliseconds, continued across restarts.
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms() + self.mono_offset
+    }
+
+    /// When a pending change that can wait is to be saved.
+    fn save_at(&self) -> Option<u64> {
+        (self.state_file.is_some() && self.watch.dirty() == Dirty::Soft)
+            .then(|| self.last_save_ms.map_or(0, |t| t + SOFT_SAVE_MS))
+    }
+
+    /// Saves the state if it is due, or whatever changed if `force`.
+    fn save(&mut self, force: bool) {
         let Some(path) = &self.state_file else {
             return;
         };
-        let bytes = serde_json::to_vec(&self.watch.incidents().saved())
-            .expect("incidents always serialize");
-        if let Err(source) = crate::sender::notices::write_atomic(path, &bytes) {
-            let e = NightWatchError::Save {
-                path: path.display().to_string(),
-                source,
-            };
-            log::warn!("{e}; an open incident may be posted again after a restart");
+        let now = self.now_ms();
+        let due = match self.watch.dirty() {
+            Dirty::Clean => false,
+            Dirty::Hard => true,
+            Dirty::Soft => force || self.save_at().is_some_and(|t| t <= now),
+        };
+        if !due {
+            return;
+        }
+        let state = self.watch.snapshot(now, self.clock.wall_ms());
+        let bytes = serde_json::to_vec(&state).expect("the state always serializes");
+        self.last_save_ms = Some(now);
+        match crate::sender::notices::write_atomic(path, &bytes) {
+            Ok(()) => self.watch.mark_saved(),
+            Err(source) => {
+                let e = NightWatchError::Save {
+                    path: path.display().to_string(),
+                    source,
+                };
+                log::warn!(
+                    "{e}; after a restart an open incident or an alert may be posted again and the night card may count from where it was last saved"
+                );
+                // Not tried again before SOFT_SAVE_MS, whatever changes.
+                self.watch.mark_saved();
+                self.watch.soft = true;
+            }
         }
     }
 
@@ -819,7 +1099,7 @@ impl NightWatch {
                 break;
             }
         }
-        self.save();
+        self.save(false);
     }
 
     /// The actor loop: until the line channel closes (the watcher ended)
@@ -835,10 +1115,11 @@ impl NightWatch {
         let mut summary = String::new();
         self.watch.start(self.clock.wall_ms());
         loop {
-            let now = self.clock.now_ms();
+            let now = self.now_ms();
             let wall = self.clock.wall_ms();
             let (silence_at, incident_at) = self.watch.wake_at(wall);
-            let mut wait: Option<u64> = silence_at.map(|t| t.saturating_sub(now));
+            let mono_at = [silence_at, self.save_at()].into_iter().flatten().min();
+            let mut wait: Option<u64> = mono_at.map(|t| t.saturating_sub(now));
             if let Some(w) = incident_at.map(|t| t.saturating_sub(wall)) {
                 wait = Some(wait.map_or(w, |x| x.min(w)));
             }
@@ -850,14 +1131,13 @@ impl NightWatch {
                 recv(control) -> msg => match msg {
                     Ok(Control::Ping(n)) => self.stats.nightwatch_pong.store(n, Ordering::Relaxed),
                     Ok(Control::Shutdown) | Ok(Control::Abort) | Err(_) => {
-                        self.watch.dirty = true;
-                        self.save();
+                        self.save(true);
                         return;
                     }
                 },
                 recv(lines) -> seen => match seen {
                     Ok(seen) => {
-                        let arrived = self.clock.at_ms(seen.arrived);
+                        let arrived = self.clock.at_ms(seen.arrived) + self.mono_offset;
                         let wall = self.clock.wall_ms();
                         let out = self.watch.seen(&seen, arrived, wall);
                         self.emit(out, &notices);
@@ -873,12 +1153,10 @@ impl NightWatch {
             let lost = self.lost.load(Ordering::Relaxed);
             if lost != seen_lost {
                 seen_lost = lost;
-                let out = self
-                    .watch
-                    .lines_lost(self.clock.now_ms(), self.clock.wall_ms());
+                let out = self.watch.lines_lost(self.now_ms(), self.clock.wall_ms());
                 self.emit(out, &notices);
             }
-            let out = self.watch.tick(self.clock.now_ms(), self.clock.wall_ms());
+            let out = self.watch.tick(self.now_ms(), self.clock.wall_ms());
             self.emit(out, &notices);
             let s = self.watch.session().summary();
             if s != summary && self.watch.settings.ekos_source.is_some() {
@@ -1199,6 +1477,10 @@ mod tests {
                 .ends_with("(×2)")
         );
         // Simulated time: the window passes, the incident ends (Final).
+        // The night card, restored with the session, goes on too.
+        let card = b.notices.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(card.key.starts_with("night:"), "{}", card.key);
+        assert!(card.body.to_string().contains("M31"), "{}", card.body);
         clock.0.store(11 * MIN, Ordering::SeqCst);
         b.ctl.send(Control::Ping(1)).unwrap();
         let end = b.notices.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -1208,6 +1490,108 @@ mod tests {
         );
         b.ctl.send(Control::Abort).unwrap();
         b.thread.join().unwrap();
+    }
+
+    /// A clock whose monotonic and wall times the test sets apart (a new
+    /// process's monotonic clock starts again at zero).
+    #[derive(Clone, Default)]
+    struct SplitClock {
+        mono: Arc<AtomicU64>,
+        wall: Arc<AtomicU64>,
+    }
+
+    impl Clock for SplitClock {
+        fn now_ms(&self) -> u64 {
+            self.mono.load(Ordering::SeqCst)
+        }
+        fn at_ms(&self, _t: Instant) -> u64 {
+            self.now_ms()
+        }
+        fn wall_ms(&self) -> u64 {
+            self.wall.load(Ordering::SeqCst)
+        }
+    }
+
+    fn split_actor(s: Settings, clock: SplitClock) -> Actor {
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let (ctl, ctl_rx) = crossbeam_channel::bounded(8);
+        let (ntx, notices) = crossbeam_channel::bounded(64);
+        let stats = Arc::new(Stats::default());
+        let nw = NightWatch::new(s, 0, Box::new(clock), stats.clone(), Arc::default());
+        let thread = std::thread::spawn(move || nw.run(rx, ctl_rx, ntx));
+        Actor {
+            lines: tx,
+            ctl,
+            notices,
+            stats,
+            thread,
+        }
+    }
+
+    /// Waits until the actor answered ping `n` and finished the loop
+    /// round that followed (a second ping), so its notices are out.
+    fn settle(a: &Actor, n: u64) {
+        for p in [n, n + 1] {
+            a.ctl.send(Control::Ping(p)).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while a.stats.nightwatch_pong.load(Ordering::SeqCst) != p {
+                assert!(Instant::now() < deadline, "no pong {p}");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// The monotonic clock of a new process starts at zero; the night
+    /// watch's goes on from the saved value plus the downtime, so the
+    /// saved arrival times keep their meaning: the quiet is counted from
+    /// the restart, not from a saved time that now lies in the future.
+    #[test]
+    fn the_actors_monotonic_time_continues_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings();
+        s.state_file = Some(dir.path().join(FILE));
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let clock = SplitClock::default();
+        clock.mono.store(50 * MIN, Ordering::SeqCst);
+        clock.wall.store(w0, Ordering::SeqCst);
+        let a = split_actor(s.clone(), clock.clone());
+        a.lines.send(seen(0, &exposing(), vec![])).unwrap();
+        settle(&a, 1);
+        a.ctl.send(Control::Shutdown).unwrap();
+        a.thread.join().unwrap();
+        let saved = State::parse(&std::fs::read(dir.path().join(FILE)).unwrap()).0;
+        assert_eq!(saved.mono_ms, 50 * MIN);
+        assert!(saved.card.is_some() && saved.session.work_in_progress());
+
+        // A new process 10 min later: monotonic zero.
+        let clock = SplitClock::default();
+        clock.wall.store(w0 + 10 * MIN, Ordering::SeqCst);
+        let b = split_actor(s, clock.clone());
+        settle(&b, 1);
+        assert!(b.notices.try_recv().is_err(), "no silence for the downtime");
+        clock.mono.store(MIN, Ordering::SeqCst);
+        clock.wall.store(w0 + 11 * MIN, Ordering::SeqCst);
+        settle(&b, 3);
+        assert!(
+            b.notices.try_recv().is_err(),
+            "within silence_after of the restart"
+        );
+        clock.mono.store(3 * MIN, Ordering::SeqCst);
+        clock.wall.store(w0 + 13 * MIN, Ordering::SeqCst);
+        settle(&b, 5);
+        let n = b
+            .notices
+            .try_recv()
+            .expect("a silence counted from the restart");
+        assert_eq!(
+            n.body["embeds"][0]["title"],
+            "Ekos silent for 3 min during a 300 s exposure of M31"
+        );
+        b.ctl.send(Control::Abort).unwrap();
+        b.thread.join().unwrap();
+        let saved = State::parse(&std::fs::read(dir.path().join(FILE)).unwrap()).0;
+        assert!(saved.silence.reported().is_some(), "saved at the alarm");
+        assert_eq!(saved.mono_ms, 60 * MIN + 3 * MIN);
     }
 
     /// Wall-clock milliseconds at which the local clock shows `t` (the
@@ -1448,6 +1832,355 @@ mod tests {
             out.iter().all(|n| !n.key.starts_with("night:")),
             "{:?}",
             titles(&out)
+        );
+    }
+
+    /// A scripted step: an Ekos line or a line of the script log.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Ekos(String),
+        Script(String),
+    }
+
+    /// splitmix64: a seeded generator for the scripts.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn restart_settings() -> Settings {
+        let mut s = with_expect("21:30");
+        let second = expect::Spec {
+            name: Some("archive".into()),
+            file: "backup.log".into(),
+            pattern: "archived".into(),
+            by: "22:45".into(),
+            weekdays: None,
+        };
+        s.expect
+            .extend(expect::from_specs(&[second], Path::new("/etc")).unwrap());
+        s.expect_routes = vec![0, 0];
+        s.silence = Threshold::Auto;
+        s
+    }
+
+    /// The real night with random stops (silences), repeated warnings
+    /// (incidents), script lines (some deadlines met, some missed) and,
+    /// after its shutdown, work resumed in the same night; times in ms.
+    fn night_script(rng: &mut Rng) -> Vec<(u64, Step)> {
+        let mut out = Vec::new();
+        let mut extra = 0;
+        let resumed: Vec<&str> = NIGHT.lines().skip(1).take(30).collect();
+        let lines = NIGHT.lines().chain(resumed.iter().copied());
+        let mut prev = 0;
+        for (i, l) in lines.enumerate() {
+            let rec = crate::ekos::parse(l);
+            let t = rec.time.and_then(Local::parse_timestamp).unwrap();
+            let mut at = wall_of(t) + extra;
+            if i >= 68 {
+                // The resumed work: after 23:00, before noon.
+                at += 2 * 3_600_000;
+            }
+            at = at.max(prev);
+            if rng.below(8) == 0 {
+                extra += rng.below(30 * 60) * 1000;
+                at += extra;
+            }
+            if rng.below(6) == 0 {
+                let text = ["backup started", "backup completed", "backup archived"]
+                    [rng.below(3) as usize];
+                out.push((at, Step::Script(text.into())));
+                at += rng.below(3000);
+            }
+            out.push((at, Step::Ekos(l.to_string())));
+            if rng.below(5) == 0 {
+                for k in 0..rng.below(4) {
+                    out.push((
+                        at + k * 20_000,
+                        Step::Ekos(
+                            "[2024-03-09T22:30:03.813 CET INFO ][      org.kde.kstars.ekos.align] - \"Solver Failed.\""
+                                .into(),
+                        ),
+                    ));
+                }
+            }
+            prev = out.last().unwrap().0;
+        }
+        out.sort_by_key(|(t, _)| *t);
+        out
+    }
+
+    fn step_seen(step: &Step, rules: &crate::ekos::Rules) -> Seen {
+        match step {
+            Step::Script(l) => script(l),
+            Step::Ekos(l) => {
+                let events = match crate::format::classify_line(
+                    rules,
+                    &crate::ekos::Filter::default(),
+                    crate::format::EventMode::On,
+                    l,
+                ) {
+                    Some(Some(ev)) => vec![(0, ev)],
+                    _ => vec![],
+                };
+                Seen {
+                    events,
+                    ..seen(0, std::slice::from_ref(l), vec![])
+                }
+            }
+        }
+    }
+
+    /// Runs `script` through a watch, ticking where it asks, until `end`;
+    /// restarts it (state through JSON into a new watch) before step
+    /// `restart`. Returns the notices (without their attachments: the
+    /// context lines are not saved) and the final state.
+    fn run_script(
+        settings: &Settings,
+        script: &[(u64, Step)],
+        end: u64,
+        restart: Option<usize>,
+    ) -> (Vec<(usize, String, Policy, serde_json::Value)>, State) {
+        let rules = crate::ekos::Rules::with_user(&[]).unwrap();
+        let w0 = script[0].0 - 60_000;
+        let m0 = 1_000_000;
+        let mono = |wall: u64| m0 + (wall - w0);
+        let mut w = Watch::new(settings.clone(), 0);
+        w.start(w0);
+        let mut out = Vec::new();
+        let advance = |w: &mut Watch, wall: u64, out: &mut Vec<Notice>| loop {
+            let (s, x) = w.wake_at(wall - 1);
+            match [s, x.map(mono)].into_iter().flatten().min() {
+                Some(t) if t < mono(wall) => out.extend(w.tick(t, t - m0 + w0)),
+                _ => break,
+            }
+        };
+        for (i, (wall, step)) in script.iter().enumerate() {
+            advance(&mut w, *wall, &mut out);
+            if restart == Some(i) {
+                let json = serde_json::to_vec(&w.snapshot(mono(*wall), *wall)).unwrap();
+                let (state, problems) = State::parse(&json);
+                assert!(problems.is_empty(), "{problems:?}");
+                let mut again = Watch::new(settings.clone(), 0);
+                again.resume(state, mono(*wall), *wall);
+                again.start(*wall);
+                w = again;
+            }
+            out.extend(w.seen(&step_seen(step, &rules), mono(*wall), *wall));
+        }
+        advance(&mut w, end, &mut out);
+        let notices = out
+            .into_iter()
+            .map(|n| (n.route, n.key, n.policy, n.body))
+            .collect();
+        (notices, w.snapshot(mono(end), end))
+    }
+
+    /// Whether a restart at `wall` would fall just after an `[[expect]]`
+    /// deadline, before the tick that judges it: the restart then judges
+    /// it after its grace, later than an uninterrupted run.
+    fn just_after_a_deadline(s: &Settings, wall: u64) -> bool {
+        let t = local(wall);
+        s.expect.iter().any(|e| {
+            let d = t.secs as i64 - e.by.0 as i64;
+            (0..=2).contains(&d)
+        })
+    }
+
+    /// The oracle: a restart anywhere between two Ekos lines (state saved,
+    /// read back, a new watch) gives the same notices and the same final
+    /// state as the uninterrupted run.
+    #[test]
+    fn a_restart_at_a_random_point_changes_no_notice_and_no_count() {
+        let s = restart_settings();
+        let mut covered = (0, 0, 0, 0);
+        for seed in 0..24 {
+            let mut rng = Rng(seed);
+            let script = night_script(&mut rng);
+            let end = wall_of(Local::ymd_hms(2024, 3, 10, 13, 0, 0).unwrap());
+            let (want, want_state) = run_script(&s, &script, end, None);
+            let candidates: Vec<usize> = (1..script.len())
+                .filter(|i| matches!(script[*i].1, Step::Ekos(_)))
+                .filter(|i| !just_after_a_deadline(&s, script[*i].0))
+                .collect();
+            for _ in 0..3 {
+                let k = candidates[rng.below(candidates.len() as u64) as usize];
+                let (got, got_state) = run_script(&s, &script, end, Some(k));
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "seed {seed}, restart before step {k}: {:#?}",
+                    got.iter().zip(&want).find(|(a, b)| a != b)
+                );
+                for (a, b) in got.iter().zip(&want) {
+                    assert_eq!(a, b, "seed {seed}, restart before step {k}");
+                }
+                assert_eq!(
+                    got_state, want_state,
+                    "seed {seed}, restart before step {k}"
+                );
+            }
+            let keys: Vec<&str> = want.iter().map(|(_, k, _, _)| k.as_str()).collect();
+            covered.0 += keys.iter().any(|k| k.starts_with("expect:")) as u32;
+            covered.1 += keys.iter().any(|k| k.starts_with("silence/")) as u32;
+            covered.2 += keys.iter().any(|k| k.starts_with("incident/")) as u32;
+            covered.3 += (keys.iter().filter(|k| k.starts_with("night:")).count() > 20) as u32;
+        }
+        assert!(
+            covered.0 > 6 && covered.1 > 6 && covered.2 > 6 && covered.3 > 6,
+            "the scripts exercise every part: {covered:?}"
+        );
+    }
+
+    #[test]
+    fn the_state_file_keeps_what_it_can_read() {
+        let inc = Incident {
+            route: 0,
+            rule: "indi-driver-crashed".into(),
+            key: "incident/indi-driver-crashed/1".into(),
+            severity: Severity::Critical,
+            title: "INDI driver X crashed".into(),
+            file: "log.txt".into(),
+            last_line: "x".into(),
+            count: 2,
+            first_ms: 1,
+            last_ms: 2,
+        };
+        // The first format: a bare array of open incidents.
+        let old = serde_json::to_vec(&vec![inc.clone()]).unwrap();
+        let (st, problems) = State::parse(&old);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(st.incidents, vec![inc.clone()]);
+        assert_eq!(st.session, Session::new());
+        // Torn (a write cut short) or garbage: one problem, nothing kept.
+        for bad in [&b"{\"version\":2,\"incid"[..], b"\x00\x01", b"42"] {
+            let (st, problems) = State::parse(bad);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(st, State::default());
+        }
+        // One part unreadable (another version's card): the rest is kept.
+        let mut w = Watch::new(settings(), 0);
+        w.seen(
+            &seen(0, &exposing(), vec![]),
+            0,
+            wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap()),
+        );
+        let mut state = w.snapshot(5, 6);
+        state.incidents = vec![inc.clone()];
+        let mut v = serde_json::to_value(&state).unwrap();
+        v["card"] = serde_json::json!({"night": "soon"});
+        v["incidents"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"what": 1}));
+        v["future_key"] = serde_json::json!(true);
+        let (st, problems) = State::parse(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(st.card, None);
+        assert_eq!(st.incidents, vec![inc]);
+        assert_eq!((st.session.clone(), st.mono_ms), (state.session.clone(), 5));
+        assert!(st.session.work_in_progress());
+        v["card"] = serde_json::Value::Null;
+        v["version"] = 99.into();
+        let (_, problems) = State::parse(&serde_json::to_vec(&v).unwrap());
+        assert!(problems.iter().any(|p| p.contains("newer")), "{problems:?}");
+    }
+
+    fn capture_line(msg: &str) -> String {
+        line("org.kde.kstars.ekos.capture", &format!("\"{msg}\""))
+    }
+
+    fn field_of(n: &Notice, name: &str) -> String {
+        n.body["embeds"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["value"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Down 20 min in mid-exposure: no "Ekos silent" for the downtime, the
+    /// quiet counted from the restart, a line read back is activity, and
+    /// the card goes on with the same key and its numbers.
+    #[test]
+    fn a_restart_after_downtime_in_mid_exposure_is_no_silence_and_the_card_goes_on() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let mut s = settings();
+        s.silence = Threshold::Auto;
+        let mut w = Watch::new(s.clone(), 0);
+        w.start(w0);
+        w.seen(&seen(0, &exposing(), vec![]), 0, w0);
+        let out = w.seen(
+            &seen(0, &[capture_line("Received image 1 out of 5.")], vec![]),
+            5 * MIN,
+            w0 + 5 * MIN,
+        );
+        let key = out.last().unwrap().key.clone();
+        assert_eq!(field_of(out.last().unwrap(), "Tonight"), "1 frames, 5 min");
+        w.seen(
+            &seen(
+                0,
+                &[capture_line("Capturing 300.000-second Ha image...")],
+                vec![],
+            ),
+            5 * MIN + 1000,
+            w0 + 5 * MIN + 1000,
+        );
+        let state = w.snapshot(6 * MIN, w0 + 6 * MIN);
+        // Back 20 min later (the continued monotonic clock too).
+        let back = 26 * MIN;
+        let mut w = Watch::new(s, 0);
+        w.resume(
+            State::parse(&serde_json::to_vec(&state).unwrap()).0,
+            back,
+            w0 + back,
+        );
+        w.start(w0 + back);
+        assert!(
+            w.tick(back + 1000, w0 + back + 1000).is_empty(),
+            "the daemon was down, not Ekos"
+        );
+        let allowed = 7 * MIN; // 300 s + download + margin
+        assert_eq!(w.wake_at(w0 + back).0, Some(back + allowed + 1));
+        // A line read back at start is activity: no "writing again".
+        let out = w.seen(
+            &seen(0, &[capture_line("Received image 2 out of 5.")], vec![]),
+            back + 2000,
+            w0 + back + 2000,
+        );
+        assert_eq!(
+            titles(&out),
+            ["Night of 2024-03-09 — in progress"],
+            "only the card"
+        );
+        assert_eq!(out[0].key, key, "the same message");
+        assert_eq!(field_of(&out[0], "Tonight"), "2 frames, 10 min");
+        assert!(matches!(out[0].policy, Policy::Upsert { .. }));
+        // Then a real silence, counted from that line.
+        w.seen(
+            &seen(
+                0,
+                &[capture_line("Capturing 300.000-second Ha image...")],
+                vec![],
+            ),
+            back + 3000,
+            w0 + back + 3000,
+        );
+        let out = w.tick(back + 3000 + allowed + 1, w0 + back + 3000 + allowed + 1);
+        assert_eq!(
+            titles(&out),
+            ["Ekos silent for 7 min during a 300 s exposure of M31"]
         );
     }
 

@@ -27,7 +27,7 @@ pub enum Threshold {
 }
 
 /// A silence that was reported.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reported {
     /// Arrival time of the last line before it.
     pub since_ms: u64,
@@ -43,7 +43,10 @@ pub struct Alarm {
     pub last_line: String,
 }
 
-#[derive(Debug, Clone, Default)]
+/// Saved across restarts with the night watch's state (its times are the
+/// night watch's monotonic clock, continued across a restart).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Silence {
     last_ms: Option<u64>,
     last_line: String,
@@ -99,6 +102,16 @@ impl Silence {
         }
         let allowed = allowed?;
         Some(self.last_ms? + allowed.as_millis() as u64 + 1)
+    }
+
+    /// The daemon (re)started at `now_ms` with this saved state: it was
+    /// down, not Ekos, so the quiet is counted from the restart. A silence
+    /// already reported stays reported: the next line says it ended (once),
+    /// and no second alert is sent for it.
+    pub fn restarted(&mut self, now_ms: u64) {
+        if self.reported.is_none() && self.last_ms.is_some() {
+            self.last_ms = self.last_ms.map(|l| l.max(now_ms));
+        }
     }
 
     pub fn reported(&self) -> Option<&Reported> {
@@ -205,6 +218,33 @@ mod tests {
         assert_eq!(sil.check(600 * MIN, Some(Duration::from_secs(1))), None);
         exposing(&mut s, &mut sil, 0);
         assert_eq!(Silence::allowed(Threshold::Off, &s), None);
+    }
+
+    #[test]
+    fn a_restart_counts_the_quiet_from_the_restart_and_keeps_a_reported_silence() {
+        let (mut s, mut sil) = (Session::new(), Silence::default());
+        exposing(&mut s, &mut sil, 0);
+        let allowed = Silence::allowed(Threshold::Auto, &s);
+        // Down from 1 to 30 min: the restart is no silence of Ekos.
+        sil.restarted(30 * MIN);
+        assert_eq!(sil.check(30 * MIN + 1, allowed), None);
+        assert_eq!(sil.wake_at(allowed), Some(30 * MIN + 420_001));
+        assert!(
+            sil.check(38 * MIN, allowed).is_some(),
+            "quiet since the restart"
+        );
+        // Reported before the restart: not again, and its end is said once.
+        let mut again = sil.clone();
+        again.restarted(50 * MIN);
+        assert_eq!(again.check(90 * MIN, allowed), None);
+        assert_eq!(
+            again.line(91 * MIN, "x"),
+            Some(Duration::from_secs(61 * 60))
+        );
+        // Nothing seen yet: nothing to count from.
+        let mut fresh = Silence::default();
+        fresh.restarted(5 * MIN);
+        assert_eq!(fresh.check(600 * MIN, allowed), None);
     }
 
     #[test]
