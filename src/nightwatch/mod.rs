@@ -1703,4 +1703,39 @@ mod tests {
         ctl.send(Control::Shutdown).unwrap();
         h.join().unwrap();
     }
+
+    /// The Ekos log growing unread (its webhook behind) keeps the silence
+    /// alarm away like lines do; when it stops growing the alarm comes,
+    /// saying its last lines are unread; growth again is the log writing
+    /// again.
+    #[test]
+    fn growth_of_an_unread_ekos_log_is_activity_and_its_end_a_silence() {
+        let mut w = Watch::new(settings(), 0);
+        w.seen(&seen(0, &exposing(), vec![]), 0, 0);
+        for t in 1..=10 {
+            assert!(w.log_grew(t * MIN, 0).is_empty());
+            assert!(w.tick(t * MIN + MIN, 0).is_empty(), "minute {t}");
+        }
+        // 2 min allowed: it stopped growing at minute 10.
+        assert!(w.tick(12 * MIN, 0).is_empty());
+        let out = w.tick(12 * MIN + 1, 0);
+        assert_eq!(
+            titles(&out),
+            vec!["Ekos silent for 2 min during a 300 s exposure of M31".to_string()]
+        );
+        assert!(
+            out[0].body["embeds"][0]["description"]
+                .as_str()
+                .unwrap()
+                .contains("not read yet"),
+            "{}",
+            out[0].body
+        );
+        assert!(w.tick(20 * MIN, 0).is_empty(), "once");
+        let back = w.log_grew(21 * MIN, 0);
+        assert_eq!(
+            titles(&back),
+            vec!["Ekos is writing again after 11 min".to_string()]
+        );
+    }
 }
