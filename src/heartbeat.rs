@@ -24,10 +24,21 @@
 //! or a worker thread not answering for that long). Until then the daemon
 //! is "doubtful": it sends nothing, so a monitor with a grace period is not
 //! told anything either way. Rate limits are healthy: no `/fail` for them.
-//! While nothing is posted Discord is not contacted, so its reachability
-//! is judged by the last attempt. A failing heartbeat endpoint is logged
+//!
+//! Healthy needs proof: a route no answer has proved working since the
+//! pipeline started is doubtful, not healthy. While nothing is posted
+//! nothing proves Discord reachable, so when no answer proved a route
+//! within the last interval the heartbeat thread probes that webhook with
+//! `GET /api/webhooks/{id}/{token}` (Discord returns the webhook object and
+//! posts nothing): 2xx and 429 prove it; 401, 403 and 404 (a deleted
+//! webhook, a wrong token), 5xx and network errors start a failure, which
+//! after a whole interval is `/fail`. So a rig whose network or Discord is
+//! down from boot, with nothing to post, reports `/fail` rather than
+//! pinging "healthy" forever; an idle rig costs one GET per webhook per
+//! interval, a busy one none. A failing heartbeat endpoint is logged
 //! once per streak and never affects delivery: the heartbeat runs on its
-//! own thread with a short timeout.
+//! own thread with a short timeout. Neither the webhook token nor the
+//! heartbeat URL's path is ever logged.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +49,7 @@ use crossbeam_channel::Receiver;
 
 use crate::discord::Outcome;
 use crate::service::Stats;
+use crate::webhook::Webhook;
 
 /// Default `heartbeat_interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -143,6 +155,9 @@ pub struct Snapshot {
     pub stalled_since: Option<Instant>,
     /// Since when the longest-failing route has had no working answer.
     pub failing_since: Option<Instant>,
+    /// A route has had no answer at all yet, neither proof nor failure
+    /// (the heartbeat probes it before judging).
+    pub unproven: bool,
 }
 
 /// Whether the daemon is healthy at `now`; a failure counts once it has
@@ -167,10 +182,49 @@ pub fn health(s: &Snapshot, now: Instant, fail_after: Duration) -> Health {
         }
         return Health::Doubtful;
     }
-    if !s.workers_seen {
+    if !s.workers_seen || s.unproven {
         return Health::Doubtful;
     }
     Health::Healthy
+}
+
+/// The routes (of `routes`) to probe at `now`: those no answer proved
+/// working within the last `interval` (`proven`: route → last proof).
+pub fn due_probes(
+    proven: &BTreeMap<usize, Instant>,
+    routes: usize,
+    now: Instant,
+    interval: Duration,
+) -> Vec<usize> {
+    (0..routes)
+        .filter(|r| {
+            proven
+                .get(r)
+                .is_none_or(|t| now.saturating_duration_since(*t) >= interval)
+        })
+        .collect()
+}
+
+/// What a probe's answer (`GET` of the webhook: a status, or why there
+/// was none) says, as the outcome of a post would.
+pub fn probe_outcome(answer: Result<u16, String>) -> Outcome {
+    match answer {
+        Ok(status) if (200..300).contains(&status) => Outcome::Delivered(Default::default()),
+        // Rate limited is reachable, and healthy.
+        Ok(429) => Outcome::RateLimited {
+            wait: Duration::ZERO,
+            info: Default::default(),
+            cloudflare: false,
+        },
+        Ok(status @ (401 | 403 | 404)) => Outcome::Stop {
+            status,
+            why: format!("the webhook answered HTTP {status} to a probe"),
+        },
+        Ok(status) => Outcome::Retry {
+            why: format!("HTTP {status} to a probe"),
+        },
+        Err(why) => Outcome::Retry { why },
+    }
 }
 
 /// Whether an answer from Discord proves the route works. A rate limit, a
@@ -186,6 +240,8 @@ pub struct Signals {
     stalled_since: Mutex<Option<Instant>>,
     /// Route index → since when it has failed.
     failing: Mutex<BTreeMap<usize, Instant>>,
+    /// Route index → the last answer that proved it working.
+    proven: Mutex<BTreeMap<usize, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -198,6 +254,7 @@ impl Signals {
         let mut failing = lock(&self.failing);
         if proves_working(outcome) {
             failing.remove(&route);
+            lock(&self.proven).insert(route, now);
         } else {
             failing.entry(route).or_insert(now);
         }
@@ -220,14 +277,29 @@ impl Signals {
         self.workers_seen.store(false, Ordering::Relaxed);
         *lock(&self.stalled_since) = None;
         lock(&self.failing).clear();
+        lock(&self.proven).clear();
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_of(0)
+    }
+
+    /// The snapshot for a daemon with `routes` webhooks: one no answer
+    /// proved or failed yet makes it doubtful.
+    pub fn snapshot_of(&self, routes: usize) -> Snapshot {
+        let failing = lock(&self.failing);
+        let proven = lock(&self.proven);
         Snapshot {
             workers_seen: self.workers_seen.load(Ordering::Relaxed),
             stalled_since: *lock(&self.stalled_since),
-            failing_since: lock(&self.failing).values().min().copied(),
+            failing_since: failing.values().min().copied(),
+            unproven: (0..routes).any(|r| !proven.contains_key(&r) && !failing.contains_key(&r)),
         }
+    }
+
+    /// Route → its last proof of working.
+    pub fn proven(&self) -> BTreeMap<usize, Instant> {
+        lock(&self.proven).clone()
     }
 }
 
@@ -286,11 +358,38 @@ pub fn http_pinger() -> Pinger {
     })
 }
 
+/// Makes one GET of a webhook; `Ok` with the status of any answer, `Err`
+/// with why there was none (the caller redacts it).
+pub type Prober = Box<dyn FnMut(&str, Duration) -> Result<u16, String> + Send>;
+
+/// A GET with ureq, the status of any answer.
+pub fn http_prober() -> Prober {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .user_agent(concat!("ekos-log-monitor/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    Box::new(move |url, timeout| {
+        let resp = agent
+            .get(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .call()
+            .map_err(|e| e.to_string())?;
+        Ok(resp.status().as_u16())
+    })
+}
+
 /// The `heartbeat` thread's state.
 pub struct Heartbeat {
     settings: Settings,
     stats: Arc<Stats>,
     ping: Pinger,
+    /// Per route (index in the configuration), its webhook: probed when
+    /// nothing proved it within an interval.
+    webhooks: Vec<Webhook>,
+    probe: Prober,
 }
 
 impl Heartbeat {
@@ -299,6 +398,37 @@ impl Heartbeat {
             settings,
             stats,
             ping,
+            webhooks: Vec::new(),
+            probe: Box::new(|_, _| Err("no prober".into())),
+        }
+    }
+
+    /// The webhooks of the routes, probed with `probe` when nothing proved
+    /// them within an interval.
+    pub fn with_probes(mut self, webhooks: Vec<Webhook>, probe: Prober) -> Heartbeat {
+        self.webhooks = webhooks;
+        self.probe = probe;
+        self
+    }
+
+    /// Probes the routes no answer proved within the last interval and
+    /// records what Discord said, as the sender records its answers.
+    fn probe_due(&mut self, now: Instant, timeout: Duration) {
+        let signals = &self.stats.health;
+        let due = due_probes(
+            &signals.proven(),
+            self.webhooks.len(),
+            now,
+            self.settings.interval,
+        );
+        for r in due {
+            let w = &self.webhooks[r];
+            // The webhook itself, without `?thread_id=` or `?wait=`.
+            let url = w.url().split(['?', '#']).next().unwrap_or("");
+            let answer = (self.probe)(url, timeout).map_err(|why| w.redact(&why));
+            let outcome = probe_outcome(answer);
+            log::debug!("heartbeat: probe of webhook {}: {outcome:?}", w.id());
+            signals.record_outcome(r, &outcome, Instant::now());
         }
     }
 
@@ -317,8 +447,12 @@ impl Heartbeat {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
+            let snap = self.stats.health.snapshot_of(self.webhooks.len());
+            if snap.workers_seen {
+                self.probe_due(Instant::now(), timeout);
+            }
             let now = Instant::now();
-            let snap = self.stats.health.snapshot();
+            let snap = self.stats.health.snapshot_of(self.webhooks.len());
             let url = match health(&snap, now, interval) {
                 Health::Healthy => {
                     if said_failing {
@@ -528,5 +662,150 @@ mod tests {
         assert_eq!(s.result(&Ok(())).unwrap().0, log::Level::Info);
         assert_eq!(s.result(&Ok(())), None);
         assert!(s.result(&err()).is_some());
+    }
+
+    /// A route no answer proved yet keeps the daemon doubtful, however
+    /// alive its threads: healthy needs proof of Discord.
+    #[test]
+    fn a_route_never_proven_is_doubtful_not_healthy() {
+        let t0 = Instant::now();
+        let sig = Signals::default();
+        sig.record_workers(true, t0);
+        let h = |routes, t| health(&sig.snapshot_of(routes), t0 + t, 300 * S);
+        assert_eq!(h(1, 3600 * S), Health::Doubtful);
+        sig.record_outcome(0, &Outcome::Delivered(Default::default()), t0);
+        assert_eq!(h(1, 3600 * S), Health::Healthy);
+        // A second webhook nothing answered for yet.
+        assert_eq!(h(2, 3600 * S), Health::Doubtful);
+        // A reload starts over.
+        sig.restart();
+        sig.record_workers(true, t0);
+        assert_eq!(h(1, 10 * S), Health::Doubtful);
+    }
+
+    #[test]
+    fn routes_are_probed_when_nothing_proved_them_within_an_interval() {
+        let t0 = Instant::now();
+        let mut proven = BTreeMap::new();
+        assert_eq!(due_probes(&proven, 2, t0, 60 * S), vec![0, 1]);
+        proven.insert(0, t0);
+        assert_eq!(due_probes(&proven, 2, t0 + 59 * S, 60 * S), vec![1]);
+        assert_eq!(due_probes(&proven, 2, t0 + 60 * S, 60 * S), vec![0, 1]);
+        proven.insert(1, t0 + 30 * S);
+        assert_eq!(due_probes(&proven, 2, t0 + 60 * S, 60 * S), vec![0]);
+        assert!(due_probes(&proven, 0, t0 + 600 * S, 60 * S).is_empty());
+    }
+
+    /// What a probe's answer proves: 2xx and 429 a working webhook (rate
+    /// limited is healthy); 401/403/404 a refused webhook; 5xx, other
+    /// statuses and network errors an unreachable Discord.
+    #[test]
+    fn a_probe_answer_proves_the_webhook_only_when_discord_accepts_it() {
+        for status in [200, 204] {
+            assert!(matches!(probe_outcome(Ok(status)), Outcome::Delivered(_)));
+        }
+        assert!(matches!(
+            probe_outcome(Ok(429)),
+            Outcome::RateLimited { .. }
+        ));
+        assert!(proves_working(&probe_outcome(Ok(429))));
+        for status in [401, 403, 404] {
+            let o = probe_outcome(Ok(status));
+            assert!(matches!(o, Outcome::Stop { status: s, .. } if s == status));
+            assert!(!proves_working(&o));
+        }
+        for a in [
+            Ok(500),
+            Ok(502),
+            Ok(503),
+            Ok(400),
+            Err("connection refused".into()),
+        ] {
+            let o = probe_outcome(a);
+            assert!(matches!(o, Outcome::Retry { .. }), "{o:?}");
+            assert!(!proves_working(&o));
+        }
+    }
+
+    /// Discord unreachable from boot and nothing to post: the first probe
+    /// fails, the daemon is doubtful; the next, an interval later, makes it
+    /// a failure. A deleted webhook (404) alike. A rate-limited probe is
+    /// healthy.
+    #[test]
+    fn discord_down_from_boot_is_a_failure_after_one_interval_of_probes() {
+        let t0 = Instant::now();
+        for answer in [Err("connection refused".to_string()), Ok(404)] {
+            let sig = Signals::default();
+            sig.record_workers(true, t0);
+            sig.record_outcome(0, &probe_outcome(answer.clone()), t0);
+            let h = |t| health(&sig.snapshot_of(1), t0 + t, 60 * S);
+            assert_eq!(h(Duration::ZERO), Health::Doubtful, "{answer:?}");
+            sig.record_outcome(0, &probe_outcome(answer.clone()), t0 + 60 * S);
+            assert!(matches!(h(60 * S), Health::Failing(_)), "{answer:?}");
+            // Discord answers again: healthy at once.
+            sig.record_outcome(0, &probe_outcome(Ok(200)), t0 + 61 * S);
+            assert_eq!(h(61 * S), Health::Healthy);
+        }
+        let sig = Signals::default();
+        sig.record_workers(true, t0);
+        sig.record_outcome(0, &probe_outcome(Ok(429)), t0);
+        assert_eq!(
+            health(&sig.snapshot_of(1), t0 + 3600 * S, 60 * S),
+            Health::Healthy
+        );
+    }
+
+    /// The thread probes (the webhook URL without its query) only what is
+    /// due, never with the token in what it records, and turns a webhook
+    /// down from boot into `/fail` after an interval, without a healthy
+    /// ping before.
+    #[test]
+    fn the_thread_probes_unproven_webhooks_and_reports_their_failure() {
+        let stats = Arc::new(Stats::default());
+        stats.health.record_workers(true, Instant::now());
+        let probed = Arc::new(Mutex::new(Vec::new()));
+        let pinged = Arc::new(Mutex::new(Vec::new()));
+        let (p1, p2) = (probed.clone(), pinged.clone());
+        let hook = Webhook::parse(
+            "https://discord.com/api/webhooks/123/secret-token-abcdefghijklmnop?thread_id=9",
+        )
+        .unwrap();
+        let settings =
+            Settings::new("https://hc-ping.com/abc", Duration::from_millis(300)).unwrap();
+        let hb = Heartbeat::new(
+            settings,
+            stats.clone(),
+            Box::new(move |url, _| {
+                lock(&p2).push(url.to_string());
+                Ok(())
+            }),
+        )
+        .with_probes(
+            vec![hook],
+            Box::new(move |url, _| {
+                lock(&p1).push(url.to_string());
+                Err(format!("cannot reach {url}"))
+            }),
+        );
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let t = std::thread::spawn(move || hb.run(stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&pinged).is_empty() {
+            assert!(Instant::now() < deadline, "no ping at all");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(stop_tx);
+        t.join().unwrap();
+        assert_eq!(
+            *lock(&pinged),
+            vec!["https://hc-ping.com/abc/fail".to_string()]
+        );
+        let probed = lock(&probed).clone();
+        assert!(probed.len() >= 2, "{probed:?}");
+        assert!(
+            probed
+                .iter()
+                .all(|u| u == "https://discord.com/api/webhooks/123/secret-token-abcdefghijklmnop")
+        );
     }
 }

@@ -179,7 +179,8 @@ impl Pipeline {
         let heartbeat = match cfg.heartbeat.as_ref().filter(|_| !dry_run) {
             Some(hb) => {
                 let (stop_tx, stop_rx) = bounded(1);
-                let h = heartbeat::Heartbeat::new(hb.clone(), stats, heartbeat::http_pinger());
+                let h = heartbeat::Heartbeat::new(hb.clone(), stats, heartbeat::http_pinger())
+                    .with_probes(cfg.webhooks.clone(), heartbeat::http_prober());
                 let t = std::thread::Builder::new()
                     .name("heartbeat".into())
                     .spawn(move || h.run(stop_rx))?;

@@ -112,3 +112,76 @@ fn a_failing_monitor_is_logged_once_and_does_not_stop_delivery() {
     );
     assert!(!log.contains("secret-monitor-token"), "{log}");
 }
+
+/// Discord unreachable from boot (connection refused) and nothing to
+/// post: the probes fail, and after one interval the monitor hears
+/// `/fail`, never a healthy ping; neither the monitor's nor the webhook's
+/// token is logged. Once Discord answers the probes, pings come.
+#[test]
+fn discord_unreachable_from_boot_with_nothing_to_post_is_a_failure() {
+    let fake = FakeDiscord::start();
+    let monitor = PingServer::start();
+    let url = fake.webhook_url();
+    let token = url.rsplit('/').next().unwrap().to_string();
+    fake.set_mode(Mode::Refuse);
+    let mut env = Env::new(&url);
+    env.set("HEARTBEAT_URL", &monitor.url(PING))
+        .set("HEARTBEAT_INTERVAL", "1");
+    let file = env.logs().join("2026-11-22").join("log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    assert!(
+        wait_until(Duration::from_secs(15), || monitor.count(FAIL) >= 2),
+        "no /fail: {:?}\n{}",
+        monitor.gets(),
+        d.stderr()
+    );
+    assert_eq!(monitor.count(PING), 0, "{:?}", monitor.gets());
+    fake.set_mode(Mode::Normal);
+    assert!(
+        wait_until(Duration::from_secs(15), || monitor.count(PING) >= 1),
+        "no ping once Discord answers: {:?}\n{}",
+        monitor.gets(),
+        d.stderr()
+    );
+    assert!(fake.count_probes() >= 1);
+    assert!(fake.messages().is_empty(), "a probe posts nothing");
+    let (status, _, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("heartbeat: reporting a failure"), "{log}");
+    assert!(!log.contains("secret-monitor-token"), "{log}");
+    assert!(!log.contains(&token), "{log}");
+}
+
+/// A deleted webhook (404 Unknown Webhook) from boot is a failure too;
+/// a rate-limited one (429 to the probe) is healthy.
+#[test]
+fn a_deleted_webhook_fails_and_a_rate_limited_one_is_healthy() {
+    for (fault, healthy) in [
+        (support::fake_discord::Fault::not_found(), false),
+        (support::fake_discord::Fault::RateLimited(30.0), true),
+    ] {
+        let fake = FakeDiscord::start();
+        let monitor = PingServer::start();
+        let url = fake.webhook_url();
+        let id = url.rsplit('/').nth(1).unwrap().to_string();
+        fake.set_hook_fault(&id, Some(fault.clone()));
+        let mut env = Env::new(&url);
+        env.set("HEARTBEAT_URL", &monitor.url(PING))
+            .set("HEARTBEAT_INTERVAL", "1");
+        let file = env.logs().join("2026-11-22").join("log_21-00-00.txt");
+        append(&file, &[]);
+        let d = env.start(&[]);
+        let (want, other) = if healthy { (PING, FAIL) } else { (FAIL, PING) };
+        assert!(
+            wait_until(Duration::from_secs(15), || monitor.count(want) >= 2),
+            "{fault:?}: {:?}\n{}",
+            monitor.gets(),
+            d.stderr()
+        );
+        assert_eq!(monitor.count(other), 0, "{fault:?}: {:?}", monitor.gets());
+        assert!(fake.count_faulted() >= 1);
+        let (status, _, log) = d.stop();
+        assert!(status.success(), "{log}");
+    }
+}

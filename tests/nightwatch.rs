@@ -607,3 +607,128 @@ fn a_crash_in_mid_night_goes_on_with_the_same_card_its_counts_and_no_false_alert
         "the daemon was down, not Ekos"
     );
 }
+
+/// Discord is down (503 to every request): the Ekos log's webhook falls
+/// behind by more than the sender and the channels hold, so the watcher
+/// stops reading the log. The work in progress was seen by the night watch
+/// (its lines delivered before Discord went down).
+fn held_up_route() -> (
+    support::daemon::Daemon,
+    std::path::PathBuf,
+    FakeDiscord,
+    Env,
+) {
+    let fake = FakeDiscord::start_with(support::fake_discord::Options {
+        rate_limit: None,
+        ..Default::default()
+    });
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("SILENCE_AFTER", "2").set("MIN_LEVEL", "INFO");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    append(
+        &file,
+        &[
+            sched("Executing Job  \"M31\""),
+            capture("Capturing 1.000-second L image..."),
+            "work-started".to_string(),
+        ],
+    );
+    assert!(
+        fake.wait_for(LONG, |m| delivered(m).iter().any(|l| l == "work-started")),
+        "{}",
+        d.stderr()
+    );
+    fake.set_mode(Mode::Down);
+    // 3 MiB: more than the sender's route budget (1 MiB) and the channels.
+    let backlog: Vec<String> = (0..30_000)
+        .map(|i| format!("backlog-{i:06} {}", "z".repeat(90)))
+        .collect();
+    append(&file, &backlog);
+    (d, file, fake, env)
+}
+
+/// The Ekos log keeps being written while Discord is down and its webhook
+/// behind (the watcher holds its lines back): the night watch hears the
+/// log grow and raises no silence alarm, though no line reaches it for
+/// many times `silence_after`.
+#[test]
+fn a_discord_outage_is_no_silence_of_ekos() {
+    let (d, file, fake, _env) = held_up_route();
+    let trickle = tokens("trickle", 0..50);
+    // 12 s of writing, 6 × silence_after, while Discord is down.
+    for t in &trickle[..40] {
+        append(&file, std::slice::from_ref(t));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Discord is back; Ekos writes on until the backlog went, then parks
+    // (after which quiet is no silence).
+    fake.set_mode(Mode::Normal);
+    let mut more = trickle[40..].iter();
+    let delivered_all = wait_until(Duration::from_secs(90), || {
+        match more.next() {
+            Some(t) => append(&file, std::slice::from_ref(t)),
+            None => append(&file, &["still-writing".to_string()]),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // Caught up: lines come one message at a time again (the backlog
+        // may have gone as attachments).
+        delivered(&fake.messages())
+            .iter()
+            .any(|l| l == "still-writing")
+    });
+    assert!(
+        delivered_all,
+        "the backlog was not delivered: {}",
+        d.stderr()
+    );
+    append(&file, &[sched("Mount parked."), "parked-now".to_string()]);
+    assert!(fake.wait_for(LONG, |m| delivered(m).iter().any(|l| l == "parked-now")));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    assert!(
+        titled(&fake, "Ekos silent for").is_empty(),
+        "a false silence alarm: {:?}",
+        titled(&fake, "Ekos silent for")
+            .iter()
+            .map(|m| m.embeds[0].to_string())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The control: Discord is down and the webhook behind, and Ekos really
+/// stops writing: the alarm is raised (and posted once Discord is back),
+/// saying its last lines were not read yet.
+#[test]
+fn ekos_stopping_during_a_discord_outage_is_still_a_silence() {
+    let (d, file, fake, _env) = held_up_route();
+    for t in tokens("trickle", 0..10) {
+        append(&file, &[t]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Quiet for 3 × silence_after before Discord comes back: once the
+    // backlog is read, its lines would keep any later alarm away.
+    std::thread::sleep(Duration::from_secs(6));
+    fake.set_mode(Mode::Normal);
+    assert!(
+        wait_until(Duration::from_secs(60), || !titled(
+            &fake,
+            "Ekos silent for"
+        )
+        .is_empty()),
+        "no silence alert: {}",
+        d.stderr()
+    );
+    let alert = &titled(&fake, "Ekos silent for")[0];
+    assert!(
+        alert.embeds[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("not read yet"),
+        "{}",
+        alert.embeds[0]
+    );
+    assert_eq!(titled(&fake, "Ekos silent for").len(), 1);
+    drop(d);
+}

@@ -15,6 +15,12 @@
 //! classified twice), by `try_send`: when the night watch is behind (a
 //! large catch-up), the copy is dropped and counted rather than slowing the
 //! watcher, and a dropped copy counts as activity for the silence alarm.
+//! The channel is bounded in chunks ([`SEEN_CHANNEL`]) and in bytes of
+//! text ([`SEEN_BYTES`]), so a catch-up of long lines cannot queue 64
+//! chunks of 256 KiB. While a route is held up (Discord slow, rate-limited
+//! or down) the watcher does not read its files, but still tells the night
+//! watch when the Ekos log grows ([`Tap::grew`]): the log is not silent
+//! because its webhook is.
 //! The decisions are pure ([`Watch`], over [`silence`], [`incidents`],
 //! [`expect`] and [`card`]), fed with the times of an injectable [`Clock`],
 //! so they are tested in simulated time; [`NightWatch::run`] is the thin
@@ -62,7 +68,7 @@ pub mod silence;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, never};
@@ -84,6 +90,10 @@ use silence::{Silence, Threshold};
 /// Capacity of the watcher → night-watch channel, in chunks: room for a
 /// burst; beyond, copies are dropped (see [`Tap`]).
 pub const SEEN_CHANNEL: usize = 64;
+/// ... and in bytes of text in flight: 64 chunks of up to 256 KiB would be
+/// 16 MiB on a Raspberry Pi; a copy that would pass this is dropped (and
+/// counted) as when the channel is full.
+pub const SEEN_BYTES: usize = 4 * 1024 * 1024;
 /// Files whose last lines are kept for context attachments.
 const CONTEXT_FILES: usize = 64;
 /// Bytes kept per file for its context, and per line: a phone shows a
@@ -140,12 +150,28 @@ impl Seen {
     }
 }
 
+/// What the watcher's [`Tap`] and the night watch share besides the
+/// channel: counters only, so the watcher never waits for the night watch.
+#[derive(Debug, Default)]
+pub struct TapCounters {
+    /// Copies of Ekos chunks dropped because the night watch was behind.
+    pub lost: AtomicU64,
+    /// Times the Ekos log was seen to grow while its route was held up
+    /// and its lines were not read ([`Tap::grew`]).
+    pub grew: AtomicU64,
+    /// Bytes of text of the copies in the channel: added by the tap before
+    /// it sends, taken off by the night watch as it receives (and for the
+    /// copies left in the channel when it ends, see [`Drained`]).
+    pub bytes: AtomicUsize,
+}
+
 /// The watcher's end of the channel: never blocks.
 #[derive(Debug, Clone)]
 pub struct Tap {
     tx: Sender<Seen>,
-    /// Copies dropped because the night watch was behind.
-    lost: Arc<AtomicU64>,
+    counters: Arc<TapCounters>,
+    /// Most bytes of text in the channel ([`SEEN_BYTES`]).
+    budget: usize,
     /// Incidents are on: an event of warning and above pings from its
     /// incident, not from its line's embed.
     incidents: bool,
@@ -181,7 +207,22 @@ impl Tap {
             events,
         };
         let ekos = self.ekos_source == Some(chunk.source);
-        match self.tx.try_send(seen) {
+        let bytes = seen.text.len();
+        let before = self.counters.bytes.fetch_add(bytes, Ordering::SeqCst);
+        let sent = if before + bytes > self.budget {
+            // As if the channel were full: the night watch is that far
+            // behind.
+            Err(TrySendError::Full(()))
+        } else {
+            self.tx.try_send(seen).map_err(|e| match e {
+                TrySendError::Full(_) => TrySendError::Full(()),
+                TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
+            })
+        };
+        if sent.is_err() {
+            self.counters.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        }
+        match sent {
             Ok(()) if self.incidents => {
                 for ev in chunk.shown.iter_mut().flatten().flatten() {
                     if ev.severity >= Severity::Warning {
@@ -191,10 +232,50 @@ impl Tap {
             }
             Ok(()) => {}
             Err(TrySendError::Full(_)) if ekos => {
-                self.lost.fetch_add(1, Ordering::Relaxed);
+                self.counters.lost.fetch_add(1, Ordering::Relaxed);
             }
             // Full for another source, or the night watch is gone.
             Err(_) => {}
+        }
+    }
+
+    /// Whether the file's growth matters to the night watch (the Ekos
+    /// log's): the watcher spares the `fstat` for other files.
+    pub fn wants_growth(&self, source: usize) -> bool {
+        self.ekos_source == Some(source)
+    }
+
+    /// The watcher saw a file of `source` grow that it cannot read now (its
+    /// route is held up): for the silence alarm the Ekos log is writing.
+    /// One atomic increment: no copy, no allocation.
+    pub fn grew(&self, source: usize) {
+        if self.wants_growth(source) {
+            self.counters.grew.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The night watch's end of the channel: whatever is left in it when the
+/// night watch ends (a stop, a panic) is taken out and its bytes given
+/// back, so the count never stays up.
+struct Drained {
+    rx: Receiver<Seen>,
+    counters: Arc<TapCounters>,
+}
+
+impl Drained {
+    /// A copy was received: its bytes are no longer in flight.
+    fn took(&self, seen: &Seen) {
+        self.counters
+            .bytes
+            .fetch_sub(seen.text.len(), Ordering::SeqCst);
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        while let Ok(seen) = self.rx.try_recv() {
+            self.took(&seen);
         }
     }
 }
@@ -587,10 +668,21 @@ impl Watch {
     /// Copies of Ekos chunks were dropped while the watch was behind: the
     /// log was not silent.
     pub fn lines_lost(&mut self, now_ms: u64, wall: u64) -> Vec<Notice> {
-        match self
-            .silence
-            .line(now_ms, "(lines not seen: the night watch was behind)")
-        {
+        self.unseen(now_ms, wall, "(lines not seen: the night watch was behind)")
+    }
+
+    /// The Ekos log grew while its route was held up (its lines are read
+    /// once the webhook takes them): it was not silent.
+    pub fn log_grew(&mut self, now_ms: u64, wall: u64) -> Vec<Notice> {
+        self.unseen(
+            now_ms,
+            wall,
+            "(lines not read yet: their webhook is behind)",
+        )
+    }
+
+    fn unseen(&mut self, now_ms: u64, wall: u64, why: &str) -> Vec<Notice> {
+        match self.silence.line(now_ms, why) {
             Some(quiet) => vec![self.silence_ended(quiet, wall)],
             None => vec![],
         }
@@ -967,7 +1059,7 @@ pub struct NightWatch {
     watch: Watch,
     clock: Box<dyn Clock>,
     stats: Arc<Stats>,
-    lost: Arc<AtomicU64>,
+    counters: Arc<TapCounters>,
     state_file: Option<PathBuf>,
     /// Added to the clock's monotonic time: the saved clock's time plus
     /// the downtime, so monotonic times continue across a restart.
@@ -976,20 +1068,29 @@ pub struct NightWatch {
     last_save_ms: Option<u64>,
 }
 
-/// The channel between the watcher and the night watch; the counter of
-/// Ekos chunks dropped goes to [`NightWatch::new`].
-pub fn channel(settings: &Settings) -> (Tap, Receiver<Seen>, Arc<AtomicU64>) {
-    let (tx, rx) = crossbeam_channel::bounded(SEEN_CHANNEL);
-    let lost = Arc::new(AtomicU64::new(0));
+/// The channel between the watcher and the night watch; the counters go
+/// to [`NightWatch::new`].
+pub fn channel(settings: &Settings) -> (Tap, Receiver<Seen>, Arc<TapCounters>) {
+    channel_with(settings, SEEN_CHANNEL, SEEN_BYTES)
+}
+
+fn channel_with(
+    settings: &Settings,
+    chunks: usize,
+    bytes: usize,
+) -> (Tap, Receiver<Seen>, Arc<TapCounters>) {
+    let (tx, rx) = crossbeam_channel::bounded(chunks);
+    let counters = Arc::new(TapCounters::default());
     (
         Tap {
             tx,
-            lost: lost.clone(),
+            counters: counters.clone(),
+            budget: bytes,
             incidents: !settings.incident_window.is_zero(),
             ekos_source: settings.ekos_source,
         },
         rx,
-        lost,
+        counters,
     )
 }
 
@@ -1000,7 +1101,7 @@ impl NightWatch {
         ekos_route: usize,
         clock: Box<dyn Clock>,
         stats: Arc<Stats>,
-        lost: Arc<AtomicU64>,
+        counters: Arc<TapCounters>,
     ) -> NightWatch {
         let state_file = settings.state_file.clone();
         let mut watch = Watch::new(settings, ekos_route);
@@ -1027,7 +1128,7 @@ impl NightWatch {
             watch,
             clock,
             stats,
-            lost,
+            counters,
             state_file,
             mono_offset,
             last_save_ms: None,
@@ -1110,8 +1211,11 @@ impl NightWatch {
         control: Receiver<Control>,
         notices: Sender<Notice>,
     ) {
-        let mut lines = lines;
-        let mut seen_lost = 0;
+        let mut lines = Drained {
+            rx: lines,
+            counters: self.counters.clone(),
+        };
+        let (mut seen_lost, mut seen_grew) = (0, 0);
         let mut summary = String::new();
         self.watch.start(self.clock.wall_ms());
         loop {
@@ -1135,25 +1239,35 @@ impl NightWatch {
                         return;
                     }
                 },
-                recv(lines) -> seen => match seen {
+                recv(lines.rx) -> seen => match seen {
                     Ok(seen) => {
+                        lines.took(&seen);
                         let arrived = self.clock.at_ms(seen.arrived) + self.mono_offset;
                         let wall = self.clock.wall_ms();
                         let out = self.watch.seen(&seen, arrived, wall);
                         self.emit(out, &notices);
                     }
                     Err(_) => {
-                        lines = never();
+                        lines.rx = never();
                     }
                 },
                 recv(timer) -> _ => {}
             }
             // Copies dropped while the watch was behind were lines: the
             // Ekos log was not silent.
-            let lost = self.lost.load(Ordering::Relaxed);
+            let lost = self.counters.lost.load(Ordering::Relaxed);
             if lost != seen_lost {
                 seen_lost = lost;
                 let out = self.watch.lines_lost(self.now_ms(), self.clock.wall_ms());
+                self.emit(out, &notices);
+            }
+            // The Ekos log grew while its webhook held its lines back: the
+            // watcher looks at its size on each change, so a log that
+            // really stopped stops this too (see `Tap::grew`).
+            let grew = self.counters.grew.load(Ordering::Relaxed);
+            if grew != seen_grew {
+                seen_grew = grew;
+                let out = self.watch.log_grew(self.now_ms(), self.clock.wall_ms());
                 self.emit(out, &notices);
             }
             let out = self.watch.tick(self.now_ms(), self.clock.wall_ms());
@@ -1251,7 +1365,8 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(cap);
         let tap = Tap {
             tx,
-            lost: Arc::new(AtomicU64::new(0)),
+            counters: Arc::default(),
+            budget: SEEN_BYTES,
             incidents,
             ekos_source: Some(0),
         };
@@ -1303,7 +1418,7 @@ mod tests {
         let mut c = pinging_chunk();
         t.offer(&mut c, Path::new("/x"));
         assert_eq!(line_mention(&c), Some(Mention::Role(42)));
-        assert_eq!(t.lost.load(Ordering::Relaxed), 1);
+        assert_eq!(t.counters.lost.load(Ordering::Relaxed), 1);
 
         // The night watch is gone.
         drop(rx);
@@ -2192,5 +2307,166 @@ mod tests {
         let s = replay_summary(&p).unwrap();
         assert!(s.contains("M31") && s.contains("Ha 300 s"), "{s}");
         assert_eq!(replay_summary(&dir.path().join("none")), None);
+    }
+
+    /// A chunk of `source` whose copy carries `bytes` bytes of text.
+    fn chunk_of(source: usize, bytes: usize) -> Chunk {
+        let text = "x".repeat(bytes.saturating_sub(1));
+        Chunk {
+            file: crate::checkpoint::FileId(1),
+            source,
+            route: 0,
+            label: None,
+            start: 0,
+            lines: vec![crate::tail::Line {
+                end: bytes as u64,
+                text,
+            }],
+            shown: vec![None],
+        }
+    }
+
+    /// Seeded random offers and receives against a model of the channel:
+    /// a copy goes in exactly when both the chunk count and the byte count
+    /// leave room; one that does not is counted lost when it is the Ekos
+    /// log's (as for a full channel); the byte count is always what the
+    /// channel holds, and is 0 once the receiver has drained it.
+    #[test]
+    fn the_tap_bounds_the_channel_in_bytes_and_never_leaks_them() {
+        for seed in 1..=40u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let (chunks, budget) = (1 + next(8) as usize, 1 + next(5000) as usize);
+            let (tap, rx, counters) = channel_with(&settings(), chunks, budget);
+            let mut model: VecDeque<usize> = VecDeque::new();
+            let mut lost = 0;
+            for _ in 0..400 {
+                if next(3) == 0 {
+                    let got = rx.try_recv().ok();
+                    assert_eq!(got.as_ref().map(|s| s.text.len()), model.pop_front());
+                    // What the night watch does with each copy it takes.
+                    if let Some(s) = got {
+                        counters.bytes.fetch_sub(s.text.len(), Ordering::SeqCst);
+                    }
+                } else {
+                    let (source, bytes) = (next(2) as usize, 1 + next(2000) as usize);
+                    tap.offer(&mut chunk_of(source, bytes), Path::new("/x"));
+                    let held: usize = model.iter().sum();
+                    if model.len() < chunks && held + bytes <= budget {
+                        model.push_back(bytes);
+                    } else if source == 0 {
+                        lost += 1;
+                    }
+                }
+                let held: usize = model.iter().sum();
+                assert_eq!(counters.bytes.load(Ordering::SeqCst), held, "seed {seed}");
+                assert!(held <= budget);
+                assert_eq!(counters.lost.load(Ordering::SeqCst), lost, "seed {seed}");
+            }
+            // The night watch ends with copies still in the channel: its
+            // end of the channel gives their bytes back.
+            drop(Drained {
+                rx,
+                counters: counters.clone(),
+            });
+            assert_eq!(counters.bytes.load(Ordering::SeqCst), 0, "seed {seed}");
+            // Offers after it ended change nothing.
+            tap.offer(&mut chunk_of(0, 10), Path::new("/x"));
+            assert_eq!(counters.bytes.load(Ordering::SeqCst), 0, "seed {seed}");
+        }
+    }
+
+    /// The actor takes the bytes of every copy off as it receives it, and
+    /// gives back those of copies still queued when it is stopped; a copy
+    /// offered after it ended is refused without counting.
+    #[test]
+    fn the_night_watch_gives_back_the_bytes_it_received_or_left_behind() {
+        for stop in [Control::Shutdown, Control::Abort] {
+            let (tap, rx, counters) = channel_with(&settings(), 64, SEEN_BYTES);
+            for i in 0..40 {
+                tap.offer(&mut chunk_of(i % 2, 1000 + i), Path::new("/x"));
+            }
+            assert!(counters.bytes.load(Ordering::SeqCst) > 40_000);
+            let (ctl, ctl_rx) = crossbeam_channel::bounded(8);
+            let (ntx, _notices) = crossbeam_channel::bounded(1024);
+            let nw = NightWatch::new(
+                settings(),
+                0,
+                Box::new(FakeClock::default()),
+                Arc::new(Stats::default()),
+                counters.clone(),
+            );
+            // The stop is there before the first copy is looked at: some
+            // copies are received, the rest are left in the channel.
+            ctl.send(stop).unwrap();
+            std::thread::spawn(move || nw.run(rx, ctl_rx, ntx))
+                .join()
+                .unwrap();
+            assert_eq!(counters.bytes.load(Ordering::SeqCst), 0);
+            tap.offer(&mut chunk_of(0, 500), Path::new("/x"));
+            assert_eq!(counters.bytes.load(Ordering::SeqCst), 0);
+        }
+        // Drained by the actor while it runs.
+        let (tap, rx, counters) = channel_with(&settings(), 64, SEEN_BYTES);
+        let (ctl, ctl_rx) = crossbeam_channel::bounded(8);
+        let (ntx, _notices) = crossbeam_channel::bounded(1024);
+        let nw = NightWatch::new(
+            settings(),
+            0,
+            Box::new(FakeClock::default()),
+            Arc::new(Stats::default()),
+            counters.clone(),
+        );
+        let h = std::thread::spawn(move || nw.run(rx, ctl_rx, ntx));
+        for i in 0..200 {
+            tap.offer(&mut chunk_of(1, 100 + i), Path::new("/x"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counters.bytes.load(Ordering::SeqCst) != 0 {
+            assert!(Instant::now() < deadline, "the bytes never came back");
+            std::thread::yield_now();
+        }
+        ctl.send(Control::Shutdown).unwrap();
+        h.join().unwrap();
+    }
+
+    /// The Ekos log growing unread (its webhook behind) keeps the silence
+    /// alarm away like lines do; when it stops growing the alarm comes,
+    /// saying its last lines are unread; growth again is the log writing
+    /// again.
+    #[test]
+    fn growth_of_an_unread_ekos_log_is_activity_and_its_end_a_silence() {
+        let mut w = Watch::new(settings(), 0);
+        w.seen(&seen(0, &exposing(), vec![]), 0, 0);
+        for t in 1..=10 {
+            assert!(w.log_grew(t * MIN, 0).is_empty());
+            assert!(w.tick(t * MIN + MIN, 0).is_empty(), "minute {t}");
+        }
+        // 2 min allowed: it stopped growing at minute 10.
+        assert!(w.tick(12 * MIN, 0).is_empty());
+        let out = w.tick(12 * MIN + 1, 0);
+        assert_eq!(
+            titles(&out),
+            vec!["Ekos silent for 2 min during a 300 s exposure of M31".to_string()]
+        );
+        assert!(
+            out[0].body["embeds"][0]["description"]
+                .as_str()
+                .unwrap()
+                .contains("not read yet"),
+            "{}",
+            out[0].body
+        );
+        assert!(w.tick(20 * MIN, 0).is_empty(), "once");
+        let back = w.log_grew(21 * MIN, 0);
+        assert_eq!(
+            titles(&back),
+            vec!["Ekos is writing again after 11 min".to_string()]
+        );
     }
 }

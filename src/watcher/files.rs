@@ -32,6 +32,11 @@ pub struct Entry {
     /// made: read before the new content.
     /// (Boxed: rare, and as large as a tailer.)
     pub recovery: Option<Box<Recovery>>,
+    /// Bytes past the read position that were there when the file was last
+    /// looked at (read, opened, or found grown while its route was held
+    /// up): more than this is the file growing, which the night watch
+    /// hears of even while the lines cannot be read (see `Watcher::drain`).
+    pub unread_known: u64,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +66,7 @@ impl Files {
                 tailer,
                 retired: None,
                 recovery: None,
+                unread_known: 0,
             },
         );
         key

@@ -828,13 +828,18 @@ impl Watcher {
         };
         self.store.update(id, Some(path), Some(t.fingerprint()));
         self.store.note_read(id, t.mark());
+        let key = self.files.insert(t);
+        if let Some(e) = self.files.get_mut(key) {
+            // What is there already is not the file growing.
+            e.unread_known = meta.len().saturating_sub(start);
+        }
         log::info!(
             file = path.display().to_string().as_str();
             "following {} from offset {start} ({})",
             path.display(),
             d.why
         );
-        Some(self.files.insert(t))
+        Some(key)
     }
 
     /// Lets go of a file now.
@@ -910,7 +915,25 @@ impl Watcher {
                         if report.restarted {
                             let name = &self.cfg.sources[source].name;
                             renew(&self.store, name, e, report.previous);
+                            // Read from 0 again: the new content was
+                            // written since the last look.
+                            e.unread_known = 0;
                         }
+                    }
+                }
+                // The night watch measures silence by lines read; these
+                // are not read, but the Ekos log writing them is not
+                // silent. One fstat: the read position does not move while
+                // the route is held up, so more unread bytes than at the
+                // last look is the file growing. The same size (a
+                // metadata change, a rescan) says nothing, so a log that
+                // really stops during an outage still raises the alarm.
+                if let Some(tap) = self.tap.as_ref().filter(|t| t.wants_growth(source)) {
+                    if let Ok(unread) = e.tailer.pending() {
+                        if unread > e.unread_known {
+                            tap.grew(source);
+                        }
+                        e.unread_known = unread;
                     }
                 }
                 return Flow::Go;
@@ -935,6 +958,7 @@ impl Watcher {
                     if self.send(c) == Flow::Stop {
                         return Flow::Stop;
                     }
+                    self.note_unread(key, route, true);
                 }
                 continue;
             }
@@ -994,9 +1018,28 @@ impl Watcher {
                     return Flow::Stop;
                 }
             }
+            self.note_unread(key, route, report.more);
             if !report.more {
                 return Flow::Go;
             }
+        }
+    }
+
+    /// After a read of `key`: what is left unread is not growth. Read to
+    /// its end (`more` false), nothing is; read in part and its route just
+    /// filled up, the rest is (one fstat, once per hold-up).
+    fn note_unread(&mut self, key: Key, route: usize, more: bool) {
+        let held = self.pending.get(route).is_some_and(Option::is_some);
+        if more && !held {
+            // Read on at once.
+            return;
+        }
+        if let Some(e) = self.files.get_mut(key) {
+            e.unread_known = if more {
+                e.tailer.pending().unwrap_or(0)
+            } else {
+                0
+            };
         }
     }
 
@@ -1685,5 +1728,139 @@ mod tests {
         let t0 = Instant::now();
         h.join().unwrap().unwrap();
         assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+
+    /// Route A (the Ekos log's) is held up: its file is not read, but each
+    /// look at it that finds it grown tells the night watch, once per
+    /// growth; a look that finds the same size (an event for a metadata
+    /// change, a rescan, the rest of a large read left for later) says
+    /// nothing, so a log that really stops still goes silent. Files of
+    /// other sources never count. Once the route has room, everything is
+    /// read, in order.
+    #[test]
+    fn a_held_up_route_still_tells_the_night_watch_its_ekos_log_grows() {
+        let d = tempfile::tempdir().unwrap();
+        let (cfg, ra, rb) = two_sources(d.path());
+        let (fa, fb) = (ra.join("a.log"), rb.join("b.log"));
+        std::fs::write(&fa, "").unwrap();
+        std::fs::write(&fb, "").unwrap();
+        let (route_a, route_b) = (cfg.sources[0].route, cfg.sources[1].route);
+        let store = Arc::new(Store::open(&cfg.state_dir, true).unwrap());
+        let (ready_tx, _ready_rx) = bounded(1);
+        let mut settings = crate::nightwatch::Settings::from_config(&cfg);
+        settings.ekos_source = Some(0);
+        let (tap, seen_rx, counters) = crate::nightwatch::channel(&settings);
+        let mut w =
+            Watcher::new(cfg.clone(), store, Arc::new(Stats::default()), ready_tx).with_tap(tap);
+        let (_ctl_tx, ctl_rx) = bounded(4);
+        let (txs, rxs): (Vec<_>, Vec<_>) = cfg.webhooks.iter().map(|_| bounded(1)).unzip();
+        w.attach(&ctl_rx, &txs);
+        let mut inotify = notify::recommended_watcher(|_| {}).unwrap();
+        for i in 0..2 {
+            assert_eq!(w.setup_source(i, &mut inotify, false), Flow::Go);
+        }
+        let grew = || counters.grew.load(Ordering::SeqCst);
+        let mut n = 0;
+        let mut lines = |k: usize| -> Vec<String> {
+            (0..k)
+                .map(|_| {
+                    n += 1;
+                    format!("line {n:06} {}", "y".repeat(60))
+                })
+                .collect()
+        };
+        let mut written = Vec::new();
+        let write = |p: &Path, v: Vec<String>, w_: &mut Vec<String>| {
+            append(p, &v);
+            w_.extend(v);
+        };
+
+        // One chunk fills route A's channel, the next is its pending one.
+        write(&fa, lines(3), &mut written);
+        assert_eq!(w.on_path(&fa, false), Flow::Go);
+        write(&fa, lines(3), &mut written);
+        assert_eq!(w.on_path(&fa, false), Flow::Go);
+        assert!(w.pending[route_a].is_some());
+        assert_eq!(grew(), 0, "lines read are no growth news");
+        // Looks without growth: nothing.
+        assert_eq!(w.on_path(&fa, false), Flow::Go);
+        assert_eq!(w.rescan(&mut inotify, false), Flow::Go);
+        assert_eq!(grew(), 0);
+        // Ekos writes: each look that finds more says so, once.
+        for i in 1..=3 {
+            write(&fa, lines(2), &mut written);
+            assert_eq!(w.on_path(&fa, false), Flow::Go);
+            assert!(w.stalled[route_a]);
+            assert_eq!(grew(), i);
+            assert_eq!(w.on_path(&fa, false), Flow::Go);
+            assert_eq!(grew(), i, "the same size twice is one growth");
+        }
+        // A metadata change is an event, not growth.
+        let f = std::fs::File::open(&fa).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(w.on_path(&fa, false), Flow::Go);
+        assert_eq!(w.rescan(&mut inotify, false), Flow::Go);
+        assert_eq!(grew(), 3);
+        // A write no event reported is found by the rescan.
+        write(&fa, lines(1), &mut written);
+        assert_eq!(w.rescan(&mut inotify, false), Flow::Go);
+        assert_eq!(grew(), 4);
+        // Another source's file, its route held up too: not the Ekos log.
+        append(&fb, &["b1".into()]);
+        assert_eq!(w.on_path(&fb, false), Flow::Go);
+        append(&fb, &["b2".into()]);
+        assert_eq!(w.on_path(&fb, false), Flow::Go);
+        append(&fb, &["b3".into()]);
+        assert_eq!(w.on_path(&fb, false), Flow::Go);
+        assert!(w.pending[route_b].is_some());
+        assert_eq!(grew(), 4);
+
+        // Route A takes its chunks: everything comes, in order, and the
+        // night watch had a copy of each read.
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            while let Ok(c) = rxs[route_a].try_recv() {
+                got.push(c);
+            }
+            if let Some(c) = w.pending[route_a].take() {
+                txs[route_a].try_send(c).unwrap();
+                assert_eq!(w.resume_route(route_a), Flow::Go);
+            }
+            if texts(&got).len() == written.len() {
+                break;
+            }
+        }
+        assert_eq!(texts(&got), written);
+        let copied: usize = seen_rx
+            .try_iter()
+            .filter(|s| s.source == 0)
+            .map(|s| s.lines().count())
+            .sum();
+        assert_eq!(copied, written.len());
+        // Read to its end: a look finds nothing new.
+        assert_eq!(
+            w.files
+                .get(w.files.keys_where(|e| e.tailer.source == 0)[0])
+                .unwrap()
+                .unread_known,
+            0
+        );
+        assert_eq!(grew(), 4);
+
+        // A large write read in part when the route filled up: the rest
+        // was there before the hold-up, it is not growth.
+        let big = lines(2 * tail::READ_CHUNK / 70 + 100);
+        write(&fa, big, &mut written);
+        assert_eq!(w.on_path(&fa, false), Flow::Go);
+        assert!(w.pending[route_a].is_some());
+        let k = w.files.keys_where(|e| e.tailer.source == 0)[0];
+        assert!(w.files.get(k).unwrap().tailer.pending().unwrap() > 0);
+        assert_eq!(w.on_path(&fa, false), Flow::Go);
+        assert_eq!(w.rescan(&mut inotify, false), Flow::Go);
+        assert_eq!(grew(), 4);
+        write(&fa, lines(1), &mut written);
+        assert_eq!(w.on_path(&fa, false), Flow::Go);
+        assert_eq!(grew(), 5);
     }
 }

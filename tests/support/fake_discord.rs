@@ -189,6 +189,8 @@ struct State {
     standing: HashMap<String, Fault>,
     /// Requests answered with a scripted fault.
     faulted: usize,
+    /// `GET`s of a webhook answered (its object or a 429).
+    probes: usize,
     next_id: u64,
     /// Accepted edits, in order.
     edits: Vec<Received>,
@@ -330,6 +332,11 @@ impl FakeDiscord {
 
     pub fn count_429(&self) -> usize {
         lock(&self.shared.state).count_429
+    }
+
+    /// `GET`s of a webhook (the heartbeat's probes) answered 200 or 429.
+    pub fn count_probes(&self) -> usize {
+        lock(&self.shared.state).probes
     }
 
     pub fn count_rejected(&self) -> usize {
@@ -611,6 +618,9 @@ impl Shared {
             return self.reject(err(404, 0, "404: Not Found"));
         };
         let id = hook.id;
+        if req.method == "GET" && hook.message.is_none() {
+            return self.get_webhook(id, hook.token);
+        }
         if let Some(fault) = self.take_fault(id) {
             return self.answer_fault(id, fault);
         }
@@ -671,6 +681,38 @@ impl Shared {
             thread::sleep(d);
         }
         Some(answer.with_rate_headers(rl.as_ref()))
+    }
+
+    /// `GET /api/webhooks/{id}/{token}`: Discord's webhook object, posting
+    /// nothing (what the heartbeat probes reachability with). A standing
+    /// fault is the webhook's state (a deleted webhook is 404 here too);
+    /// queued faults are left for the posts they were meant for. Its rate
+    /// limit is its own bucket, as Discord counts per route.
+    fn get_webhook(&self, id: &str, token: &str) -> Option<Resp> {
+        let standing = lock(&self.state).standing.get(id).cloned();
+        if let Some(fault) = standing {
+            self.update(|st| st.faulted += 1);
+            return self.answer_fault(id, fault);
+        }
+        let mut st = lock(&self.state);
+        let rl = self.rate_check(&mut st, &format!("{id}/get"));
+        st.probes += 1;
+        self.changed.notify_all();
+        if let Some(rl) = rl.as_ref().filter(|rl| rl.limited) {
+            st.count_429 += 1;
+            let retry_after = ceil3(rl.reset_after);
+            let body = json!({"message": "You are being rate limited.",
+                "retry_after": retry_after, "global": false});
+            let mut resp = Resp::json(429, body).with_rate_headers(Some(rl));
+            let secs = (retry_after.ceil() as u64).max(1).to_string();
+            resp.headers
+                .extend([("Retry-After", secs), ("X-RateLimit-Scope", "user".into())]);
+            return Some(resp);
+        }
+        let body = json!({"type": 1, "id": id, "name": "ekos", "avatar": null,
+            "channel_id": CHANNEL_ID, "guild_id": "199737254929760256",
+            "application_id": null, "token": token});
+        Some(Resp::json(200, body).with_rate_headers(rl.as_ref()))
     }
 
     /// The scripted fault for this request of webhook `id`, if any.
