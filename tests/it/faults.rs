@@ -31,18 +31,16 @@
 //! every seed, and `FAULTS_TRACE=1` also each step with the streams'
 //! lengths and each accepted message with the lines it starts.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{Daemon, Env, append, wait_until};
+use crate::support::fake_discord::{Event, FakeDiscord, Fault, Mode, Options, Received};
+use crate::support::notify::NotifySocket;
 use serde_json::Value;
-use support::daemon::{Daemon, Env, append, wait_until};
-use support::fake_discord::{Event, FakeDiscord, Fault, Mode, Options, Received};
-use support::notify::NotifySocket;
 
 /// Two webhooks with Discord-shaped ids and 68-character tokens.
 const HOOK_A: &str = "111111111111111111";
@@ -1301,7 +1299,7 @@ fn random_fault_sequences_lose_nothing_and_never_wedge() {
                 }
             }
             failures.push(format!(
-                "seed {seed} (rerun: FAULTS_SEED={seed} FAULTS_STEPS={steps} cargo test --test faults; daemon logs in {}):\n- {}\n  actions:\n    {}",
+                "seed {seed} (rerun: FAULTS_SEED={seed} FAULTS_STEPS={steps} cargo test --test it faults::; daemon logs in {}):\n- {}\n  actions:\n    {}",
                 keep.display(),
                 run.violations.join("\n- "),
                 run.log.join("\n    ")

@@ -4,15 +4,13 @@
 //! carries a unique token; each test counts lost and duplicated tokens at
 //! the fake Discord.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::daemon::{Env, append, loss_and_dups, tokens};
-use support::fake_discord::{FakeDiscord, Mode, Options, delivered};
+use crate::support::daemon::{Env, append, loss_and_dups, tokens};
+use crate::support::fake_discord::{FakeDiscord, Mode, Options, delivered};
 
 fn fast_fake() -> FakeDiscord {
     FakeDiscord::start_with(Options {
@@ -286,7 +284,7 @@ fn script_event_tree_every_file_and_right_attribution() {
     // start_at = end: a line written before the daemon opened its file is
     // not new to it. Wait until all four are followed, not only the first.
     assert!(
-        support::daemon::wait_until(Duration::from_secs(10), || d
+        crate::support::daemon::wait_until(Duration::from_secs(10), || d
             .stderr()
             .matches("(start_at = end)")
             .count()
@@ -389,7 +387,7 @@ fn a_file_followed_from_its_end_keeps_its_place_across_a_crash() {
     let journal = env.dir.path().join("state/checkpoint.journal");
     let name = b"log_20-00-00.txt";
     assert!(
-        support::daemon::wait_until(Duration::from_secs(10), || {
+        crate::support::daemon::wait_until(Duration::from_secs(10), || {
             std::fs::read(&journal).is_ok_and(|b| b.windows(name.len()).any(|w| w == name))
         }),
         "no checkpoint record for the file: {}",

@@ -2,12 +2,10 @@
 //! coloured by severity, rule mentions ping exactly their target, filters
 //! drop what the user asked, and `--replay` shows every line exactly once.
 
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Env, append};
-use support::fake_discord::{FakeDiscord, code_block_lines};
+use crate::support::daemon::{Env, append};
+use crate::support::fake_discord::{FakeDiscord, code_block_lines};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ekos-corpus.txt");
 
@@ -315,13 +313,13 @@ fn a_burst_goes_as_one_attachment_and_nothing_is_lost() {
     let file = env.logs().join("2026-11-22/log_22-00-00.txt");
     append(&file, &[]);
     let _d = env.start(&[]);
-    let toks = support::daemon::tokens("burst", 0..3000);
+    let toks = crate::support::daemon::tokens("burst", 0..3000);
     let lines: Vec<String> = toks
         .iter()
         .map(|t| format!("{t} debug storm ``` {}", "y".repeat(60)))
         .collect();
     append(&file, &lines);
-    let all_in = |m: &[support::fake_discord::Received]| {
+    let all_in = |m: &[crate::support::fake_discord::Received]| {
         let mut text = String::new();
         for r in m {
             text.push_str(&r.content);
@@ -331,7 +329,7 @@ fn a_burst_goes_as_one_attachment_and_nothing_is_lost() {
                 text.push('\n');
             }
         }
-        support::daemon::loss_and_dups(&toks, &[text])
+        crate::support::daemon::loss_and_dups(&toks, &[text])
     };
     let ok = fake.wait_for(Duration::from_secs(20), |m| all_in(m).0.is_empty());
     let m = fake.messages();
@@ -416,7 +414,7 @@ fn a_10_mib_line_is_a_handful_of_uploads_and_the_next_line_follows() {
     let big = "x".repeat(10 * 1024 * 1024);
     let started = std::time::Instant::now();
     append(&file, &[big, "after-the-big-line".into()]);
-    let has_next = |m: &[support::fake_discord::Received]| {
+    let has_next = |m: &[crate::support::fake_discord::Received]| {
         m.iter().any(|r| {
             r.content.contains("after-the-big-line")
                 || r.attachments

@@ -3,13 +3,11 @@
 //! 429) is saved with the notice state when the workers are aborted, and
 //! arrives exactly once after Discord recovers.
 
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Env, append, tokens, wait_until};
-use support::ekos_lines::{capture, sched};
-use support::fake_discord::{FakeDiscord, Fault, Mode, Received};
+use crate::support::daemon::{Env, append, tokens, wait_until};
+use crate::support::ekos_lines::{capture, sched};
+use crate::support::fake_discord::{FakeDiscord, Fault, Mode, Received};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -51,7 +49,7 @@ fn a_waiting_silence_alert_survives_a_reload(
     );
     assert!(
         wait_until(LONG, || {
-            let got = support::fake_discord::delivered(&fake.messages());
+            let got = crate::support::fake_discord::delivered(&fake.messages());
             plain.iter().all(|p| got.contains(p))
         }),
         "lines not delivered: {}",

@@ -1,11 +1,9 @@
 //! `--replay FILE --night-card`: the real binary prints the summary card of
 //! a night assembled from real KStars lines, with the right numbers.
 
-mod support;
-
+use crate::support::daemon::Env;
+use crate::support::fake_discord::embed_field;
 use serde_json::Value;
-use support::daemon::Env;
-use support::fake_discord::embed_field;
 
 #[test]
 fn replay_prints_the_night_summary() {
@@ -70,9 +68,9 @@ fn night_card_needs_replay() {
 /// summary's frames and exposure per target and filter must be the same.
 #[test]
 fn a_whole_night_in_compressed_time_tells_each_thing_once_and_counts_right() {
+    use crate::support::daemon::{append, loss_and_dups, tokens, wait_until};
+    use crate::support::fake_discord::{FakeDiscord, Received, delivered};
     use std::time::Duration;
-    use support::daemon::{append, loss_and_dups, tokens, wait_until};
-    use support::fake_discord::{FakeDiscord, Received, delivered};
     const LONG: Duration = Duration::from_secs(30);
     let title = |m: &Received| {
         m.embeds

@@ -2,12 +2,10 @@
 //! following, batching and packing, rate limits, outages, mentions,
 //! secrecy of the token, configuration errors and --dry-run.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
-use support::fake_discord::{FakeDiscord, Mode, Options, code_block_lines, delivered};
+use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::fake_discord::{FakeDiscord, Mode, Options, code_block_lines, delivered};
 
 fn today_file(env: &Env) -> std::path::PathBuf {
     env.logs().join("2026-11-22").join("log_21-00-00.txt")

@@ -2,16 +2,14 @@
 //! threads and forum posts) against the fake Discord: what the lead's
 //! incidents and night card will rely on.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::fake_discord::{CHANNEL_ID, FakeDiscord, Fault, Options};
 use ekos_log_monitor::discord::{
     Client, NewFile, Outcome, Posted, Reply, Request, Sink, Snowflake, Thread, payload,
 };
 use ekos_log_monitor::webhook::Webhook;
 use serde_json::json;
-use support::fake_discord::{CHANNEL_ID, FakeDiscord, Fault, Options};
 
 const T: Duration = Duration::from_secs(10);
 

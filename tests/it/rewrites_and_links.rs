@@ -5,13 +5,11 @@
 //! daemon is stopped. Every line carries a unique token; each test counts
 //! what reaches the fake Discord.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::daemon::{Env, append, loss_and_dups, tokens};
-use support::fake_discord::{FakeDiscord, Options, delivered};
+use crate::support::daemon::{Env, append, loss_and_dups, tokens};
+use crate::support::fake_discord::{FakeDiscord, Options, delivered};
 
 fn fast_fake() -> FakeDiscord {
     FakeDiscord::start_with(Options {

@@ -4,13 +4,11 @@
 //! pinging once), the crash alert with its context attached, and no log
 //! line lost or repeated meanwhile.
 
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
-use support::ekos_lines::{capture, ekos, guide, sched};
-use support::fake_discord::{FakeDiscord, Mode, Received, delivered, embed_field};
+use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::ekos_lines::{capture, ekos, guide, sched};
+use crate::support::fake_discord::{FakeDiscord, Mode, Received, delivered, embed_field};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -613,12 +611,12 @@ fn a_crash_in_mid_night_goes_on_with_the_same_card_its_counts_and_no_false_alert
 /// stops reading the log. The work in progress was seen by the night watch
 /// (its lines delivered before Discord went down).
 fn held_up_route() -> (
-    support::daemon::Daemon,
+    crate::support::daemon::Daemon,
     std::path::PathBuf,
     FakeDiscord,
     Env,
 ) {
-    let fake = FakeDiscord::start_with(support::fake_discord::Options {
+    let fake = FakeDiscord::start_with(crate::support::fake_discord::Options {
         rate_limit: None,
         ..Default::default()
     });

@@ -5,13 +5,11 @@
 //! with `WatchdogSec=12s` starved the watchdog and the service was killed
 //! with SIGABRT.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::daemon::{Env, append};
-use support::fake_discord::FakeDiscord;
-use support::notify::NotifySocket;
+use crate::support::daemon::{Env, append};
+use crate::support::fake_discord::FakeDiscord;
+use crate::support::notify::NotifySocket;
 
 fn pings(notify: &NotifySocket) -> usize {
     notify

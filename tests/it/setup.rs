@@ -9,8 +9,7 @@
 //! the echo back. systemctl is printed, not run, under a test root; the
 //! booted-systemd run is packaging/system-test.d/setup.sh.
 
-#[path = "support/fake_discord.rs"]
-mod fake_discord;
+use crate::support::fake_discord;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -27,7 +26,7 @@ use fake_discord::{FakeDiscord, Fault};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ekos-log-monitor");
 const SVC_UID: u32 = 999;
-const SHIPPED: &str = include_str!("../packaging/config.toml");
+const SHIPPED: &str = include_str!("../../packaging/config.toml");
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A machine in a directory.

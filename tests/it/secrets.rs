@@ -2,13 +2,11 @@
 //! real binary's `check`, its log and its `STATUS=` line after a failed
 //! reload, for TOML syntax errors whose source line holds the URL.
 
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Env, append, wait_until};
-use support::fake_discord::{FakeDiscord, delivered};
-use support::notify::NotifySocket;
+use crate::support::daemon::{Env, append, wait_until};
+use crate::support::fake_discord::{FakeDiscord, delivered};
+use crate::support::notify::NotifySocket;
 
 /// A Discord-shaped token: 68 characters of `[A-Za-z0-9_-]`.
 const TOKEN: &str = "Zx9-Qw8_Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm-MnBvCxZ_LkJhGfDsAqWeRtYuIo1";

@@ -5,8 +5,7 @@
 //! system test (`cargo run --example unit_directives` on the container's
 //! files).
 
-#[path = "support/unit_directives.rs"]
-mod unit_directives;
+use crate::support::unit_directives;
 
 use std::path::{Path, PathBuf};
 use unit_directives::{OLDEST_SYSTEMD, Setting, check_setting, check_text, parse};

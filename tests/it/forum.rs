@@ -7,13 +7,11 @@
 //! `forum = true` stops its route and says why; so does `forum = true` on
 //! a text channel's webhook.
 
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
-use support::ekos_lines::{capture, sched};
-use support::fake_discord::{FakeDiscord, Received, delivered};
+use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::ekos_lines::{capture, sched};
+use crate::support::fake_discord::{FakeDiscord, Received, delivered};
 
 const LONG: Duration = Duration::from_secs(20);
 

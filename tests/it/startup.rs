@@ -5,12 +5,10 @@
 //! stop at once when asked during such a start-up, and finish the rotated
 //! files when let through.
 
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Env, append, loss_and_dups, tokens};
-use support::fake_discord::{FakeDiscord, Options, delivered};
+use crate::support::daemon::{Env, append, loss_and_dups, tokens};
+use crate::support::fake_discord::{FakeDiscord, Options, delivered};
 
 const FILES: usize = 3000;
 
@@ -33,9 +31,10 @@ fn sigterm_during_a_large_restart_is_honoured_at_once_and_rotations_are_finished
         append(&file(i), &[format!("old line of {i}")]);
     }
     let d = env.start(&[]);
-    assert!(support::daemon::wait_until(Duration::from_secs(30), || {
-        d.stderr().matches("following ").count() > FILES
-    }));
+    assert!(crate::support::daemon::wait_until(
+        Duration::from_secs(30),
+        || { d.stderr().matches("following ").count() > FILES }
+    ));
     let (status, _, _) = d.stop();
     assert!(status.success());
 

@@ -5,13 +5,11 @@
 //! arrived (in code blocks, embeds and attached files) and fails on a lost
 //! line, a wedge, a leaked token or a slow stop.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::daemon::{BIN, Env, append, loss_and_dups, tokens, wait_until};
-use support::fake_discord::{FakeDiscord, Fault, Options, Received};
+use crate::support::daemon::{BIN, Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::fake_discord::{FakeDiscord, Fault, Options, Received};
 
 fn fast_fake() -> FakeDiscord {
     FakeDiscord::start_with(Options {

@@ -1,13 +1,11 @@
 //! Self-tests of the fake Discord server (tests/support/fake_discord.rs),
 //! driven by a minimal std TcpStream HTTP client.
 
-mod support;
-
+use crate::support::fake_discord::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::fake_discord::*;
 
 const PATH: &str = "/api/webhooks/123456789012345678/fake-SECRET-token_abc";
 

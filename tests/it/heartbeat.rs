@@ -3,13 +3,11 @@
 //! logged once and never holds up delivery; the monitor's token is never
 //! logged.
 
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Env, append, wait_until};
-use support::fake_discord::{FakeDiscord, Mode, delivered};
-use support::pings::PingServer;
+use crate::support::daemon::{Env, append, wait_until};
+use crate::support::fake_discord::{FakeDiscord, Mode, delivered};
+use crate::support::pings::PingServer;
 
 const PING: &str = "/ping/0f1e2d3c-secret-monitor-token";
 const FAIL: &str = "/ping/0f1e2d3c-secret-monitor-token/fail";
@@ -158,8 +156,8 @@ fn discord_unreachable_from_boot_with_nothing_to_post_is_a_failure() {
 #[test]
 fn a_deleted_webhook_fails_and_a_rate_limited_one_is_healthy() {
     for (fault, healthy) in [
-        (support::fake_discord::Fault::not_found(), false),
-        (support::fake_discord::Fault::RateLimited(30.0), true),
+        (crate::support::fake_discord::Fault::not_found(), false),
+        (crate::support::fake_discord::Fault::RateLimited(30.0), true),
     ] {
         let fake = FakeDiscord::start();
         let monitor = PingServer::start();
