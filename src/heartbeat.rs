@@ -336,25 +336,10 @@ pub type Pinger = Box<dyn FnMut(&str, Duration) -> Result<(), String> + Send>;
 
 /// A GET with ureq; any 2xx is success.
 pub fn http_pinger() -> Pinger {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .user_agent(concat!("ekos-log-monitor/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-    Box::new(move |url, timeout| {
-        let resp = agent
-            .get(url)
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .call()
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("HTTP {status}"))
-        }
+    let mut get = http_prober();
+    Box::new(move |url, timeout| match get(url, timeout)? {
+        status if (200..300).contains(&status) => Ok(()),
+        status => Err(format!("HTTP {status}")),
     })
 }
 

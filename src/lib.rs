@@ -39,6 +39,8 @@ pub mod service;
 pub mod session;
 pub mod setup;
 pub mod tail;
+#[cfg(test)]
+mod testing;
 pub mod watcher;
 pub mod webhook;
 

@@ -1620,19 +1620,7 @@ mod tests {
         v
     }
 
-    /// A deterministic xorshift generator: the same seed, the same test.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::testing::Rng;
 
     fn check_invariants(s: &Session) {
         if s.mount() == MountState::Parked || s.shutdown() == ShutdownState::Complete {
@@ -1697,7 +1685,7 @@ mod tests {
             let mut s = Session::new();
             let mut t: u64 = rng.next() % 1_000_000;
             for _ in 0..200 {
-                let l = &lines[rng.below(lines.len())];
+                let l = &lines[rng.below(lines.len() as u64) as usize];
                 // Arrival times mostly move forward, sometimes jump back.
                 t = if rng.below(10) == 0 {
                     t.saturating_sub(rng.next() % 100_000)
@@ -1706,7 +1694,7 @@ mod tests {
                 };
                 // Sometimes a truncated or corrupted copy of a line.
                 let l = match rng.below(8) {
-                    0 => l[..rng.below(l.len() + 1)].to_string(),
+                    0 => l[..rng.below(l.len() as u64 + 1) as usize].to_string(),
                     1 => l.replace('e', "\u{fffd}"),
                     _ => l.clone(),
                 };

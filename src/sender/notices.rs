@@ -1063,21 +1063,7 @@ mod tests {
         assert_eq!(load(&path), State::default());
     }
 
-    /// A tiny xorshift, so the randomized tests are reproducible.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::testing::Rng;
 
     /// Discord's answer to a request, read as the client reads it, and
     /// what the route decides for a notice (the one place that says what
