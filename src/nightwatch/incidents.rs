@@ -136,6 +136,19 @@ impl Incidents {
     /// An event: resolves what it resolves, then opens or grows the
     /// incident of its rule (warning and above). `now` is wall-clock ms.
     pub fn event(&mut self, o: Occurrence, now: u64) -> Vec<Notice> {
+        self.event_after(o, now, 0, now)
+    }
+
+    /// An event that stands for `earlier` ones before it too, the first at
+    /// `first_ms` (a warning storm, see [`super::storms`], is recognised at
+    /// its third repeat: its incident opens with a count of three).
+    pub fn event_after(
+        &mut self,
+        o: Occurrence,
+        now: u64,
+        earlier: u64,
+        first_ms: u64,
+    ) -> Vec<Notice> {
         let mut out = self.tick(now);
         if !self.enabled() {
             return out;
@@ -153,7 +166,7 @@ impl Incidents {
         let k = (o.route, ev.rule.clone());
         match self.open.get_mut(&k) {
             Some(i) => {
-                i.count += 1;
+                i.count += 1 + earlier;
                 i.last_ms = now;
                 i.last_line = o.line.to_string();
                 i.file = o.file.to_string();
@@ -187,8 +200,8 @@ impl Incidents {
                     title: ev.title.clone(),
                     file: o.file.to_string(),
                     last_line: o.line.to_string(),
-                    count: 1,
-                    first_ms: now,
+                    count: 1 + earlier,
+                    first_ms: first_ms.min(now),
                     last_ms: now,
                 };
                 out.push(Notice {

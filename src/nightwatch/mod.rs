@@ -64,6 +64,7 @@ pub mod card;
 pub mod expect;
 pub mod incidents;
 pub mod silence;
+pub mod storms;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -337,6 +338,10 @@ pub struct Settings {
     pub night: NightSettings,
     /// `night_card`: off, no card is posted.
     pub card: bool,
+    /// Per source, when a storm of one warning becomes an incident
+    /// ([`storms`]: incidents on, `events` not off): the filter of the
+    /// lines it posts (a warning it drops is no storm either). Empty: none.
+    pub warning_storms: Vec<Option<crate::ekos::Filter>>,
 }
 
 impl Settings {
@@ -371,6 +376,13 @@ impl Settings {
                 .collect(),
             night: cfg.night,
             card: cfg.night_card,
+            warning_storms: (cfg.sources.iter())
+                .map(|s| {
+                    let on =
+                        !cfg.incident_window.is_zero() && s.events != crate::format::EventMode::Off;
+                    on.then(|| s.filter.clone())
+                })
+                .collect(),
         }
     }
 }
@@ -394,6 +406,7 @@ pub struct Watch {
     session: Session,
     silence: Silence,
     incidents: Incidents,
+    storms: storms::Storms,
     /// Per file: its last `context_lines` lines; the least recently
     /// written file is forgotten beyond [`CONTEXT_FILES`].
     context: HashMap<Arc<Path>, (u64, VecDeque<String>)>,
@@ -542,6 +555,7 @@ impl Watch {
     pub fn new(settings: Settings, ekos_route: usize) -> Watch {
         Watch {
             incidents: Incidents::new(settings.incident_window),
+            storms: storms::Storms::new(settings.incident_window),
             expectations: Expectations::new(settings.expect.clone()),
             expect_routes: settings.expect_routes.clone(),
             card: None,
@@ -827,6 +841,16 @@ impl Watch {
                 ring_lines.push(line);
             }
             if !is_event {
+                if let Some(st) = self.warning_storm(seen.source, line, wall) {
+                    let o = Occurrence {
+                        route: seen.route,
+                        event: &st.event,
+                        line,
+                        file: &file,
+                        context: None,
+                    };
+                    out.extend(self.incidents.event_after(o, wall, st.earlier, st.first_ms));
+                }
                 continue;
             }
             let (_, ev) = events.next().expect("peeked");
@@ -853,6 +877,17 @@ impl Watch {
             out.push(card::live_notice(self.ekos_route, &self.session, n, now));
         }
         out
+    }
+
+    /// A line of `source` that is not an event: a [`storms::Storm`] when
+    /// it is a warning the source posts, repeated into a storm.
+    fn warning_storm(&mut self, source: usize, line: &str, wall: u64) -> Option<storms::Storm> {
+        let filter = self.settings.warning_storms.get(source)?.as_ref()?;
+        let rec = crate::ekos::parse(line);
+        if rec.level < Some(crate::ekos::Level::Warn) || !filter.keep_with_event(&rec, None) {
+            return None;
+        }
+        self.storms.line(source, &rec, wall)
     }
 
     fn push_context(&mut self, path: &Arc<Path>, lines: &[&str]) {
@@ -1336,6 +1371,7 @@ mod tests {
             expect_routes: vec![],
             night: NightSettings::default(),
             card: true,
+            warning_storms: vec![],
         }
     }
 
