@@ -2505,4 +2505,86 @@ mod tests {
             vec!["Ekos is writing again after 11 min".to_string()]
         );
     }
+
+    /// A storm of one WARN line (a number changing inside) fed through
+    /// [`Watch::seen`]: no incident for the first two, one opened at the
+    /// third with a count of three and no ping, edited with each repeat,
+    /// ended after a window without repeats with the count of all; a line
+    /// the source's filter drops, or a source without warning storms,
+    /// makes none.
+    #[test]
+    fn a_storm_of_one_warning_is_one_incident_with_its_count() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let warn = |i: u64| {
+            format!(
+                "[2024-03-09T21:14:{:02}.000 CET WARN ][  org.kde.kstars.indi] - \"Timeout after {} s\"",
+                i % 60,
+                i + 3
+            )
+        };
+        let mut s = settings();
+        let errors_only = crate::ekos::Filter::new(&crate::ekos::FilterSpec {
+            min_level: Some("error".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        s.warning_storms = vec![
+            Some(crate::ekos::Filter::default()),
+            None,
+            Some(errors_only),
+        ];
+        let mut w = Watch::new(s, 0);
+        let mut keys = std::collections::BTreeSet::new();
+        let mut last = None;
+        for i in 0..20u64 {
+            // One chunk per line on source 0, two lines per chunk on 1 and 2.
+            let mut out = w.seen(&seen(0, &[warn(i)], vec![]), i * 1000, w0 + i * 1000);
+            for other in [1, 2] {
+                let lines = [warn(i), warn(i + 100)];
+                assert!(
+                    w.seen(&seen(other, &lines, vec![]), i * 1000, w0 + i * 1000)
+                        .is_empty()
+                );
+            }
+            if i < 2 {
+                assert!(out.is_empty(), "line {i}: {:?}", titles(&out));
+                continue;
+            }
+            assert_eq!(out.len(), 1, "line {i}");
+            let n = out.pop().unwrap();
+            let title = titles(std::slice::from_ref(&n))[0].clone();
+            assert_eq!(
+                title,
+                format!("Repeated warning: Timeout after # s (×{})", i + 1)
+            );
+            assert!(matches!(n.policy, Policy::Upsert { .. }));
+            assert_eq!(
+                n.body["content"],
+                serde_json::Value::Null,
+                "no ping: {}",
+                n.body
+            );
+            keys.insert(n.key.clone());
+            last = Some(n);
+        }
+        assert_eq!(keys.len(), 1, "one incident: {keys:?}");
+        assert!(last.unwrap().body.to_string().contains("20 times"));
+        assert_eq!(w.incidents().open_count(), 1);
+        // A window without repeats ends it, with its count.
+        let end = w0 + 19_000 + 600_001;
+        let out = w.tick(20 * MIN, end);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].policy, Policy::Final));
+        assert_eq!(titles(&out), ["Repeated warning: Timeout after # s (×20)"]);
+        // A new storm after it starts from one again.
+        for i in 0..2 {
+            assert!(
+                w.seen(&seen(0, &[warn(i)], vec![]), 0, end + i * 1000)
+                    .is_empty()
+            );
+        }
+        let out = w.seen(&seen(0, &[warn(7)], vec![]), 0, end + 2000);
+        assert_eq!(titles(&out), ["Repeated warning: Timeout after # s (×3)"]);
+        assert_ne!(out[0].key, *keys.first().unwrap());
+    }
 }
