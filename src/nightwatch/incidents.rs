@@ -484,4 +484,21 @@ mod tests {
             crate::limits::check(&n.body).unwrap();
         }
     }
+
+    /// An event standing for earlier ones (a warning storm) opens with
+    /// their count and the first one's time, and adds them to an incident
+    /// already open (one restored after a restart).
+    #[test]
+    fn an_event_after_earlier_ones_counts_them() {
+        let mut inc = Incidents::new(Duration::from_secs(600));
+        let e = ev("warning-storm:1", Severity::Warning);
+        let out = inc.event_after(occ(&e, "x"), T0 + 10 * S, 2, T0);
+        assert_eq!(title(&out[0]), "title of warning-storm:1 (×3)");
+        let i = inc.saved().remove(0);
+        assert_eq!((i.count, i.first_ms, i.last_ms), (3, T0, T0 + 10 * S));
+        inc.event(occ(&e, "x"), T0 + 11 * S);
+        let out = inc.event_after(occ(&e, "x"), T0 + 12 * S, 2, T0 + 5 * S);
+        assert_eq!(title(&out[0]), "title of warning-storm:1 (×7)");
+        assert_eq!(inc.saved()[0].first_ms, T0, "the incident's start stays");
+    }
 }

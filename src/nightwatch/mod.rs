@@ -884,7 +884,7 @@ impl Watch {
     fn warning_storm(&mut self, source: usize, line: &str, wall: u64) -> Option<storms::Storm> {
         let filter = self.settings.warning_storms.get(source)?.as_ref()?;
         let rec = crate::ekos::parse(line);
-        if rec.level < Some(crate::ekos::Level::Warn) || !filter.keep_with_event(&rec, None) {
+        if rec.level != Some(crate::ekos::Level::Warn) || !filter.keep_with_event(&rec, None) {
             return None;
         }
         self.storms.line(source, &rec, wall)

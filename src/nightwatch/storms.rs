@@ -6,7 +6,8 @@
 //! correct themselves. But a driver writing `[WARNING] Failed to read
 //! temperature` every second all night is not transient, and posted line
 //! by line it is a flood with no alert at all. [`Storms`] is fed the lines
-//! of warning level and above that are not events, per source; it
+//! that are not events, per source, and counts those of level warning
+//! (error and worse are events unless a rule said they are not); it
 //! normalises each message (the parsed record's message, so no timestamp
 //! or level prefix; the INDI tag and quotes taken out; every run of digits
 //! made `#`, so "timeout after 3 s" and "timeout after 4 s" are one
@@ -18,6 +19,11 @@
 //! count of all of them; every later repeat within the window is one more
 //! event of the same incident. A gap longer than the window starts the
 //! count again, as the incident ends after a window without repeats.
+//! The night watch feeds it only lines its source posts (a line a filter
+//! drops is no storm) of sources whose `events` are not off, and only while
+//! incidents are on. A `WARN` line matched by a rule of severity `none`
+//! looks like any other plain line here: to keep one warning's storms
+//! quiet, drop its lines with `exclude_regex`.
 //! Memory is bounded: at most [`MAX_TRACKED`] messages are tracked (the one
 //! seen least recently is forgotten) of at most [`MAX_MESSAGE`] bytes each.
 //! Pure: the caller passes the time (the wall-clock milliseconds its
@@ -86,10 +92,15 @@ impl Storms {
     }
 
     /// A line of `source` (parsed) that is not an event, seen at `now_ms`: a
-    /// [`Storm`] when it is a warning (or worse) repeated [`THRESHOLD`]
+    /// [`Storm`] when it is a warning repeated [`THRESHOLD`]
     /// times or more, each within the window of the previous one.
     pub fn line(&mut self, source: usize, rec: &Record, now_ms: u64) -> Option<Storm> {
-        let level = rec.level.filter(|l| *l >= Level::Warn)?;
+        // Error and above are events (`indi-error`, `critical`, `fatal`)
+        // unless a rule of severity `none` says otherwise: those are left
+        // alone.
+        if rec.level != Some(Level::Warn) {
+            return None;
+        }
         let message = normalise(rec.message);
         if message.is_empty() {
             return None;
@@ -124,24 +135,19 @@ impl Storms {
             _ => (0, now_ms),
         };
         Some(Storm {
-            event: event(&key.1, level),
+            event: event(&key.1),
             earlier,
             first_ms,
         })
     }
 }
 
-/// The synthetic event of a storm of `message` (normalised) at `level`.
-fn event(message: &str, level: Level) -> EventPart {
-    let (severity, what) = match level {
-        Level::Debug | Level::Info | Level::Warn => (Severity::Warning, "warning"),
-        Level::Error => (Severity::Error, "error"),
-        Level::Critical | Level::Fatal => (Severity::Critical, "critical message"),
-    };
+/// The synthetic event of a storm of `message` (normalised).
+fn event(message: &str) -> EventPart {
     let shown = crate::limits::cap(message, TITLE_MESSAGE);
     EventPart {
-        severity,
-        title: crate::limits::cap(&format!("Repeated {what}: {shown}"), crate::limits::TITLE)
+        severity: Severity::Warning,
+        title: crate::limits::cap(&format!("Repeated warning: {shown}"), crate::limits::TITLE)
             .into_owned(),
         footer: None,
         // Nobody asked to be woken for a warning.
@@ -291,7 +297,7 @@ mod tests {
         // Stable across runs: the rule is part of saved incident keys.
         assert_eq!(
             sa.event.rule,
-            event(&normalise("Timeout after 1 s, retry 2"), Level::Warn).rule
+            event(&normalise("Timeout after 1 s, retry 2")).rule
         );
         assert_eq!(normalise("  a   1234  b\t\t5 \"x\" "), "a # b # x");
     }
@@ -313,14 +319,23 @@ mod tests {
         assert_eq!(s.tracked(), 0);
     }
 
+    /// Error lines and worse are events unless a rule of severity `none`
+    /// made them not: a storm of them is left to the rules.
     #[test]
-    fn an_error_storm_keeps_its_level() {
+    fn lines_above_warning_are_left_to_their_rules() {
         let mut s = Storms::new(WINDOW);
-        let l = "[2024-03-09T21:14:06.000 CET CRIT ][ org.kde.kstars] - \"bad\"";
-        let got = feed(&mut s, 0, &vec![l.to_string(); 3], T0);
-        let e = got[2].clone().unwrap().event;
-        assert_eq!(e.severity, Severity::Critical);
-        assert_eq!(e.title, "Repeated critical message: bad");
+        for l in [
+            "[2024-03-09T21:14:06.000 CET CRIT ][ org.kde.kstars] - \"bad\"",
+            "ERROR\t1.0 sec\t: [ZWO CCD] Exposure failed",
+            "[2024-03-09T21:14:06.000 CET INFO ][ org.kde.kstars.indi] - ZWO CCD :  \"[ERROR] x\"",
+        ] {
+            assert!(
+                feed(&mut s, 0, &vec![l.to_string(); 5], T0)
+                    .iter()
+                    .all(Option::is_none)
+            );
+        }
+        assert_eq!(s.tracked(), 0);
     }
 
     #[test]
