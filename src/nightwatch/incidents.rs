@@ -136,6 +136,19 @@ impl Incidents {
     /// An event: resolves what it resolves, then opens or grows the
     /// incident of its rule (warning and above). `now` is wall-clock ms.
     pub fn event(&mut self, o: Occurrence, now: u64) -> Vec<Notice> {
+        self.event_after(o, now, 0, now)
+    }
+
+    /// An event that stands for `earlier` ones before it too, the first at
+    /// `first_ms` (a warning storm, see [`super::storms`], is recognised at
+    /// its third repeat: its incident opens with a count of three).
+    pub fn event_after(
+        &mut self,
+        o: Occurrence,
+        now: u64,
+        earlier: u64,
+        first_ms: u64,
+    ) -> Vec<Notice> {
         let mut out = self.tick(now);
         if !self.enabled() {
             return out;
@@ -153,7 +166,7 @@ impl Incidents {
         let k = (o.route, ev.rule.clone());
         match self.open.get_mut(&k) {
             Some(i) => {
-                i.count += 1;
+                i.count += 1 + earlier;
                 i.last_ms = now;
                 i.last_line = o.line.to_string();
                 i.file = o.file.to_string();
@@ -187,8 +200,8 @@ impl Incidents {
                     title: ev.title.clone(),
                     file: o.file.to_string(),
                     last_line: o.line.to_string(),
-                    count: 1,
-                    first_ms: now,
+                    count: 1 + earlier,
+                    first_ms: first_ms.min(now),
                     last_ms: now,
                 };
                 out.push(Notice {
@@ -470,5 +483,22 @@ mod tests {
         {
             crate::limits::check(&n.body).unwrap();
         }
+    }
+
+    /// An event standing for earlier ones (a warning storm) opens with
+    /// their count and the first one's time, and adds them to an incident
+    /// already open (one restored after a restart).
+    #[test]
+    fn an_event_after_earlier_ones_counts_them() {
+        let mut inc = Incidents::new(Duration::from_secs(600));
+        let e = ev("warning-storm:1", Severity::Warning);
+        let out = inc.event_after(occ(&e, "x"), T0 + 10 * S, 2, T0);
+        assert_eq!(title(&out[0]), "title of warning-storm:1 (×3)");
+        let i = inc.saved().remove(0);
+        assert_eq!((i.count, i.first_ms, i.last_ms), (3, T0, T0 + 10 * S));
+        inc.event(occ(&e, "x"), T0 + 11 * S);
+        let out = inc.event_after(occ(&e, "x"), T0 + 12 * S, 2, T0 + 5 * S);
+        assert_eq!(title(&out[0]), "title of warning-storm:1 (×7)");
+        assert_eq!(inc.saved()[0].first_ms, T0, "the incident's start stays");
     }
 }

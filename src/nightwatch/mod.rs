@@ -64,6 +64,7 @@ pub mod card;
 pub mod expect;
 pub mod incidents;
 pub mod silence;
+pub mod storms;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -337,6 +338,10 @@ pub struct Settings {
     pub night: NightSettings,
     /// `night_card`: off, no card is posted.
     pub card: bool,
+    /// Per source, when a storm of one warning becomes an incident
+    /// ([`storms`]: incidents on, `events` not off): the filter of the
+    /// lines it posts (a warning it drops is no storm either). Empty: none.
+    pub warning_storms: Vec<Option<crate::ekos::Filter>>,
 }
 
 impl Settings {
@@ -371,6 +376,13 @@ impl Settings {
                 .collect(),
             night: cfg.night,
             card: cfg.night_card,
+            warning_storms: (cfg.sources.iter())
+                .map(|s| {
+                    let on =
+                        !cfg.incident_window.is_zero() && s.events != crate::format::EventMode::Off;
+                    on.then(|| s.filter.clone())
+                })
+                .collect(),
         }
     }
 }
@@ -394,6 +406,7 @@ pub struct Watch {
     session: Session,
     silence: Silence,
     incidents: Incidents,
+    storms: storms::Storms,
     /// Per file: its last `context_lines` lines; the least recently
     /// written file is forgotten beyond [`CONTEXT_FILES`].
     context: HashMap<Arc<Path>, (u64, VecDeque<String>)>,
@@ -542,6 +555,7 @@ impl Watch {
     pub fn new(settings: Settings, ekos_route: usize) -> Watch {
         Watch {
             incidents: Incidents::new(settings.incident_window),
+            storms: storms::Storms::new(settings.incident_window),
             expectations: Expectations::new(settings.expect.clone()),
             expect_routes: settings.expect_routes.clone(),
             card: None,
@@ -827,6 +841,16 @@ impl Watch {
                 ring_lines.push(line);
             }
             if !is_event {
+                if let Some(st) = self.warning_storm(seen.source, line, wall) {
+                    let o = Occurrence {
+                        route: seen.route,
+                        event: &st.event,
+                        line,
+                        file: &file,
+                        context: None,
+                    };
+                    out.extend(self.incidents.event_after(o, wall, st.earlier, st.first_ms));
+                }
                 continue;
             }
             let (_, ev) = events.next().expect("peeked");
@@ -853,6 +877,17 @@ impl Watch {
             out.push(card::live_notice(self.ekos_route, &self.session, n, now));
         }
         out
+    }
+
+    /// A line of `source` that is not an event: a [`storms::Storm`] when
+    /// it is a warning the source posts, repeated into a storm.
+    fn warning_storm(&mut self, source: usize, line: &str, wall: u64) -> Option<storms::Storm> {
+        let filter = self.settings.warning_storms.get(source)?.as_ref()?;
+        let rec = crate::ekos::parse(line);
+        if rec.level != Some(crate::ekos::Level::Warn) || !filter.keep_with_event(&rec, None) {
+            return None;
+        }
+        self.storms.line(source, &rec, wall)
     }
 
     fn push_context(&mut self, path: &Arc<Path>, lines: &[&str]) {
@@ -1336,6 +1371,7 @@ mod tests {
             expect_routes: vec![],
             night: NightSettings::default(),
             card: true,
+            warning_storms: vec![],
         }
     }
 
@@ -2468,5 +2504,87 @@ mod tests {
             titles(&back),
             vec!["Ekos is writing again after 11 min".to_string()]
         );
+    }
+
+    /// A storm of one WARN line (a number changing inside) fed through
+    /// [`Watch::seen`]: no incident for the first two, one opened at the
+    /// third with a count of three and no ping, edited with each repeat,
+    /// ended after a window without repeats with the count of all; a line
+    /// the source's filter drops, or a source without warning storms,
+    /// makes none.
+    #[test]
+    fn a_storm_of_one_warning_is_one_incident_with_its_count() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let warn = |i: u64| {
+            format!(
+                "[2024-03-09T21:14:{:02}.000 CET WARN ][  org.kde.kstars.indi] - \"Timeout after {} s\"",
+                i % 60,
+                i + 3
+            )
+        };
+        let mut s = settings();
+        let errors_only = crate::ekos::Filter::new(&crate::ekos::FilterSpec {
+            min_level: Some("error".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        s.warning_storms = vec![
+            Some(crate::ekos::Filter::default()),
+            None,
+            Some(errors_only),
+        ];
+        let mut w = Watch::new(s, 0);
+        let mut keys = std::collections::BTreeSet::new();
+        let mut last = None;
+        for i in 0..20u64 {
+            // One chunk per line on source 0, two lines per chunk on 1 and 2.
+            let mut out = w.seen(&seen(0, &[warn(i)], vec![]), i * 1000, w0 + i * 1000);
+            for other in [1, 2] {
+                let lines = [warn(i), warn(i + 100)];
+                assert!(
+                    w.seen(&seen(other, &lines, vec![]), i * 1000, w0 + i * 1000)
+                        .is_empty()
+                );
+            }
+            if i < 2 {
+                assert!(out.is_empty(), "line {i}: {:?}", titles(&out));
+                continue;
+            }
+            assert_eq!(out.len(), 1, "line {i}");
+            let n = out.pop().unwrap();
+            let title = titles(std::slice::from_ref(&n))[0].clone();
+            assert_eq!(
+                title,
+                format!("Repeated warning: Timeout after # s (×{})", i + 1)
+            );
+            assert!(matches!(n.policy, Policy::Upsert { .. }));
+            assert_eq!(
+                n.body["content"],
+                serde_json::Value::Null,
+                "no ping: {}",
+                n.body
+            );
+            keys.insert(n.key.clone());
+            last = Some(n);
+        }
+        assert_eq!(keys.len(), 1, "one incident: {keys:?}");
+        assert!(last.unwrap().body.to_string().contains("20 times"));
+        assert_eq!(w.incidents().open_count(), 1);
+        // A window without repeats ends it, with its count.
+        let end = w0 + 19_000 + 600_001;
+        let out = w.tick(20 * MIN, end);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].policy, Policy::Final));
+        assert_eq!(titles(&out), ["Repeated warning: Timeout after # s (×20)"]);
+        // A new storm after it starts from one again.
+        for i in 0..2 {
+            assert!(
+                w.seen(&seen(0, &[warn(i)], vec![]), 0, end + i * 1000)
+                    .is_empty()
+            );
+        }
+        let out = w.seen(&seen(0, &[warn(7)], vec![]), 0, end + 2000);
+        assert_eq!(titles(&out), ["Repeated warning: Timeout after # s (×3)"]);
+        assert_ne!(out[0].key, *keys.first().unwrap());
     }
 }

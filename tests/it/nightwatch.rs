@@ -730,3 +730,94 @@ fn ekos_stopping_during_a_discord_outage_is_still_a_silence() {
     assert_eq!(titled(&fake, "Ekos silent for").len(), 1);
     drop(d);
 }
+
+/// A storm of one warning: 20 identical KStars WARN lines (a number
+/// changing inside) are one incident "Repeated warning: …", opened at the
+/// third with the two before counted, without a ping, ended (a short
+/// incident window) with the count of all 20; and every line is still
+/// posted as a line.
+#[test]
+fn a_storm_of_one_warning_is_one_incident_with_its_count() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO")
+        .set("INCIDENT_WINDOW", "3")
+        .set("BATCH_SIZE", "20")
+        .set("BATCH_TIMEOUT", "0.2");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let plain = tokens("warnstorm", 0..20);
+    let lines: Vec<String> = (plain.iter().enumerate())
+        .map(|(i, t)| {
+            format!(
+                "[2024-03-09T21:14:{:02}.000 CET WARN ][  org.kde.kstars.indi] - \"Timeout after {} s reading {t} temperature\"",
+                10 + i,
+                3 + i * 7
+            )
+        })
+        .collect();
+    let storm = |m: &Received| title(m).starts_with("Repeated warning:");
+    // Two: plain lines, no incident.
+    append(&file, &lines[..2]);
+    assert!(
+        wait_until(LONG, || loss_and_dups(
+            &plain[..2],
+            &delivered(&fake.messages())
+        )
+        .0
+        .is_empty()),
+        "{}",
+        d.stderr()
+    );
+    append(&file, &[plain[0].replace("warnstorm", "quiet")]);
+    assert!(wait_until(LONG, || {
+        delivered(&fake.messages()).contains(&plain[0].replace("warnstorm", "quiet"))
+    }));
+    assert!(!fake.messages().iter().any(storm), "two are no storm");
+    // Eighteen more: one incident, ended after the window with its count.
+    append(&file, &lines[2..]);
+    let want = "Repeated warning: Timeout after # s reading warnstorm-# temperature (×20)";
+    assert!(
+        fake.wait_for_edits(LONG, |e| e.iter().any(
+            |e| title(e) == want && e.embeds[0]["fields"].to_string().contains("20 times")
+        )),
+        "{:#?}\n{}",
+        fake.edits().iter().map(title).collect::<Vec<_>>(),
+        d.stderr()
+    );
+    let posts: Vec<Received> = fake
+        .messages()
+        .into_iter()
+        .filter(|m| !m.edit && storm(m))
+        .collect();
+    assert_eq!(posts.len(), 1, "one incident, not a storm of them");
+    assert_eq!(incidents(&fake, "Repeated warning:").len(), 1);
+    let first = title(&posts[0]);
+    let n: u64 = first
+        .rsplit_once("(×")
+        .and_then(|(_, n)| n.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no count in {first}"));
+    assert!((3..=20).contains(&n), "opened with the two before: {first}");
+    assert_eq!(posts[0].content, "", "a warning pings nobody");
+    let last = fake.message(&posts[0].message_id).unwrap();
+    assert_eq!(title(&last), want);
+    assert!(
+        last.embeds[0]["footer"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("no repeat since"),
+        "ended: {}",
+        last.embeds[0]
+    );
+    // Every line still went as a line.
+    assert!(wait_until(LONG, || loss_and_dups(
+        &plain,
+        &delivered(&fake.messages())
+    )
+    .0
+    .is_empty()));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    check_lines(&fake, &plain);
+}
