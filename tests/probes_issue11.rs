@@ -185,8 +185,7 @@ fn a_storm_of_one_indi_warning_is_one_incident() {
 }
 
 /// `Dithering failed.` ten times: one incident (warning), pinging at most
-/// once, its count edited in (the first edit goes at once: nothing was
-/// edited yet).
+/// once, its count edited in (within the 30 s edit interval).
 #[test]
 fn a_storm_of_dither_failures_is_one_incident_with_its_count() {
     let fake = FakeDiscord::start();
@@ -217,7 +216,7 @@ fn a_storm_of_dither_failures_is_one_incident_with_its_count() {
     );
     let id = all_incidents(&fake)[0].message_id.clone();
     assert!(
-        fake.wait_for_edits(LONG, |e| e
+        fake.wait_for_edits(Duration::from_secs(45), |e| e
             .iter()
             .any(|m| m.message_id == id && m.embeds[0].to_string().contains("10 times"))),
         "{:?}",
@@ -635,14 +634,16 @@ fn a_live_night_in_the_old_format_is_counted() {
         l("Scheduler", "\"Scheduler is stopping...\""),
     ]);
     append(&file, &lines);
-    let summary = |m: &Received| m.edit && title(m).ends_with("— summary");
+    // The card (posted, or edited, as the summary: a night that ends
+    // before its card went out is posted as its summary at once).
+    let summary = |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
     assert!(
-        fake.wait_for_edits(LONG, |e| e.iter().any(summary)),
+        fake.wait_for(LONG, |m| m.iter().any(summary)),
         "no summary: {:?}\n{}",
         titles(&fake),
         d.stderr()
     );
-    let last = fake.edits().into_iter().filter(summary).last().unwrap();
+    let last = fake.messages().into_iter().filter(summary).last().unwrap();
     assert_eq!(embed_field(&last.embeds[0], "M31"), "L: 3 × 2 s = 6 s");
     drop(d);
 }
@@ -750,7 +751,7 @@ fn expect_weekdays_decide_whether_today_is_judged() {
         alerts[0].embeds[0]["description"]
             .as_str()
             .unwrap()
-            .starts_with("rsync.log"),
+            .starts_with("today: no 'done' line by"),
         "{}",
         alerts[0].embeds[0]
     );
@@ -918,9 +919,49 @@ fn check_shows_the_night_watch_keys_and_the_session() {
     );
 }
 
-/// `STATUS=` carries the session: target, filter, exposure.
+/// `STATUS=` carries the session: target, filter, exposure. Ten targets
+/// in turn, each written as a job start and its first exposure (the
+/// lines are posted at the same moment the night watch updates the
+/// session): each must show up in `STATUS=` within 5 s.
 #[test]
 fn status_shows_the_session() {
+    use support::notify::NotifySocket;
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    let notify = NotifySocket::bind(env.dir.path());
+    env.set("NOTIFY_SOCKET", notify.path().to_str().unwrap());
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let mut missed = Vec::new();
+    for i in 0..10 {
+        let target = format!("NGC {}", 7000 + i);
+        append(
+            &file,
+            &[
+                sched(&format!("Executing Job  \"{target}\"")),
+                capture("Capturing 120.000-second OIII image..."),
+            ],
+        );
+        if !notify.wait_for(Duration::from_secs(5), |m| {
+            m.contains("STATUS=") && m.contains(&target) && m.contains("OIII")
+        }) {
+            missed.push(target);
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "STATUS= never showed {missed:?}: {:?}",
+        notify.messages().iter().rev().take(3).collect::<Vec<_>>()
+    );
+    drop(d);
+}
+
+/// The control for `status_shows_the_session`: the same lines, then
+/// (paced: a second later, past STATUS='s 200 ms rate limit) one more
+/// plain line posted; the status then carries the session.
+#[test]
+fn status_shows_the_session_once_another_line_is_posted() {
     use support::notify::NotifySocket;
     let fake = FakeDiscord::start();
     let mut env = Env::new(&fake.webhook_url());
@@ -936,6 +977,8 @@ fn status_shows_the_session() {
             capture("Capturing 120.000-second OIII image..."),
         ],
     );
+    std::thread::sleep(Duration::from_secs(1));
+    append(&file, &tokens("status", 0..1));
     assert!(
         notify.wait_for(LONG, |m| m.contains("STATUS=")
             && m.contains("NGC 7000")
@@ -943,5 +986,101 @@ fn status_shows_the_session() {
         "{:?}",
         notify.messages()
     );
+    drop(d);
+}
+
+/// A clean shutdown (`Shutdown complete.`) and then quiet: no silence
+/// alert, whatever SILENCE_AFTER; the card is the summary, ended by the
+/// shutdown.
+#[test]
+fn quiet_after_a_clean_shutdown_is_no_silence() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("SILENCE_AFTER", "1").set("MIN_LEVEL", "INFO");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    append(
+        &file,
+        &[
+            sched("\"Scheduler started.\""),
+            sched("Executing Job  \"M31\""),
+            sched("\"Job 'M31' capture is in progress...\""),
+            capture("Capturing 2.000-second L image..."),
+            capture("Received image 1 out of 1."),
+            sched("\"Job 'M31' is complete.\""),
+            sched("\"Starting shutdown process...\""),
+            sched("\"Parking mount in progress...\""),
+            sched("\"Mount parked.\""),
+            sched("\"Shutdown complete.\""),
+        ],
+    );
+    let summary =
+        |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
+    assert!(fake.wait_for(LONG, |m| m.iter().any(summary)), "{:?}", titles(&fake));
+    // Quiet for 4 × SILENCE_AFTER.
+    assert!(!wait_until(Duration::from_secs(4), || !titled(
+        &fake,
+        "Ekos silent for"
+    )
+    .is_empty()));
+    drop(d);
+}
+
+/// A capture sequence run by hand (no scheduler): work in progress, so a
+/// stop in mid-exposure alarms once; the mount parked by hand (INDI's
+/// `[INFO] Mount is parked.`) ends the night and the quiet after it is no
+/// silence.
+#[test]
+fn a_manual_sequence_alarms_on_a_stop_and_a_manual_park_ends_it() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("SILENCE_AFTER", "2").set("MIN_LEVEL", "INFO");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    append(
+        &file,
+        &[
+            capture("Capturing 1.000-second Ha image..."),
+            capture("Received image 1 out of 3."),
+            capture("Capturing 1.000-second Ha image..."),
+        ],
+    );
+    assert!(
+        wait_until(LONG, || !titled(&fake, "Ekos silent for").is_empty()),
+        "no alert: {:?}\n{}",
+        titles(&fake),
+        d.stderr()
+    );
+    append(
+        &file,
+        &[
+            capture("Received image 2 out of 3."),
+            capture("CCD capture aborted"),
+            ekos(
+                "org.kde.kstars.indi",
+                "EQMod Mount :  \"[INFO] Mount is parked. \"",
+            ),
+        ],
+    );
+    assert!(wait_until(LONG, || !titled(&fake, "Ekos is writing again")
+        .is_empty()));
+    let summary =
+        |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
+    assert!(
+        fake.wait_for(LONG, |m| m.iter().any(summary)),
+        "the park ends the night: {:?}",
+        titles(&fake)
+    );
+    assert!(!wait_until(Duration::from_secs(5), || titled(
+        &fake,
+        "Ekos silent for"
+    )
+    .len()
+        > 1));
+    let card = fake.messages().into_iter().filter(summary).last().unwrap();
+    let fields = card.embeds[0]["fields"].to_string();
+    assert!(fields.contains("Ha: 2 × 1 s = 2 s"), "{fields}");
     drop(d);
 }
