@@ -274,7 +274,13 @@ fn every_form_of_a_driver_ending_is_an_incident_with_its_context() {
     );
     let inc = all_incidents(&fake);
     for (i, f) in forms.iter().enumerate() {
-        let driver = ["indi_a_ccd", "indi_b_ccd", "indi_c_focus", "indi_d_wheel", "indi_e_mount"][i];
+        let driver = [
+            "indi_a_ccd",
+            "indi_b_ccd",
+            "indi_c_focus",
+            "indi_d_wheel",
+            "indi_e_mount",
+        ][i];
         let m = inc
             .iter()
             .find(|m| title(m).contains(driver))
@@ -376,8 +382,7 @@ fn a_crash_in_mid_silence_neither_repeats_the_alert_nor_loses_the_resumption() {
             capture("Capturing 300.000-second L image..."),
         ],
     );
-    assert!(wait_until(LONG, || !titled(&fake, "Ekos silent for")
-        .is_empty()));
+    assert!(wait_until(LONG, || !titled(&fake, "Ekos silent for").is_empty()));
     // The alert is out; give the state its save (an alert is saved at once).
     assert!(wait_until(LONG, || std::fs::read_to_string(
         state.join("nightwatch.json")
@@ -409,7 +414,12 @@ fn a_crash_in_mid_silence_neither_repeats_the_alert_nor_loses_the_resumption() {
     );
     let (status, _, err) = d.stop();
     assert!(status.success(), "{err}");
-    assert_eq!(titled(&fake, "Ekos silent for").len(), 1, "{:?}", titles(&fake));
+    assert_eq!(
+        titled(&fake, "Ekos silent for").len(),
+        1,
+        "{:?}",
+        titles(&fake)
+    );
     assert_eq!(titled(&fake, "Ekos is writing again").len(), 1);
 }
 
@@ -462,7 +472,12 @@ fn a_reload_in_mid_silence_and_mid_incident_repeats_nothing() {
         titles(&fake),
         d.stderr()
     );
-    assert_eq!(titled(&fake, "Ekos silent for").len(), 1, "{:?}", titles(&fake));
+    assert_eq!(
+        titled(&fake, "Ekos silent for").len(),
+        1,
+        "{:?}",
+        titles(&fake)
+    );
     assert_eq!(all_incidents(&fake).len(), 1, "{:?}", titles(&fake));
     assert_eq!(titled(&fake, "Ekos is writing again").len(), 1);
     drop(d);
@@ -554,7 +569,10 @@ fn replay_of_odd_files() {
     let (ok, cards, err) = replay(&env, &empty);
     assert!(ok && cards.is_empty(), "{err}");
     let none = env.dir.path().join("none.txt");
-    append(&none, &["hello".to_string(), capture("Received image 1 out of 3.")]);
+    append(
+        &none,
+        &["hello".to_string(), capture("Received image 1 out of 3.")],
+    );
     let (ok, cards, err) = replay(&env, &none);
     assert!(ok, "{err}");
     assert!(cards.len() <= 1, "{cards:?}");
@@ -636,14 +654,15 @@ fn a_live_night_in_the_old_format_is_counted() {
     append(&file, &lines);
     // The card (posted, or edited, as the summary: a night that ends
     // before its card went out is posted as its summary at once).
-    let summary = |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
+    let summary =
+        |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
     assert!(
         fake.wait_for(LONG, |m| m.iter().any(summary)),
         "no summary: {:?}\n{}",
         titles(&fake),
         d.stderr()
     );
-    let last = fake.messages().into_iter().filter(summary).last().unwrap();
+    let last = fake.messages().into_iter().rfind(summary).unwrap();
     assert_eq!(embed_field(&last.embeds[0], "M31"), "L: 3 × 2 s = 6 s");
     drop(d);
 }
@@ -688,7 +707,10 @@ fn invalid_expect_values_refuse_the_start_naming_key_and_value() {
     let (status, _, err) = env.run_to_end(&[]);
     assert!(!status.success());
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("pattern") && err.contains("(completed"), "{err}");
+    assert!(
+        err.contains("pattern") && err.contains("(completed"),
+        "{err}"
+    );
 }
 
 /// `HH:MM:SS` in UTC, `ahead` from now.
@@ -1017,7 +1039,11 @@ fn quiet_after_a_clean_shutdown_is_no_silence() {
     );
     let summary =
         |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
-    assert!(fake.wait_for(LONG, |m| m.iter().any(summary)), "{:?}", titles(&fake));
+    assert!(
+        fake.wait_for(LONG, |m| m.iter().any(summary)),
+        "{:?}",
+        titles(&fake)
+    );
     // Quiet for 4 × SILENCE_AFTER.
     assert!(!wait_until(Duration::from_secs(4), || !titled(
         &fake,
@@ -1064,8 +1090,7 @@ fn a_manual_sequence_alarms_on_a_stop_and_a_manual_park_ends_it() {
             ),
         ],
     );
-    assert!(wait_until(LONG, || !titled(&fake, "Ekos is writing again")
-        .is_empty()));
+    assert!(wait_until(LONG, || !titled(&fake, "Ekos is writing again").is_empty()));
     let summary =
         |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
     assert!(
@@ -1079,8 +1104,59 @@ fn a_manual_sequence_alarms_on_a_stop_and_a_manual_park_ends_it() {
     )
     .len()
         > 1));
-    let card = fake.messages().into_iter().filter(summary).last().unwrap();
+    let card = fake.messages().into_iter().rfind(summary).unwrap();
     let fields = card.embeds[0]["fields"].to_string();
     assert!(fields.contains("Ha: 2 × 1 s = 2 s"), "{fields}");
+    drop(d);
+}
+
+/// The same manual sequence and park without a silence before it: the
+/// park ends the night (the card becomes its summary at once).
+#[test]
+fn a_manual_park_ends_the_night_card() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    append(
+        &file,
+        &[
+            capture("Capturing 1.000-second Ha image..."),
+            capture("Received image 1 out of 3."),
+        ],
+    );
+    assert!(
+        wait_until(LONG, || fake
+            .messages()
+            .iter()
+            .any(|m| title(m).starts_with("Night of "))),
+        "no card: {:?}",
+        titles(&fake)
+    );
+    append(
+        &file,
+        &[
+            capture("Capturing 1.000-second Ha image..."),
+            capture("Received image 2 out of 3."),
+            capture("CCD capture aborted"),
+            ekos("org.kde.kstars.ekos.mount", "\"Mount parked.\""),
+            "after-the-park".to_string(),
+        ],
+    );
+    let summary =
+        |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
+    assert!(
+        fake.wait_for(LONG, |m| m.iter().any(summary)),
+        "the park ends the night: {:?}\n{:?}\n{}",
+        titles(&fake),
+        fake.messages()
+            .iter()
+            .filter(|m| title(m).starts_with("Night of "))
+            .map(|m| m.embeds[0]["description"].to_string())
+            .collect::<Vec<_>>(),
+        d.stderr()
+    );
     drop(d);
 }
