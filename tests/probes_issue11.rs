@@ -1040,7 +1040,7 @@ fn quiet_after_a_clean_shutdown_is_no_silence() {
     let summary =
         |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
     assert!(
-        fake.wait_for(LONG, |m| m.iter().any(summary)),
+        fake.wait_for(Duration::from_secs(60), |m| m.iter().any(summary)),
         "{:?}",
         titles(&fake)
     );
