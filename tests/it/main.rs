@@ -19,6 +19,7 @@ mod night_card;
 mod nightwatch;
 mod notice_reload;
 mod probes;
+mod probes_issue11;
 mod rewrites_and_links;
 mod secrets;
 mod setup;

@@ -718,12 +718,13 @@ fn ekos_stopping_during_a_discord_outage_is_still_a_silence() {
         "no silence alert: {}",
         d.stderr()
     );
+    // Its last line is the one the night watch knew of: "not read yet"
+    // when the route was still held up at the last write, the last
+    // trickle line when a loaded machine let the watcher read it first.
     let alert = &titled(&fake, "Ekos silent for")[0];
+    let last = alert.embeds[0]["description"].as_str().unwrap();
     assert!(
-        alert.embeds[0]["description"]
-            .as_str()
-            .unwrap()
-            .contains("not read yet"),
+        last.contains("not read yet") || last.contains("trickle-000009"),
         "{}",
         alert.embeds[0]
     );

@@ -3,15 +3,14 @@
 //! Discord. Each test asserts what the issue (or README) promises; a
 //! failing one is a defect report with its reproduction.
 
-mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
-use support::ekos_lines::{capture, ekos, guide, sched};
-use support::fake_discord::{FakeDiscord, Fault, Mode, Received, delivered, embed_field};
-use support::pings::PingServer;
+use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::ekos_lines::{capture, ekos, guide, sched};
+use crate::support::fake_discord::{FakeDiscord, Fault, Mode, Received, delivered, embed_field};
+use crate::support::pings::PingServer;
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -947,7 +946,7 @@ fn check_shows_the_night_watch_keys_and_the_session() {
 /// session): each must show up in `STATUS=` within 5 s.
 #[test]
 fn status_shows_the_session() {
-    use support::notify::NotifySocket;
+    use crate::support::notify::NotifySocket;
     let fake = FakeDiscord::start();
     let mut env = Env::new(&fake.webhook_url());
     let notify = NotifySocket::bind(env.dir.path());
@@ -984,7 +983,7 @@ fn status_shows_the_session() {
 /// plain line posted; the status then carries the session.
 #[test]
 fn status_shows_the_session_once_another_line_is_posted() {
-    use support::notify::NotifySocket;
+    use crate::support::notify::NotifySocket;
     let fake = FakeDiscord::start();
     let mut env = Env::new(&fake.webhook_url());
     let notify = NotifySocket::bind(env.dir.path());
