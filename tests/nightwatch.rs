@@ -887,3 +887,59 @@ fn the_backlog_of_an_outage_does_not_end_a_silence_but_writing_again_does() {
     assert_eq!(titled(&fake, "Ekos silent for").len(), 1);
     assert_eq!(titled(&fake, "Ekos is writing again").len(), 1);
 }
+
+/// Incidents off (`incident_window = 0`): a driver crash is its line's own
+/// embed (which pings), and its context, the lines before it, comes as a
+/// message of its own with the `.log` attached.
+#[test]
+fn with_incidents_off_a_crash_still_carries_its_context() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO")
+        .set("CONTEXT_LINES", "4")
+        .set("INCIDENT_WINDOW", "0");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let plain = tokens("off", 0..6);
+    let mut crash = plain[..4].to_vec();
+    crash.push(ekos(
+        "org.kde.kstars.indi",
+        "INDI driver  \"indi_eqmod_telescope\"  crashed!",
+    ));
+    append(&file, &crash);
+    assert!(
+        wait_until(LONG, || !titled(&fake, "Context of: INDI driver")
+            .is_empty()),
+        "no context: {:?}\n{}",
+        fake.messages().iter().map(title).collect::<Vec<_>>(),
+        d.stderr()
+    );
+    let c = &titled(&fake, "Context of: INDI driver")[0];
+    assert_eq!(c.attachments.len(), 1, "{c:?}");
+    let (name, data) = &c.attachments[0];
+    assert!(name.ends_with(".log"), "{name}");
+    let text = String::from_utf8_lossy(data);
+    let ctx: Vec<&str> = text.lines().collect();
+    assert_eq!(ctx.len(), 4, "{text}");
+    assert!(ctx[3].contains("crashed!"), "the line itself last: {text}");
+    assert_eq!(ctx[..3], plain[1..4], "the lines before it");
+    append(&file, &plain[4..]);
+    assert!(wait_until(LONG, || {
+        loss_and_dups(&plain, &delivered(&fake.messages()))
+            .0
+            .is_empty()
+    }));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    // The alert is the line's own embed; no incident message.
+    assert!(incidents(&fake, "INDI driver").is_empty());
+    assert_eq!(titled(&fake, "Context of").len(), 1);
+    assert!(
+        titled(&fake, "INDI driver")
+            .iter()
+            .any(|m| m.attachments.is_empty() && !m.embeds.is_empty()),
+        "the line's embed"
+    );
+    check_lines(&fake, &plain);
+}

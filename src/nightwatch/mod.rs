@@ -104,6 +104,9 @@ const CONTEXT_FILES: usize = 64;
 /// to 4 MiB whatever `context_lines` and the line lengths are.
 const CONTEXT_BYTES: usize = 64 * 1024;
 const CONTEXT_LINE_BYTES: usize = 2048;
+/// Incidents off: least time between two context messages of one rule on
+/// one route (see [`Watch::context_alone`]).
+pub const CONTEXT_ALONE_GAP: Duration = Duration::from_secs(60);
 /// The night watch's state file ([`State`]), in the state directory.
 pub const FILE: &str = "nightwatch.json";
 /// Version of [`State`] written (the first format, a bare array of open
@@ -477,6 +480,9 @@ pub struct Watch {
     /// When the silence now reported was reported (wall ms): only a file
     /// modified after it ends the silence (see [`Watch::seen`]).
     silence_alarm_wall: Option<u64>,
+    /// Incidents off: when the context of an alert of each rule and route
+    /// was last posted on its own ([`Watch::context_alone`]).
+    context_sent: HashMap<(usize, String), u64>,
 }
 
 /// What must be saved at once when it changes (see [`Watch::dirty`]).
@@ -628,6 +634,7 @@ impl Watch {
             saved_marks: None,
             observed: Observed::default(),
             silence_alarm_wall: None,
+            context_sent: HashMap::new(),
         }
     }
 
@@ -958,6 +965,9 @@ impl Watch {
             ring_lines.clear();
             let context = (n > 0 && ev.severity >= Severity::Error)
                 .then(|| self.context_of(&seen.path, &file));
+            if let Some(c) = context.as_ref().filter(|_| !self.incidents.enabled()) {
+                out.extend(self.context_alone(seen.route, ev, line, c.clone(), wall));
+            }
             out.extend(self.incidents.event(
                 Occurrence {
                     route: seen.route,
@@ -976,6 +986,54 @@ impl Watch {
             out.push(card::live_notice(self.ekos_route, &self.session, n, now));
         }
         out
+    }
+
+    /// With incidents off, an alert of severity error and above is its
+    /// line's own embed, which goes in a batch of log lines and carries no
+    /// file; its context lines go in a message of their own, "Context of
+    /// <title>", with the line and the `.log` attachment, not pinging (the
+    /// line's embed pings). It is one of the daemon's own messages, which
+    /// do not wait behind lines: it may come just before the line's embed.
+    /// At most one per rule and route every [`CONTEXT_ALONE_GAP`]: a storm
+    /// of one error is not a storm of attachments (with incidents on, the
+    /// incident's first message carries the context, once).
+    fn context_alone(
+        &mut self,
+        route: usize,
+        ev: &EventPart,
+        line: &str,
+        file: crate::discord::NewFile,
+        wall: u64,
+    ) -> Option<Notice> {
+        let gap = CONTEXT_ALONE_GAP.as_millis() as u64;
+        if self.context_sent.len() >= CONTEXT_FILES {
+            self.context_sent
+                .retain(|_, t| wall.saturating_sub(*t) < gap && *t <= wall);
+        }
+        let k = (route, ev.rule.clone());
+        if let Some(t) = self.context_sent.get(&k) {
+            if wall.saturating_sub(*t) < gap && *t <= wall {
+                return None;
+            }
+        }
+        if self.context_sent.len() >= CONTEXT_FILES {
+            // Many rules at once: the rest go without their context.
+            return None;
+        }
+        self.context_sent.insert(k, wall);
+        let mut alert = Alert::new(format!("Context of: {}", ev.title), ev.severity);
+        alert.description = quoted_line(line, 1500);
+        alert.footer = Some(format!(
+            "the {} lines before the alert · {}",
+            self.settings.context_lines, file.name
+        ));
+        Some(Notice {
+            route,
+            key: format!("context/{}/{wall}", ev.rule),
+            body: alert.body(),
+            files: vec![file],
+            policy: Policy::New,
+        })
     }
 
     fn push_context(&mut self, path: &Arc<Path>, lines: &[&str]) {
@@ -2870,5 +2928,55 @@ mod tests {
         w.seen(&seen(0, &exposing(), vec![]), 0, w0);
         w.tick(2 * MIN + 1, w0 + 2 * MIN + 1);
         assert_eq!(titles(&w.lines_lost(3 * MIN, w0, u64::MAX)).len(), 1);
+    }
+
+    /// Incidents off: an error's context goes in a message of its own
+    /// (not pinging: the line's embed pings), at most one per rule and
+    /// route a minute; a warning has none; `context_lines = 0` none.
+    #[test]
+    fn with_incidents_off_an_errors_context_is_a_message_of_its_own() {
+        let mut s = settings();
+        s.incident_window = Duration::ZERO;
+        let mut w = Watch::new(s.clone(), 0);
+        let pinging = EventPart {
+            mention: Some(Mention::Role(42)),
+            ..crash()
+        };
+        let chunk = |i: usize| {
+            seen(
+                0,
+                &[format!("before {i}"), format!("crash {i}")],
+                vec![(1, pinging.clone())],
+            )
+        };
+        let out = w.seen(&chunk(1), 0, 1_000);
+        assert_eq!(out.len(), 1, "{:?}", titles(&out));
+        let n = &out[0];
+        assert_eq!(n.policy, Policy::New);
+        assert_eq!(titles(&out), ["Context of: INDI driver X crashed"]);
+        assert_eq!(n.body.get("content"), None, "no ping: {}", n.body);
+        let text = String::from_utf8_lossy(&n.files[0].data);
+        assert_eq!(text, "before 1\ncrash 1\n");
+        assert!(n.files[0].name.ends_with(".log"));
+        // The same rule within a minute: none; after it: one.
+        assert!(w.seen(&chunk(2), 1, 30_000).is_empty());
+        let out = w.seen(&chunk(3), 2, 61_001);
+        assert_eq!(out.len(), 1);
+        let text = String::from_utf8_lossy(&out[0].files[0].data);
+        assert_eq!(text, "crash 2\nbefore 3\ncrash 3\n", "the last 3 lines");
+        // A warning has no context.
+        let warning = EventPart {
+            severity: Severity::Warning,
+            rule: "guide-star-lost".into(),
+            ..crash()
+        };
+        assert!(
+            w.seen(&seen(0, &["lost".into()], vec![(0, warning)]), 3, 200_000)
+                .is_empty()
+        );
+        // No context lines: nothing.
+        s.context_lines = 0;
+        let mut w = Watch::new(s, 0);
+        assert!(w.seen(&chunk(1), 0, 1_000).is_empty());
     }
 }
