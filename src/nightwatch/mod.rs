@@ -50,6 +50,12 @@
 //! deadlines that passed while the daemon was down are judged once, after
 //! [`RESTART_GRACE_MS`] (see [`expect`]).
 //!
+//! The checkpoint records what Discord accepted, not what was read: after
+//! a crash or a reload the watcher reads again the lines Discord had not
+//! accepted. The watch keeps, per file identity, where the last line it
+//! observed ended ([`observed`], saved in the state), and skips the lines
+//! read again, so nothing is counted twice.
+//!
 //! Saving: at once when something an alert depends on changed (an
 //! incident opened or ended, an expectation met or judged, the card
 //! opened or closed, a frame received, a silence reported or ended, work
