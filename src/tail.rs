@@ -353,6 +353,11 @@ impl Tailer {
         self.pos - self.partial.len() as u64
     }
 
+    /// When the file was last modified (one `fstat`).
+    pub fn modified(&self) -> io::Result<std::time::SystemTime> {
+        self.file.metadata()?.modified()
+    }
+
     /// Bytes not yet read, as far as the file's size tells.
     pub fn pending(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len().saturating_sub(self.pos))

@@ -50,6 +50,12 @@
 //! deadlines that passed while the daemon was down are judged once, after
 //! [`RESTART_GRACE_MS`] (see [`expect`]).
 //!
+//! The checkpoint records what Discord accepted, not what was read: after
+//! a crash or a reload the watcher reads again the lines Discord had not
+//! accepted. The watch keeps, per file identity, where the last line it
+//! observed ended ([`observed`], saved in the state), and skips the lines
+//! read again, so nothing is counted twice.
+//!
 //! Saving: at once when something an alert depends on changed (an
 //! incident opened or ended, an expectation met or judged, the card
 //! opened or closed, a frame received, a silence reported or ended, work
@@ -63,6 +69,7 @@
 pub mod card;
 pub mod expect;
 pub mod incidents;
+pub mod observed;
 pub mod silence;
 pub mod storms;
 
@@ -74,6 +81,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, never};
 
+use crate::checkpoint::FileId;
 use crate::config::Config;
 use crate::ekos::Severity;
 use crate::format::EventPart;
@@ -86,6 +94,7 @@ use crate::watcher::Chunk;
 use card::{EndReason, NightSettings, NightStats};
 use expect::{Expectation, Expectations};
 use incidents::{Incident, Incidents, Occurrence};
+use observed::Observed;
 use silence::{Silence, Threshold};
 
 /// Capacity of the watcher → night-watch channel, in chunks: room for a
@@ -102,11 +111,14 @@ const CONTEXT_FILES: usize = 64;
 /// to 4 MiB whatever `context_lines` and the line lengths are.
 const CONTEXT_BYTES: usize = 64 * 1024;
 const CONTEXT_LINE_BYTES: usize = 2048;
+/// Incidents off: least time between two context messages of one rule on
+/// one route (see [`Watch::context_alone`]).
+pub const CONTEXT_ALONE_GAP: Duration = Duration::from_secs(60);
 /// The night watch's state file ([`State`]), in the state directory.
 pub const FILE: &str = "nightwatch.json";
 /// Version of [`State`] written (the first format, a bare array of open
 /// incidents, has none).
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 /// After a restart with saved state, how long the lines read back (written
 /// while the daemon was down) may come before `[[expect]]` deadlines passed
 /// meanwhile are judged.
@@ -136,8 +148,19 @@ pub struct Seen {
     /// Its route (webhook): where its notices go.
     pub route: usize,
     pub path: Arc<Path>,
+    /// The file's identity for the checkpoint (a rewritten file gets a new
+    /// one; a rotated copy read for the end of the old content keeps it).
+    pub file: FileId,
+    /// Per line, the offset just past it in the file: a line read again
+    /// (after a crash or reload) is known by it ([`observed`]).
+    pub ends: Vec<u64>,
     /// When the watcher read the lines.
     pub arrived: Instant,
+    /// When the file was last modified, looked at just after the lines
+    /// were read (wall-clock ms; the Ekos log only, else `None`): lines of
+    /// a file not modified since a silence was reported were written
+    /// before it and do not end it (see [`Watch::seen`]).
+    pub modified_ms: Option<u64>,
     /// The lines, each ended by `\n`.
     pub text: String,
     /// Lines that are events: index of the line and the event (with its
@@ -149,6 +172,28 @@ impl Seen {
     pub fn lines(&self) -> impl Iterator<Item = &str> {
         self.text.split_terminator('\n')
     }
+
+    /// The same copy without its first `k` lines.
+    fn without_first(&self, k: usize) -> Seen {
+        let at = match k {
+            0 => 0,
+            k => (self.text.match_indices('\n').nth(k - 1)).map_or(self.text.len(), |(i, _)| i + 1),
+        };
+        Seen {
+            source: self.source,
+            route: self.route,
+            path: self.path.clone(),
+            file: self.file,
+            ends: self.ends.get(k..).unwrap_or_default().to_vec(),
+            arrived: self.arrived,
+            modified_ms: self.modified_ms,
+            text: self.text[at..].to_string(),
+            events: (self.events.iter())
+                .filter(|(i, _)| *i >= k)
+                .map(|(i, e)| (i - k, e.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// What the watcher's [`Tap`] and the night watch share besides the
@@ -157,6 +202,10 @@ impl Seen {
 pub struct TapCounters {
     /// Copies of Ekos chunks dropped because the night watch was behind.
     pub lost: AtomicU64,
+    /// The latest modification time (wall ms) of the file of a dropped
+    /// copy of the Ekos log (`u64::MAX` when unknown): lines dropped that
+    /// were written before a silence do not end it.
+    pub lost_modified: AtomicU64,
     /// Times the Ekos log was seen to grow while its route was held up
     /// and its lines were not read ([`Tap::grew`]).
     pub grew: AtomicU64,
@@ -186,12 +235,16 @@ impl Tap {
     /// cover (the incident's first message carries it, once). Never blocks:
     /// a copy the night watch has no room for is dropped and counted, and
     /// its events keep their mentions (no incident will ping for them).
-    pub fn offer(&self, chunk: &mut Chunk, path: &Path) {
+    /// `modified`: the file's modification time looked at after the read,
+    /// for the Ekos log ([`Tap::wants_growth`]; `None` for other files).
+    pub fn offer(&self, chunk: &mut Chunk, path: &Path, modified: Option<SystemTime>) {
         let mut text =
             String::with_capacity(chunk.lines.iter().map(|l| l.text.len() + 1).sum::<usize>());
+        let mut ends = Vec::with_capacity(chunk.lines.len());
         for l in &chunk.lines {
             text.push_str(&l.text);
             text.push('\n');
+            ends.push(l.end);
         }
         let mut events = Vec::new();
         for (i, shown) in chunk.shown.iter().enumerate() {
@@ -203,11 +256,15 @@ impl Tap {
             source: chunk.source,
             route: chunk.route,
             path: Arc::from(path),
+            file: chunk.file,
+            ends,
             arrived: Instant::now(),
+            modified_ms: modified.map(wall_ms_of),
             text,
             events,
         };
         let ekos = self.ekos_source == Some(chunk.source);
+        let modified = seen.modified_ms.unwrap_or(u64::MAX);
         let bytes = seen.text.len();
         let before = self.counters.bytes.fetch_add(bytes, Ordering::SeqCst);
         let sent = if before + bytes > self.budget {
@@ -233,7 +290,11 @@ impl Tap {
             }
             Ok(()) => {}
             Err(TrySendError::Full(_)) if ekos => {
-                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .lost_modified
+                    .fetch_max(modified, Ordering::SeqCst);
+                // After the time: whoever sees the count sees the time.
+                self.counters.lost.fetch_add(1, Ordering::SeqCst);
             }
             // Full for another source, or the night watch is gone.
             Err(_) => {}
@@ -309,9 +370,7 @@ impl Clock for SystemClock {
         t.saturating_duration_since(self.0).as_millis() as u64
     }
     fn wall_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        wall_ms_of(SystemTime::now())
     }
 }
 
@@ -387,6 +446,12 @@ impl Settings {
     }
 }
 
+/// Wall-clock milliseconds since the epoch at `t` (0 before it).
+fn wall_ms_of(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The local wall clock at `wall` milliseconds since the epoch.
 fn local(wall: u64) -> Local {
     Local::from_unix((wall / 1000) as i64)
@@ -428,6 +493,15 @@ pub struct Watch {
     soft: bool,
     /// [`Watch::marks`] at the last save.
     saved_marks: Option<Marks>,
+    /// Per file, the end of the last line observed: lines read again are
+    /// skipped ([`observed`]).
+    observed: Observed,
+    /// When the silence now reported was reported (wall ms): only a file
+    /// modified after it ends the silence (see [`Watch::seen`]).
+    silence_alarm_wall: Option<u64>,
+    /// Incidents off: when the context of an alert of each rule and route
+    /// was last posted on its own ([`Watch::context_alone`]).
+    context_sent: HashMap<(usize, String), u64>,
 }
 
 /// What must be saved at once when it changes (see [`Watch::dirty`]).
@@ -473,6 +547,12 @@ pub struct State {
     pub silence_from: Option<Local>,
     pub card: Option<NightStats>,
     pub ended: Option<NightStats>,
+    /// Per file, the end of the last line observed (absent before
+    /// version 3: nothing is skipped).
+    pub observed: Observed,
+    /// When the silence reported was reported (wall ms; absent before
+    /// version 3: any line ends it).
+    pub silence_alarm_wall: Option<u64>,
 }
 
 impl State {
@@ -538,6 +618,8 @@ impl State {
                 take!(silence_from);
                 take!(card);
                 take!(ended);
+                take!(observed);
+                take!(silence_alarm_wall);
                 if state.version > STATE_VERSION {
                     problems.push(format!(
                         "written by a newer version (format {})",
@@ -570,6 +652,9 @@ impl Watch {
             ekos_path: None,
             soft: false,
             saved_marks: None,
+            observed: Observed::default(),
+            silence_alarm_wall: None,
+            context_sent: HashMap::new(),
         }
     }
 
@@ -666,6 +751,7 @@ impl Watch {
 
     /// A silence of the Ekos log ended after `quiet`, at `wall`.
     fn silence_ended(&mut self, quiet: Duration, wall: u64) -> Notice {
+        self.silence_alarm_wall = None;
         let at = self
             .silence_from
             .take()
@@ -679,9 +765,48 @@ impl Watch {
         self.writing_again(quiet)
     }
 
+    /// A line of the Ekos log arrived: activity for the silence alarm, and
+    /// the end of a silence reported, unless its file was not modified
+    /// since the silence was reported. Then the line was written before
+    /// (the backlog of a Discord outage, read only now that the webhook
+    /// takes lines again) and says nothing about Ekos now: the silence
+    /// goes on, its arrival time is not activity, and it is ended by a
+    /// line of a file modified after the alarm or by the log growing
+    /// ([`Watch::log_grew`]). The modification time is read after the
+    /// lines (see [`Seen::modified_ms`]): a file not modified since the
+    /// alarm holds no line written after it; one that was may still give
+    /// old lines first, but then Ekos did write again. A copy without a
+    /// time (or a silence saved by an older version) ends it as before.
+    fn silence_line(
+        &mut self,
+        seen: &Seen,
+        arrived_ms: u64,
+        line: &str,
+        wall: u64,
+    ) -> Option<Notice> {
+        let old = match (seen.modified_ms, self.silence_alarm_wall) {
+            (Some(m), Some(alarm)) => self.silence.reported().is_some() && m <= alarm,
+            _ => false,
+        };
+        if old {
+            return None;
+        }
+        let quiet = self.silence.line(arrived_ms, line)?;
+        Some(self.silence_ended(quiet, wall))
+    }
+
     /// Copies of Ekos chunks were dropped while the watch was behind: the
-    /// log was not silent.
-    pub fn lines_lost(&mut self, now_ms: u64, wall: u64) -> Vec<Notice> {
+    /// log was not silent, unless their file (`modified`: the latest
+    /// modification time of their files, wall ms) was not modified since
+    /// a silence was reported (see [`Watch::silence_line`]).
+    pub fn lines_lost(&mut self, now_ms: u64, wall: u64, modified: u64) -> Vec<Notice> {
+        if self.silence.reported().is_some()
+            && self
+                .silence_alarm_wall
+                .is_some_and(|alarm| modified <= alarm)
+        {
+            return vec![];
+        }
         self.unseen(now_ms, wall, "(lines not seen: the night watch was behind)")
     }
 
@@ -718,6 +843,8 @@ impl Watch {
             silence_from: self.silence_from,
             card: self.card.clone(),
             ended: self.ended.clone(),
+            observed: self.observed.clone(),
+            silence_alarm_wall: self.silence_alarm_wall,
         }
     }
 
@@ -743,6 +870,8 @@ impl Watch {
         // resumed; its message stays as last edited.
         self.card = state.card.filter(|_| self.settings.card);
         self.ended = state.ended;
+        self.observed = state.observed;
+        self.silence_alarm_wall = state.silence_alarm_wall;
         self.saved_marks = Some(self.marks());
     }
 
@@ -789,6 +918,16 @@ impl Watch {
 
     /// The lines of one chunk, arrived at `arrived_ms`; `wall` for incidents.
     pub fn seen(&mut self, seen: &Seen, arrived_ms: u64, wall: u64) -> Vec<Notice> {
+        // Lines read again (after a crash or a reload) were observed.
+        let rest;
+        let seen = match self.observed.fresh(seen.file, &seen.path, &seen.ends) {
+            0 => seen,
+            k if k >= seen.ends.len() => return Vec::new(),
+            k => {
+                rest = seen.without_first(k);
+                &rest
+            }
+        };
         let mut out = Vec::new();
         let now = local(wall);
         let expected = !self.expectations.is_empty() && self.expectations.watches(&seen.path);
@@ -827,10 +966,7 @@ impl Watch {
             let is_event = next_event == Some(i);
             if ekos {
                 self.soft |= self.session.observe(&crate::ekos::parse(line), arrived_ms);
-                if let Some(quiet) = self.silence.line(arrived_ms, line) {
-                    let n = self.silence_ended(quiet, wall);
-                    out.push(n);
-                }
+                out.extend(self.silence_line(seen, arrived_ms, line, wall));
                 let severity = events
                     .peek()
                     .filter(|_| is_event)
@@ -859,6 +995,9 @@ impl Watch {
             ring_lines.clear();
             let context = (n > 0 && ev.severity >= Severity::Error)
                 .then(|| self.context_of(&seen.path, &file));
+            if let Some(c) = context.as_ref().filter(|_| !self.incidents.enabled()) {
+                out.extend(self.context_alone(seen.route, ev, line, c.clone(), wall));
+            }
             out.extend(self.incidents.event(
                 Occurrence {
                     route: seen.route,
@@ -888,6 +1027,54 @@ impl Watch {
             return None;
         }
         self.storms.line(source, &rec, wall)
+    }
+
+    /// With incidents off, an alert of severity error and above is its
+    /// line's own embed, which goes in a batch of log lines and carries no
+    /// file; its context lines go in a message of their own, "Context of
+    /// <title>", with the line and the `.log` attachment, not pinging (the
+    /// line's embed pings). It is one of the daemon's own messages, which
+    /// do not wait behind lines: it may come just before the line's embed.
+    /// At most one per rule and route every [`CONTEXT_ALONE_GAP`]: a storm
+    /// of one error is not a storm of attachments (with incidents on, the
+    /// incident's first message carries the context, once).
+    fn context_alone(
+        &mut self,
+        route: usize,
+        ev: &EventPart,
+        line: &str,
+        file: crate::discord::NewFile,
+        wall: u64,
+    ) -> Option<Notice> {
+        let gap = CONTEXT_ALONE_GAP.as_millis() as u64;
+        if self.context_sent.len() >= CONTEXT_FILES {
+            self.context_sent
+                .retain(|_, t| wall.saturating_sub(*t) < gap && *t <= wall);
+        }
+        let k = (route, ev.rule.clone());
+        if let Some(t) = self.context_sent.get(&k) {
+            if wall.saturating_sub(*t) < gap && *t <= wall {
+                return None;
+            }
+        }
+        if self.context_sent.len() >= CONTEXT_FILES {
+            // Many rules at once: the rest go without their context.
+            return None;
+        }
+        self.context_sent.insert(k, wall);
+        let mut alert = Alert::new(format!("Context of: {}", ev.title), ev.severity);
+        alert.description = quoted_line(line, 1500);
+        alert.footer = Some(format!(
+            "the {} lines before the alert · {}",
+            self.settings.context_lines, file.name
+        ));
+        Some(Notice {
+            route,
+            key: format!("context/{}/{wall}", ev.rule),
+            body: alert.body(),
+            files: vec![file],
+            policy: Policy::New,
+        })
     }
 
     fn push_context(&mut self, path: &Arc<Path>, lines: &[&str]) {
@@ -940,6 +1127,7 @@ impl Watch {
             // In milliseconds: the last line's own second, not one off.
             let from = local(wall.saturating_sub(alarm.quiet.as_millis() as u64));
             self.silence_from = Some(from);
+            self.silence_alarm_wall = Some(wall);
             if let Some(n) = self.card.as_mut() {
                 n.silence(card::Silence {
                     at: from,
@@ -1290,10 +1478,13 @@ impl NightWatch {
             }
             // Copies dropped while the watch was behind were lines: the
             // Ekos log was not silent.
-            let lost = self.counters.lost.load(Ordering::Relaxed);
+            let lost = self.counters.lost.load(Ordering::SeqCst);
             if lost != seen_lost {
                 seen_lost = lost;
-                let out = self.watch.lines_lost(self.now_ms(), self.clock.wall_ms());
+                let modified = self.counters.lost_modified.load(Ordering::SeqCst);
+                let out = self
+                    .watch
+                    .lines_lost(self.now_ms(), self.clock.wall_ms(), modified);
                 self.emit(out, &notices);
             }
             // The Ekos log grew while its webhook held its lines back: the
@@ -1354,6 +1545,9 @@ mod tests {
             source,
             route: 0,
             path: Arc::from(Path::new("/logs/log_21-00-00.txt")),
+            file: FileId(0),
+            ends: vec![],
+            modified_ms: None,
             arrived: Instant::now(),
             text: lines.iter().map(|l| format!("{l}\n")).collect(),
             events,
@@ -1437,7 +1631,7 @@ mod tests {
     fn the_tap_takes_the_mention_off_the_line_only_once_the_night_watch_has_the_copy() {
         let (t, rx) = tap(1, true);
         let mut c = pinging_chunk();
-        t.offer(&mut c, Path::new("/x"));
+        t.offer(&mut c, Path::new("/x"), None);
         assert_eq!(line_mention(&c), None, "the incident pings instead");
         let got = rx.try_recv().unwrap();
         assert_eq!(got.events[0].1.mention, Some(Mention::Role(42)));
@@ -1450,22 +1644,22 @@ mod tests {
         // The channel is full (a catch-up): the copy is dropped, so the
         // line must ping itself.
         let mut first = pinging_chunk();
-        t.offer(&mut first, Path::new("/x"));
+        t.offer(&mut first, Path::new("/x"), None);
         let mut c = pinging_chunk();
-        t.offer(&mut c, Path::new("/x"));
+        t.offer(&mut c, Path::new("/x"), None);
         assert_eq!(line_mention(&c), Some(Mention::Role(42)));
         assert_eq!(t.counters.lost.load(Ordering::Relaxed), 1);
 
         // The night watch is gone.
         drop(rx);
         let mut c = pinging_chunk();
-        t.offer(&mut c, Path::new("/x"));
+        t.offer(&mut c, Path::new("/x"), None);
         assert_eq!(line_mention(&c), Some(Mention::Role(42)));
 
         // Incidents off: nothing is taken.
         let (t, _rx) = tap(1, false);
         let mut c = pinging_chunk();
-        t.offer(&mut c, Path::new("/x"));
+        t.offer(&mut c, Path::new("/x"), None);
         assert_eq!(line_mention(&c), Some(Mention::Role(42)));
     }
 
@@ -1772,6 +1966,9 @@ mod tests {
             source: 1,
             route: 1,
             path: Arc::from(Path::new("/var/log/backup.log")),
+            file: FileId(0),
+            ends: vec![],
+            modified_ms: None,
             arrived: Instant::now(),
             text: format!("{line}\n"),
             events: vec![],
@@ -1878,6 +2075,9 @@ mod tests {
                 source: 0,
                 route: 0,
                 path: Arc::from(Path::new("/logs/log_21-00-00.txt")),
+                file: FileId(0),
+                ends: vec![],
+                modified_ms: None,
                 arrived: Instant::now(),
                 text: format!("{l}\n"),
                 events,
@@ -2391,7 +2591,7 @@ mod tests {
                     }
                 } else {
                     let (source, bytes) = (next(2) as usize, 1 + next(2000) as usize);
-                    tap.offer(&mut chunk_of(source, bytes), Path::new("/x"));
+                    tap.offer(&mut chunk_of(source, bytes), Path::new("/x"), None);
                     let held: usize = model.iter().sum();
                     if model.len() < chunks && held + bytes <= budget {
                         model.push_back(bytes);
@@ -2412,7 +2612,7 @@ mod tests {
             });
             assert_eq!(counters.bytes.load(Ordering::SeqCst), 0, "seed {seed}");
             // Offers after it ended change nothing.
-            tap.offer(&mut chunk_of(0, 10), Path::new("/x"));
+            tap.offer(&mut chunk_of(0, 10), Path::new("/x"), None);
             assert_eq!(counters.bytes.load(Ordering::SeqCst), 0, "seed {seed}");
         }
     }
@@ -2425,7 +2625,7 @@ mod tests {
         for stop in [Control::Shutdown, Control::Abort] {
             let (tap, rx, counters) = channel_with(&settings(), 64, SEEN_BYTES);
             for i in 0..40 {
-                tap.offer(&mut chunk_of(i % 2, 1000 + i), Path::new("/x"));
+                tap.offer(&mut chunk_of(i % 2, 1000 + i), Path::new("/x"), None);
             }
             assert!(counters.bytes.load(Ordering::SeqCst) > 40_000);
             let (ctl, ctl_rx) = crossbeam_channel::bounded(8);
@@ -2444,7 +2644,7 @@ mod tests {
                 .join()
                 .unwrap();
             assert_eq!(counters.bytes.load(Ordering::SeqCst), 0);
-            tap.offer(&mut chunk_of(0, 500), Path::new("/x"));
+            tap.offer(&mut chunk_of(0, 500), Path::new("/x"), None);
             assert_eq!(counters.bytes.load(Ordering::SeqCst), 0);
         }
         // Drained by the actor while it runs.
@@ -2460,7 +2660,7 @@ mod tests {
         );
         let h = std::thread::spawn(move || nw.run(rx, ctl_rx, ntx));
         for i in 0..200 {
-            tap.offer(&mut chunk_of(1, 100 + i), Path::new("/x"));
+            tap.offer(&mut chunk_of(1, 100 + i), Path::new("/x"), None);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while counters.bytes.load(Ordering::SeqCst) != 0 {
@@ -2586,5 +2786,321 @@ mod tests {
         let out = w.seen(&seen(0, &[warn(7)], vec![]), 0, end + 2000);
         assert_eq!(titles(&out), ["Repeated warning: Timeout after # s (×3)"]);
         assert_ne!(out[0].key, *keys.first().unwrap());
+    }
+
+    /// The lines `from..to` of a file whose lines end at `ends`.
+    fn chunk_seen(
+        lines: &[(String, Option<EventPart>)],
+        ends: &[u64],
+        from: usize,
+        to: usize,
+        modified_ms: Option<u64>,
+    ) -> Seen {
+        Seen {
+            file: FileId(7),
+            ends: ends[from..to].to_vec(),
+            modified_ms,
+            events: (from..to)
+                .filter_map(|i| Some((i - from, lines[i].1.clone()?)))
+                .collect(),
+            ..seen(
+                0,
+                &lines[from..to]
+                    .iter()
+                    .map(|(l, _)| l.clone())
+                    .collect::<Vec<_>>(),
+                vec![],
+            )
+        }
+    }
+
+    /// What a night counted: frames in the session and on the card,
+    /// incidents' counts, events by severity on the card.
+    fn counted(w: &Watch) -> (u32, Option<u32>, Vec<u64>, String) {
+        (
+            w.session().counts().total_frames(),
+            w.card().map(|n| n.counts(w.session()).total_frames()),
+            w.incidents().saved().iter().map(|i| i.count).collect(),
+            format!("{:?}", w.card().map(|n| n.counts(w.session()))),
+        )
+    }
+
+    /// Seeded: a night of frames and driver crashes read in chunks of
+    /// random size; at a random point the daemon dies, its state as last
+    /// saved (at an earlier chunk), and the next run reads again from a
+    /// random point at or before the saved one (what Discord accepted), in
+    /// other chunks (partly overlapping those before). Every frame and
+    /// every crash is counted once: the counts are those of the run
+    /// without the crash.
+    #[test]
+    fn lines_read_again_after_a_restart_are_not_counted_twice() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let mut s = settings();
+        s.silence = Threshold::Off;
+        for seed in 0..40 {
+            let mut rng = Rng(seed);
+            let mut lines: Vec<(String, Option<EventPart>)> =
+                exposing().into_iter().map(|l| (l, None)).collect();
+            for i in 1..=30 {
+                lines.push((capture_line("Capturing 60.000-second L image..."), None));
+                if rng.below(4) == 0 {
+                    lines.push(("indi driver crashed".into(), Some(crash())));
+                }
+                lines.push((
+                    capture_line(&format!("Received image {i} out of 30.")),
+                    None,
+                ));
+            }
+            let mut ends = Vec::new();
+            let mut end = 0;
+            for (l, _) in &lines {
+                end += l.len() as u64 + 1;
+                ends.push(end);
+            }
+            let n = lines.len();
+            // Chunk boundaries of the first run.
+            let mut cuts = vec![0];
+            while *cuts.last().unwrap() < n {
+                let c = *cuts.last().unwrap() + 1 + rng.below(6) as usize;
+                cuts.push(c.min(n));
+            }
+            let at = |i: usize| (i as u64 * 1000, w0 + i as u64 * 1000);
+            let mut whole = Watch::new(s.clone(), 0);
+            for c in cuts.windows(2) {
+                let (t, wall) = at(c[1]);
+                whole.seen(&chunk_seen(&lines, &ends, c[0], c[1], None), t, wall);
+            }
+            let want = counted(&whole);
+            assert_eq!(want.0, 30);
+            // The crash after chunk `died`, the state saved after `saved`.
+            let died = 1 + rng.below(cuts.len() as u64 - 1) as usize;
+            let saved = rng.below(died as u64 + 1) as usize;
+            let mut w = Watch::new(s.clone(), 0);
+            let mut state = w.snapshot(0, w0);
+            for (k, c) in cuts.windows(2).take(died).enumerate() {
+                let (t, wall) = at(c[1]);
+                w.seen(&chunk_seen(&lines, &ends, c[0], c[1], None), t, wall);
+                if k + 1 == saved {
+                    state = w.snapshot(t, wall);
+                }
+            }
+            let (back, wall) = at(n + 100);
+            let mut w = Watch::new(s.clone(), 0);
+            w.resume(
+                State::parse(&serde_json::to_vec(&state).unwrap()).0,
+                back,
+                wall,
+            );
+            // Read again from what Discord accepted: at most what was saved.
+            let mut from = rng.below(cuts[saved] as u64 + 1) as usize;
+            while from < n {
+                let to = (from + 1 + rng.below(7) as usize).min(n);
+                let (t, wall) = at(n + 100 + to);
+                w.seen(&chunk_seen(&lines, &ends, from, to, None), t, wall);
+                // Sometimes a chunk is read twice more (a reload).
+                if rng.below(5) == 0 {
+                    let again = from.saturating_sub(rng.below(4) as usize);
+                    w.seen(&chunk_seen(&lines, &ends, again, to, None), t, wall);
+                }
+                from = to;
+            }
+            assert_eq!(counted(&w), want, "seed {seed}: died {died}, saved {saved}");
+        }
+    }
+
+    /// A chunk that overlaps what was observed counts only its new lines;
+    /// one entirely observed changes nothing and posts nothing.
+    #[test]
+    fn a_partly_overlapping_chunk_counts_only_its_new_lines() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let mut lines: Vec<(String, Option<EventPart>)> =
+            exposing().into_iter().map(|l| (l, None)).collect();
+        for i in 1..=3 {
+            lines.push((capture_line(&format!("Received image {i} out of 3.")), None));
+        }
+        let ends: Vec<u64> = (1..=lines.len() as u64).map(|i| i * 100).collect();
+        let mut w = Watch::new(settings(), 0);
+        w.seen(&chunk_seen(&lines, &ends, 0, 3, None), 0, w0);
+        assert_eq!(w.session().counts().total_frames(), 1);
+        assert!(
+            w.seen(&chunk_seen(&lines, &ends, 0, 3, None), 1, w0)
+                .is_empty()
+        );
+        w.seen(&chunk_seen(&lines, &ends, 1, 5, None), 2, w0);
+        assert_eq!(w.session().counts().total_frames(), 3);
+        assert_eq!(w.card().unwrap().counts(w.session()).total_frames(), 3);
+        // The same file rewritten (a new identity) is new content.
+        let again = Seen {
+            file: FileId(8),
+            ..chunk_seen(&lines, &ends, 2, 5, None)
+        };
+        w.seen(&again, 3, w0);
+        assert_eq!(w.session().counts().total_frames(), 6);
+    }
+
+    #[test]
+    fn a_copy_without_its_first_lines_keeps_the_rest_and_their_events() {
+        let lines: Vec<(String, Option<EventPart>)> = vec![
+            ("a".into(), Some(crash())),
+            ("bb".into(), None),
+            ("ccc".into(), Some(crash())),
+            ("".into(), None),
+        ];
+        let s = chunk_seen(&lines, &[2, 5, 9, 10], 0, 4, Some(5));
+        for k in 0..=4 {
+            let r = s.without_first(k);
+            assert_eq!(
+                r.lines().collect::<Vec<_>>(),
+                s.lines().skip(k).collect::<Vec<_>>()
+            );
+            assert_eq!(r.ends, s.ends[k..]);
+            let evs: Vec<usize> = r.events.iter().map(|(i, _)| *i + k).collect();
+            let want: Vec<usize> = s
+                .events
+                .iter()
+                .map(|(i, _)| *i)
+                .filter(|i| *i >= k)
+                .collect();
+            assert_eq!(evs, want);
+            assert_eq!((r.file, r.modified_ms), (s.file, s.modified_ms));
+        }
+    }
+
+    /// Ekos stops during a Discord outage: the alarm is raised; the
+    /// backlog read when Discord is back (its file not modified since the
+    /// alarm), or dropped on the way, does not end it; a line of the file
+    /// modified after the alarm does, once; across a restart too.
+    #[test]
+    fn old_lines_read_after_a_silence_do_not_end_it() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        for restart in [false, true] {
+            let mut w = Watch::new(settings(), 0);
+            w.seen(&seen(0, &exposing(), vec![]), 0, w0);
+            // The log grows unread, then stops at minute 3.
+            for t in 1..=3 {
+                assert!(w.log_grew(t * MIN, w0 + t * MIN).is_empty());
+            }
+            let stopped = w0 + 3 * MIN;
+            let out = w.tick(5 * MIN + 1, w0 + 5 * MIN + 1);
+            assert_eq!(titles(&out).len(), 1, "the alarm");
+            if restart {
+                let state = w.snapshot(6 * MIN, w0 + 6 * MIN);
+                w = Watch::new(settings(), 0);
+                w.resume(
+                    State::parse(&serde_json::to_vec(&state).unwrap()).0,
+                    7 * MIN,
+                    w0 + 7 * MIN,
+                );
+            }
+            // Discord back at minute 9: the backlog, written by minute 3.
+            let backlog = Seen {
+                modified_ms: Some(stopped),
+                ..seen(0, &[capture_line("Received image 1 out of 5.")], vec![])
+            };
+            let out = w.seen(&backlog, 9 * MIN, w0 + 9 * MIN);
+            assert!(
+                titles(&out).iter().all(|t| t.starts_with("Night of")),
+                "only the card: {:?}",
+                titles(&out)
+            );
+            assert!(w.lines_lost(9 * MIN, w0 + 9 * MIN, stopped).is_empty());
+            assert!(
+                w.tick(10 * MIN, w0 + 10 * MIN).is_empty(),
+                "no second alarm"
+            );
+            assert_eq!(w.session().counts().total_frames(), 1, "still counted");
+            // Ekos writes again at minute 12.
+            let fresh = Seen {
+                modified_ms: Some(w0 + 12 * MIN),
+                ..seen(
+                    0,
+                    &[capture_line("Capturing 300.000-second Ha image...")],
+                    vec![],
+                )
+            };
+            let out = w.seen(&fresh, 12 * MIN, w0 + 12 * MIN);
+            let again: Vec<String> = titles(&out)
+                .into_iter()
+                .filter(|t| t.starts_with("Ekos is writing again"))
+                .collect();
+            assert_eq!(
+                again,
+                ["Ekos is writing again after 9 min"],
+                "restart {restart}"
+            );
+            let out = w.seen(&fresh, 12 * MIN + 1, w0 + 12 * MIN + 1);
+            assert!(
+                titles(&out).iter().all(|t| !t.starts_with("Ekos is")),
+                "once"
+            );
+        }
+    }
+
+    /// Lines dropped on the way (the night watch behind) end a silence
+    /// only if their file was modified after the alarm.
+    #[test]
+    fn dropped_lines_end_a_silence_only_if_written_after_it() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let mut w = Watch::new(settings(), 0);
+        w.seen(&seen(0, &exposing(), vec![]), 0, w0);
+        assert_eq!(titles(&w.tick(2 * MIN + 1, w0 + 2 * MIN + 1)).len(), 1);
+        assert!(w.lines_lost(3 * MIN, w0 + 3 * MIN, w0 + MIN).is_empty());
+        let out = w.lines_lost(4 * MIN, w0 + 4 * MIN, w0 + 4 * MIN);
+        assert_eq!(titles(&out), ["Ekos is writing again after 4 min"]);
+        // Unknown times (u64::MAX) are writing, as before.
+        let mut w = Watch::new(settings(), 0);
+        w.seen(&seen(0, &exposing(), vec![]), 0, w0);
+        w.tick(2 * MIN + 1, w0 + 2 * MIN + 1);
+        assert_eq!(titles(&w.lines_lost(3 * MIN, w0, u64::MAX)).len(), 1);
+    }
+
+    /// Incidents off: an error's context goes in a message of its own
+    /// (not pinging: the line's embed pings), at most one per rule and
+    /// route a minute; a warning has none; `context_lines = 0` none.
+    #[test]
+    fn with_incidents_off_an_errors_context_is_a_message_of_its_own() {
+        let mut s = settings();
+        s.incident_window = Duration::ZERO;
+        let mut w = Watch::new(s.clone(), 0);
+        let pinging = EventPart {
+            mention: Some(Mention::Role(42)),
+            ..crash()
+        };
+        let chunk = |i: usize| {
+            seen(
+                0,
+                &[format!("before {i}"), format!("crash {i}")],
+                vec![(1, pinging.clone())],
+            )
+        };
+        let out = w.seen(&chunk(1), 0, 1_000);
+        assert_eq!(out.len(), 1, "{:?}", titles(&out));
+        let n = &out[0];
+        assert_eq!(n.policy, Policy::New);
+        assert_eq!(titles(&out), ["Context of: INDI driver X crashed"]);
+        assert_eq!(n.body.get("content"), None, "no ping: {}", n.body);
+        let text = String::from_utf8_lossy(&n.files[0].data);
+        assert_eq!(text, "before 1\ncrash 1\n");
+        assert!(n.files[0].name.ends_with(".log"));
+        // The same rule within a minute: none; after it: one.
+        assert!(w.seen(&chunk(2), 1, 30_000).is_empty());
+        let out = w.seen(&chunk(3), 2, 61_001);
+        assert_eq!(out.len(), 1);
+        let text = String::from_utf8_lossy(&out[0].files[0].data);
+        assert_eq!(text, "crash 2\nbefore 3\ncrash 3\n", "the last 3 lines");
+        // A warning has no context.
+        let warning = EventPart {
+            severity: Severity::Warning,
+            rule: "guide-star-lost".into(),
+            ..crash()
+        };
+        assert!(
+            w.seen(&seen(0, &["lost".into()], vec![(0, warning)]), 3, 200_000)
+                .is_empty()
+        );
+        // No context lines: nothing.
+        s.context_lines = 0;
+        let mut w = Watch::new(s, 0);
+        assert!(w.seen(&chunk(1), 0, 1_000).is_empty());
     }
 }

@@ -954,7 +954,12 @@ impl Watcher {
                     self.store.release(id);
                 }
                 if !step.lines.is_empty() {
-                    let c = self.chunk(id, source, label, step.start, step.lines, &path);
+                    // The followed file's time, not the copy's: lines of
+                    // the old content end a silence only if the log was
+                    // written (or truncated) since.
+                    let modified = self.modified_for_tap(key);
+                    let c = self.chunk(id, source, label, step.start, step.lines);
+                    let c = self.offered(c, &path, modified);
                     if self.send(c) == Flow::Stop {
                         return Flow::Stop;
                     }
@@ -1013,7 +1018,9 @@ impl Watcher {
             if !lines.is_empty() {
                 self.store.note_read(id, t.mark());
                 let (label, path) = (t.label.clone(), t.path.clone());
-                let c = self.chunk(id, source, label, start, lines, &path);
+                let modified = self.modified_for_tap(key);
+                let c = self.chunk(id, source, label, start, lines);
+                let c = self.offered(c, &path, modified);
                 if self.send(c) == Flow::Stop {
                     return Flow::Stop;
                 }
@@ -1043,8 +1050,7 @@ impl Watcher {
         }
     }
 
-    /// Wraps lines of a file into a chunk, classifying each; the night
-    /// watch gets a copy (never waited for).
+    /// Wraps lines of a file into a chunk, classifying each.
     fn chunk(
         &self,
         file: FileId,
@@ -1052,14 +1058,13 @@ impl Watcher {
         label: Option<Arc<str>>,
         start: u64,
         lines: Vec<Line>,
-        path: &Path,
     ) -> Chunk {
         let src = &self.cfg.sources[source];
         let shown = lines
             .iter()
             .map(|l| format::classify_line(&self.cfg.rules, &src.filter, src.events, &l.text))
             .collect();
-        let mut chunk = Chunk {
+        Chunk {
             file,
             source,
             route: src.route,
@@ -1067,11 +1072,26 @@ impl Watcher {
             start,
             lines,
             shown,
-        };
+        }
+    }
+
+    /// The night watch gets a copy of the chunk (never waited for).
+    fn offered(&self, mut chunk: Chunk, path: &Path, modified: Option<SystemTime>) -> Chunk {
         if let Some(tap) = &self.tap {
-            tap.offer(&mut chunk, path);
+            tap.offer(&mut chunk, path, modified);
         }
         chunk
+    }
+
+    /// The modification time of the file `key` after a read, if the night
+    /// watch wants it (the Ekos log's: one `fstat`; see `Seen::modified_ms`).
+    fn modified_for_tap(&self, key: Key) -> Option<SystemTime> {
+        let e = self.files.get(key)?;
+        let tap = self.tap.as_ref()?;
+        if !tap.wants_growth(e.tailer.source) {
+            return None;
+        }
+        e.tailer.modified().ok()
     }
 
     /// Copies every chunk read to the night watch.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
-use crate::support::fake_discord::{FakeDiscord, Mode, Received, delivered, embed_field};
+use crate::support::fake_discord::{
+    FakeDiscord, Mode, Received, code_block_lines, delivered, embed_field,
+};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -820,5 +822,213 @@ fn a_storm_of_one_warning_is_one_incident_with_its_count() {
     .is_empty()));
     let (status, _, err) = d.stop();
     assert!(status.success(), "{err}");
+}
+
+/// Frames read while Discord takes nothing (503s), so the checkpoint does
+/// not move past them; the daemon is killed (`kill -9`) after the night
+/// watch counted them and saved its state, and restarted: the watcher reads
+/// them again from the checkpoint, the night watch knows it observed them.
+/// The summary counts each frame once.
+#[test]
+fn frames_read_again_after_a_crash_are_counted_once() {
+    let fake = FakeDiscord::start_with(crate::support::fake_discord::Options {
+        rate_limit: None,
+        ..Default::default()
+    });
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO").set("TZ", "UTC0");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let state = env.dir.path().join("state");
+    let read = |name: &str| std::fs::read_to_string(state.join(name)).unwrap_or_default();
+    let d = env.start(&[]);
+    let frame = |i: usize| {
+        vec![
+            capture("Capturing 1.000-second L image..."),
+            capture(&format!("Received image {i} out of 4.")),
+        ]
+    };
+    append(
+        &file,
+        &[
+            sched("\"Scheduler started.\""),
+            sched("Executing Job  \"M31\""),
+            sched("\"Job 'M31' capture is in progress...\""),
+        ],
+    );
+    assert!(
+        wait_until(LONG, || read("notices.json").contains("night:")),
+        "no card: {}",
+        d.stderr()
+    );
+    fake.set_mode(Mode::Down);
+    let marks = tokens("held", 0..3);
+    let mut held = frame(1);
+    held.push(marks[0].clone());
+    held.extend(frame(2));
+    held.push(marks[1].clone());
+    append(&file, &held);
+    assert!(
+        wait_until(LONG, || read("nightwatch.json")
+            .contains("\"frames_seen\":2")),
+        "{}\n{}",
+        read("nightwatch.json"),
+        d.stderr()
+    );
+    assert!(
+        !delivered(&fake.messages())
+            .iter()
+            .any(|l| l.contains("Received image")),
+        "Discord accepted nothing"
+    );
+    d.kill9();
+    fake.set_mode(Mode::Normal);
+    let d = env.start(&[]);
+    let mut rest = frame(3);
+    rest.extend(frame(4));
+    rest.extend([
+        sched("\"Job 'M31' is complete.\""),
+        sched("\"Mount parked.\""),
+        sched("\"Scheduler is stopping...\""),
+        marks[2].clone(),
+    ]);
+    append(&file, &rest);
+    let summary = |m: &Received| m.edit && title(m).ends_with("— summary");
+    assert!(
+        fake.wait_for_edits(LONG, |e| e.iter().any(summary))
+            && wait_until(LONG, || loss_and_dups(&marks, &delivered(&fake.messages()))
+                .0
+                .is_empty()),
+        "no summary: {}",
+        d.stderr()
+    );
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    let last = fake.edits().into_iter().rfind(summary).expect("a summary");
+    let e = &last.embeds[0];
+    let desc = e["description"].as_str().unwrap();
+    assert!(desc.contains("4 frames · 4 s of exposure"), "{desc}");
+    assert_eq!(embed_field(e, "M31"), "L: 4 × 1 s = 4 s");
+    // The lines themselves: each delivered once (the checkpoint's work).
+    check_lines(&fake, &marks);
+}
+
+/// Ekos stops during a Discord outage and the alarm is raised; when Discord
+/// is back, the backlog (written before the silence) is read and delivered
+/// but is no resumption: no "writing again" until Ekos really writes
+/// again, then exactly one.
+#[test]
+fn the_backlog_of_an_outage_does_not_end_a_silence_but_writing_again_does() {
+    let (d, file, fake, _env) = held_up_route();
+    let trickle = tokens("trickle", 0..10);
+    for t in &trickle {
+        append(&file, std::slice::from_ref(t));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Quiet for 3 × silence_after before Discord comes back.
+    std::thread::sleep(Duration::from_secs(6));
+    fake.set_mode(Mode::Normal);
+    // The alarm, then the whole backlog delivered (in messages or, caught
+    // up, in attachments).
+    let last = trickle.last().unwrap().clone();
+    let sent = |fake: &FakeDiscord, line: &str| {
+        fake.messages().iter().any(|m| {
+            code_block_lines(&m.content).iter().any(|l| l == line)
+                || (m.attachments.iter())
+                    .any(|(_, data)| String::from_utf8_lossy(data).lines().any(|l| l == line))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            !titled(&fake, "Ekos silent for").is_empty() && sent(&fake, &last)
+        }),
+        "no alarm or backlog: {}",
+        d.stderr()
+    );
+    assert!(
+        titled(&fake, "Ekos is writing again").is_empty(),
+        "the backlog ended the silence: {:?}",
+        titled(&fake, "Ekos is writing again")
+            .iter()
+            .map(|m| m.embeds[0].to_string())
+            .collect::<Vec<_>>()
+    );
+    // Ekos writes again.
+    let marker = tokens("again", 0..1);
+    append(
+        &file,
+        &[capture("Received image 1 out of 5."), marker[0].clone()],
+    );
+    assert!(
+        wait_until(LONG, || {
+            !titled(&fake, "Ekos is writing again").is_empty()
+                && loss_and_dups(&marker, &delivered(&fake.messages()))
+                    .0
+                    .is_empty()
+        }),
+        "no resumption: {}",
+        d.stderr()
+    );
+    append(&file, &[sched("Mount parked."), "parked-now".to_string()]);
+    assert!(fake.wait_for(LONG, |m| delivered(m).iter().any(|l| l == "parked-now")));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(titled(&fake, "Ekos silent for").len(), 1);
+    assert_eq!(titled(&fake, "Ekos is writing again").len(), 1);
+}
+
+/// Incidents off (`incident_window = 0`): a driver crash is its line's own
+/// embed (which pings), and its context, the lines before it, comes as a
+/// message of its own with the `.log` attached.
+#[test]
+fn with_incidents_off_a_crash_still_carries_its_context() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO")
+        .set("CONTEXT_LINES", "4")
+        .set("INCIDENT_WINDOW", "0");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let plain = tokens("off", 0..6);
+    let mut crash = plain[..4].to_vec();
+    crash.push(ekos(
+        "org.kde.kstars.indi",
+        "INDI driver  \"indi_eqmod_telescope\"  crashed!",
+    ));
+    append(&file, &crash);
+    assert!(
+        wait_until(LONG, || !titled(&fake, "Context of: INDI driver")
+            .is_empty()),
+        "no context: {:?}\n{}",
+        fake.messages().iter().map(title).collect::<Vec<_>>(),
+        d.stderr()
+    );
+    let c = &titled(&fake, "Context of: INDI driver")[0];
+    assert_eq!(c.attachments.len(), 1, "{c:?}");
+    let (name, data) = &c.attachments[0];
+    assert!(name.ends_with(".log"), "{name}");
+    let text = String::from_utf8_lossy(data);
+    let ctx: Vec<&str> = text.lines().collect();
+    assert_eq!(ctx.len(), 4, "{text}");
+    assert!(ctx[3].contains("crashed!"), "the line itself last: {text}");
+    assert_eq!(ctx[..3], plain[1..4], "the lines before it");
+    append(&file, &plain[4..]);
+    assert!(wait_until(LONG, || {
+        loss_and_dups(&plain, &delivered(&fake.messages()))
+            .0
+            .is_empty()
+    }));
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    // The alert is the line's own embed; no incident message.
+    assert!(incidents(&fake, "INDI driver").is_empty());
+    assert_eq!(titled(&fake, "Context of").len(), 1);
+    assert!(
+        titled(&fake, "INDI driver")
+            .iter()
+            .any(|m| m.attachments.is_empty() && !m.embeds.is_empty()),
+        "the line's embed"
+    );
     check_lines(&fake, &plain);
 }

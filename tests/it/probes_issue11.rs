@@ -3,14 +3,13 @@
 //! Discord. Each test asserts what the issue (or README) promises; a
 //! failing one is a defect report with its reproduction.
 
-
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
 use crate::support::fake_discord::{FakeDiscord, Fault, Mode, Received, delivered, embed_field};
 use crate::support::pings::PingServer;
+use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(20);
 
