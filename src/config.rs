@@ -980,13 +980,17 @@ impl Config {
                 })?,
             ),
         };
-        if let Some(h) = &heartbeat {
-            effective.insert("HEARTBEAT_URL".into(), h.shown());
-            effective.insert(
-                "HEARTBEAT_INTERVAL".into(),
-                format!("{}", heartbeat_interval.as_secs_f64()),
-            );
-        }
+        // Shown set or not, so `check` tells the dead-man's switch is off.
+        effective.insert(
+            "HEARTBEAT_URL".into(),
+            heartbeat
+                .as_ref()
+                .map_or_else(|| "(none: no heartbeat is sent)".to_string(), |h| h.shown()),
+        );
+        effective.insert(
+            "HEARTBEAT_INTERVAL".into(),
+            format!("{}", heartbeat_interval.as_secs_f64()),
+        );
         let expect_specs: Vec<crate::nightwatch::expect::Spec> =
             l.tables("expect", &crate::nightwatch::expect::KEYS.join(", "))?;
         let expect = crate::nightwatch::expect::from_specs(&expect_specs, &l.base).map_err(
@@ -1378,7 +1382,9 @@ mod tests {
     #[test]
     fn heartbeat_keys() {
         let c = load(None, &[("DISCORD_WEBHOOK_URL", URL)]).unwrap();
-        assert!(c.heartbeat.is_none() && !c.effective.contains_key("HEARTBEAT_URL"));
+        assert!(c.heartbeat.is_none());
+        assert_eq!(c.effective["HEARTBEAT_URL"], "(none: no heartbeat is sent)");
+        assert_eq!(c.effective["HEARTBEAT_INTERVAL"], "300");
         let hc = "https://hc-ping.com/0f1e2d3c-aaaa-bbbb-cccc-123456789abc";
         let c = load(
             Some(&format!(
