@@ -97,6 +97,9 @@ use incidents::{Incident, Incidents, Occurrence};
 use observed::Observed;
 use silence::{Silence, Threshold};
 
+/// How long after a session change the night watch sends a `STATUS=`
+/// that [`Stats::publish`]'s rate limit held back.
+const STATUS_FLUSH_MS: u64 = 250;
 /// Capacity of the watcher → night-watch channel, in chunks: room for a
 /// burst; beyond, copies are dropped (see [`Tap`]).
 pub const SEEN_CHANNEL: usize = 64;
@@ -1440,12 +1443,18 @@ impl NightWatch {
         };
         let (mut seen_lost, mut seen_grew) = (0, 0);
         let mut summary = String::new();
+        // A session change STATUS= held back (at most 5 a second) is sent
+        // this long after, rather than at the sender's next post.
+        let mut flush_status_at: Option<u64> = None;
         self.watch.start(self.clock.wall_ms());
         loop {
             let now = self.now_ms();
             let wall = self.clock.wall_ms();
             let (silence_at, incident_at) = self.watch.wake_at(wall);
-            let mono_at = [silence_at, self.save_at()].into_iter().flatten().min();
+            let mono_at = [silence_at, self.save_at(), flush_status_at]
+                .into_iter()
+                .flatten()
+                .min();
             let mut wait: Option<u64> = mono_at.map(|t| t.saturating_sub(now));
             if let Some(w) = incident_at.map(|t| t.saturating_sub(wall)) {
                 wait = Some(wait.map_or(w, |x| x.min(w)));
@@ -1502,6 +1511,10 @@ impl NightWatch {
             if s != summary && self.watch.settings.ekos_source.is_some() {
                 summary = s;
                 self.publish();
+                flush_status_at = Some(self.now_ms() + STATUS_FLUSH_MS);
+            } else if flush_status_at.is_some_and(|t| t <= self.now_ms()) {
+                flush_status_at = None;
+                self.stats.flush_status();
             }
         }
     }
