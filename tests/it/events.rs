@@ -69,7 +69,25 @@ fn events_become_embeds_with_mentions_only_where_a_rule_says() {
             .collect::<Vec<_>>(),
         _d.stderr()
     );
-    let msgs = fake.messages();
+    // With incidents off, the error and the crash get their context lines
+    // in a message of their own (tests/it/nightwatch.rs); the line embeds
+    // are the rest. Neither may ping from the text.
+    let is_context = |m: &crate::support::fake_discord::Received| {
+        m.embeds
+            .first()
+            .and_then(|e| e["title"].as_str())
+            .is_some_and(|t| t.starts_with("Context of: "))
+    };
+    assert!(fake.wait_for(
+        Duration::from_secs(10),
+        |m| m.iter().filter(|m| is_context(m)).count() == 2
+    ));
+    let (context, msgs): (Vec<_>, Vec<_>) = fake.messages().into_iter().partition(is_context);
+    for c in &context {
+        assert_eq!(c.attachments.len(), 1, "{:?}", c.body);
+        assert_eq!(c.body["allowed_mentions"]["parse"], serde_json::json!([]));
+        assert!(c.content.is_empty(), "no ping: {}", c.content);
+    }
     let embeds: Vec<&serde_json::Value> = msgs
         .iter()
         .flat_map(|m| m.body["embeds"].as_array().into_iter().flatten())
