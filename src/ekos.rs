@@ -42,11 +42,14 @@
 //! | `indi-driver-start-failed` | indiserver `Driver X: execlp <exe>: <error>` | error | INDI driver X failed to start: error |
 //! | `indi-driver-died` | old indiserver `Child process P died` | error | INDI driver process P died |
 //! | `indi-driver-restart` | indiserver `Driver X: restart #N` | warning | INDI driver X restarted (#N) |
-//! | `guide-aborted` | `Autoguiding aborted.` | error | Autoguiding aborted |
-//! | `guide-star-lost` | `Lost track of the guide star...` | warning | Lost track of the guide star |
+//! | `guide-aborted` | `Autoguiding aborted.` (also after every PHD2 abort) | error | Autoguiding aborted |
+//! | `guide-star-lost` | `Lost track of the guide star...`, PHD2 `PHD2: Star Lost.` (`... Trying to reacquire[ for Ns].`) | warning | Lost track of the guide star |
 //! | `guide-suspended` | `Guiding suspended.` | warning | Guiding suspended |
-//! | `guide-calibration-failed` | `Calibration rejected...`, `Warning: job 'X' calibration failed.` | error | Guide calibration failed |
-//! | `dither-failed` | `Dithering failed.` | warning | Dithering failed |
+//! | `guide-calibration-failed` | `Calibration rejected...`, `Warning: job 'X' calibration failed.`, PHD2 `PHD2: Calibration Failed (R).` / `PHD2: Calibration turned to looping, failed.` | error | Guide calibration failed |
+//! | `guide-connection-lost` | PHD2 `The host disconnected.` / `The connection was refused by the peer. Make sure the PHD2 is running...` / `The host was not found. Please check the host name and port settings in Guide options.` / `PHD2 Error: Equipment not connected.` | error | Guider connection lost |
+//! | `guide-settle-failed` | PHD2 `PHD2: Settling failed (R).` | warning | Guide settling failed: R |
+//! | `dither-failed` | `Dithering failed.`, PHD2 `PHD2: There was no dithering response from PHD2, but continue guiding.` | warning | Dithering failed |
+//! | `phd2-alert` | a PHD2 alert of type error, `PHD2 error: M` | error | PHD2: M |
 //! | `capture-failed` | `Capture failed. Check INDI Control Panel for details.` | error | Capture failed |
 //! | `capture-aborted` | `CCD capture aborted` (or `Camera capture aborted`) | warning | Capture aborted |
 //! | `capture-suspended` | `CCD capture suspended` | warning | Capture suspended |
@@ -72,7 +75,8 @@
 //! | `dome-unparked` | `Dome unparked.` | info | Dome unparked |
 //! | `dome-parking` | `Parking dome...` / `Unparking dome...` | info | Dome moving |
 //! | `guide-calibration-complete` | `Calibration completed.` | success | Guider calibrated |
-//! | `guide-started` | `Autoguiding started.` / `Guiding resumed.` | info | Guiding |
+//! | `guide-started` | `Autoguiding started.` / `Guiding resumed.`, PHD2 `PHD2: Guiding started.` / `PHD2: Guiding resumed.` / `PHD2: Star found, guiding resumed.` / `PHD2: Star found, guiding is resuming...` / `PHD2: Settling complete, Guiding Started.` | info | Guiding |
+//! | `guide-stopped` | PHD2 `PHD2: Guiding Stopped.` (an abort is also logged `Autoguiding aborted.`) | info | Guiding stopped |
 //! | `autofocus-started` | `Autofocus starting...` / `Autofocus in progress...` | info | Autofocus started |
 //! | `job-started` | `Executing Job "X"` | info | Job X started |
 //! | `job-capturing` | `Job 'X' capture is in progress...` | info | Job X capturing |
@@ -90,7 +94,8 @@
 //! self-correcting conditions.
 //!
 //! The texts come from KStars' sources (`kstars/ekos/scheduler/schedulerprocess.cpp`,
-//! `ekos/guide/guide.cpp` and `internalguide/`, `ekos/capture/`, `ekos/focus/focus.cpp`,
+//! `ekos/guide/guide.cpp`, `internalguide/` and `externalguide/phd2.cpp` (its
+//! texts from 2016 on), `ekos/capture/`, `ekos/focus/focus.cpp`,
 //! `ekos/align/align.cpp`, `ekos/mount/`) and INDI's `indiserver/` (`DvrInfo.cpp`,
 //! `LocalDvrInfo.cpp`, and the older `indiserver.c`). Every `kstars.notifyrc` event
 //! that KStars accompanies with a log line has a rule; see [`crate::session`] for the
@@ -704,12 +709,33 @@ const BUILTINS: &[Builtin] = &[
     text("indi-driver-restart", &["t #"], r"(?i-u)Driver\s+([\w.-]+?):\s*restart #(\d+)",
         Severity::Warning, "INDI driver $1 restarted (#$2)"),
     text("guide-aborted", &["bor"], r"(?i-u)Autoguiding aborted", Severity::Error, "Autoguiding aborted"),
-    text("guide-star-lost", &["los"], r"(?i-u)Lost track of the guide star",
+    // PHD2 (ekos/guide/externalguide/phd2.cpp) says `PHD2: Star Lost.` (2016),
+    // `PHD2: Star Lost. Trying to reacquire.` (2018) and `PHD2: Star Lost.
+    // Trying to reacquire for %1s.` (since): the same event as the internal
+    // guider's, so the same rule, incident and resolution.
+    text("guide-star-lost", &["los"], r"(?i-u)Lost track of the guide star|PHD2: Star Lost",
         Severity::Warning, "Lost track of the guide star"),
     text("guide-suspended", &["usp"], r"(?i-u)Guiding suspended", Severity::Warning, "Guiding suspended"),
-    text("guide-calibration-failed", &["bra"], r"(?i-u)Calibration rejected|calibration failed",
+    // `PHD2: Calibration Failed (%1).` is matched by `calibration failed`.
+    text("guide-calibration-failed", &["bra"],
+        r"(?i-u)Calibration rejected|calibration failed|Calibration turned to looping, failed",
         Severity::Error, "Guide calibration failed"),
-    text("dither-failed", &["ith"], r"(?i-u)Dithering failed", Severity::Warning, "Dithering failed"),
+    // phd2.cpp `displayError()`; `PHD2 Error: Equipment not connected.` when a
+    // guide, dither or abort finds PHD2's camera or mount disconnected.
+    text("guide-connection-lost", &["hos", "phd"],
+        r"(?i-u)The host disconnected\.|The connection was refused by the peer\. Make sure the PHD2|The host was not found\. Please check the host name and port settings in Guide|PHD2 Error: Equipment not connected",
+        Severity::Error, "Guider connection lost"),
+    // SettleDone with an error; the `Settling failed, aborted.` that may follow
+    // is not matched (its `Autoguiding aborted.` is the abort).
+    text("guide-settle-failed", &["ttl"], r"(?i-u)PHD2: Settling failed \(((?u:[^)]*))\)",
+        Severity::Warning, "Guide settling failed: $1"),
+    // PHD2's dither timer expired without an answer (a SettleDone error while
+    // dithering is already a `guide-settle-failed`).
+    text("dither-failed", &["ith"], r"(?i-u)Dithering failed|There was no dithering response from PHD2",
+        Severity::Warning, "Dithering failed"),
+    // A PHD2 Alert event of type `error` (`PHD2 %1: %2`); KStars' own
+    // `PHD2 Error: ...` is capitalised and is not one.
+    text("phd2-alert", &["phd"], r"(?i-u)PHD2 (?-i:error): ((?u:.+))", Severity::Error, "PHD2: $1"),
     text("capture-failed", &["fai"], r"(?i-u)Capture failed", Severity::Error, "Capture failed"),
     text("capture-aborted", &["bor"], r"(?i-u)(?:CCD|camera) capture aborted",
         Severity::Warning, "Capture aborted"),
@@ -755,8 +781,12 @@ const BUILTINS: &[Builtin] = &[
     text("dome-parking", &["dom"], r"(?i-u)(?:un)?parking dome", Severity::Info, "Dome moving"),
     text("guide-calibration-complete", &["bra"], r"(?i-u)Calibration completed",
         Severity::Success, "Guider calibrated"),
-    text("guide-started", &["uto", "sum"], r"(?i-u)Autoguiding started|Guiding resumed",
+    // `Guiding resumed` also covers PHD2's `Guiding resumed.` / `Guiding
+    // Resumed.` and `Star found, guiding resumed.` (2018).
+    text("guide-started", &["uto", "sum", "phd"],
+        r"(?i-u)Autoguiding started|Guiding resumed|PHD2: (?:Guiding started|Star found, guiding|Settling complete, Guiding started)",
         Severity::Info, "Guiding"),
+    text("guide-stopped", &["phd"], r"(?i-u)PHD2: Guiding stopped", Severity::Info, "Guiding stopped"),
     text("autofocus-started", &["ofo"], r"(?i-u)Autofocus (?:starting|in progress)",
         Severity::Info, "Autofocus started"),
     text("job-started", &["xec"], r#"(?i-u)Executing Job\s+"?((?u:[^"]*))"?"#,
@@ -1579,6 +1609,76 @@ mod tests {
             ekos("Job 'M31' alignment is complete."),
         ] {
             assert_eq!(event(&rules, &quiet), None, "{quiet}");
+        }
+    }
+
+    /// Every text Ekos' PHD2 client logs about guiding trouble, as
+    /// `appendLogText` writes it in either log format (kstars
+    /// ekos/guide/externalguide/phd2.cpp, versions of 2016, 2018 and since).
+    #[test]
+    fn phd2_texts_are_classified() {
+        let rules = Rules::builtin();
+        let modern = |m: &str| {
+            format!(
+                r#"[2024-03-09T23:41:07.512 CET INFO ][     org.kde.kstars.ekos.guide] - "{m}""#
+            )
+        };
+        let old = |m: &str| format!("2017-06-21T08:04:58.505 - INFO - Guide:  \"{m}\"");
+        #[rustfmt::skip]
+        let cases = [
+            // `i18n("PHD2: Star Lost. Trying to reacquire for %1s.", Options::guideLostStarTimeout())`
+            ("PHD2: Star Lost. Trying to reacquire for 15s.", "guide-star-lost", Severity::Warning, "Lost track of the guide star"),
+            ("PHD2: Star Lost. Trying to reacquire.", "guide-star-lost", Severity::Warning, "Lost track of the guide star"),
+            ("PHD2: Star Lost.", "guide-star-lost", Severity::Warning, "Lost track of the guide star"),
+            ("PHD2: Star found, guiding is resuming...", "guide-started", Severity::Info, "Guiding"),
+            ("PHD2: Star found, guiding resumed.", "guide-started", Severity::Info, "Guiding"),
+            ("PHD2: Guiding started.", "guide-started", Severity::Info, "Guiding"),
+            ("PHD2: Guiding Started.", "guide-started", Severity::Info, "Guiding"),
+            ("PHD2: Guiding resumed.", "guide-started", Severity::Info, "Guiding"),
+            ("PHD2: Settling complete, Guiding Started.", "guide-started", Severity::Info, "Guiding"),
+            ("PHD2: Guiding Stopped.", "guide-stopped", Severity::Info, "Guiding stopped"),
+            ("PHD2: Calibration Failed (Guide star lost).", "guide-calibration-failed", Severity::Error, "Guide calibration failed"),
+            ("PHD2: Calibration turned to looping, failed.", "guide-calibration-failed", Severity::Error, "Guide calibration failed"),
+            ("PHD2: Settling failed (timed-out waiting for guider to settle).", "guide-settle-failed", Severity::Warning,
+                "Guide settling failed: timed-out waiting for guider to settle"),
+            ("PHD2: There was no dithering response from PHD2, but continue guiding.", "dither-failed", Severity::Warning, "Dithering failed"),
+            ("The host disconnected.", "guide-connection-lost", Severity::Error, "Guider connection lost"),
+            ("The connection was refused by the peer. Make sure the PHD2 is running, and check that the host name and port settings are correct.",
+                "guide-connection-lost", Severity::Error, "Guider connection lost"),
+            ("The host was not found. Please check the host name and port settings in Guide options.",
+                "guide-connection-lost", Severity::Error, "Guider connection lost"),
+            ("PHD2 Error: Equipment not connected.", "guide-connection-lost", Severity::Error, "Guider connection lost"),
+            // `i18n("PHD2 %1: %2", jsonEvent["Type"], jsonEvent["Msg"])`
+            ("PHD2 error: Mount not connected", "phd2-alert", Severity::Error, "PHD2: Mount not connected"),
+        ];
+        for (msg, rule, severity, title) in cases {
+            for line in [modern(msg), old(msg)] {
+                let ev = event(&rules, &line).unwrap_or_else(|| panic!("{line}"));
+                assert_eq!(
+                    (ev.rule.as_str(), ev.severity, ev.title.as_str()),
+                    (rule, severity, title),
+                    "{line}"
+                );
+            }
+        }
+        // Chatter, and lines whose trouble another line reports: the
+        // `Autoguiding aborted.` or `Dithering failed.` that guide.cpp logs
+        // with them, or the settling failure before them.
+        for quiet in [
+            "PHD2: Lock Position Lost.",
+            "PHD2: Lock Position Lost, continuing calibration.",
+            "PHD2: Settling failed, aborted.",
+            "PHD2: There was a dithering error, but continue guiding.",
+            "PHD2: failing after dithering aborts.",
+            "PHD2: Guiding paused.",
+            "PHD2: Calibration Complete.",
+            "PHD2: Version 2.6.11",
+            "PHD2 info: Dark library built",
+            "PHD2 warning: Star mass changed",
+            "PHD2: Waiting for guiding to settle.",
+            "Reconnecting to PHD2 Host: localhost, on port 4400. . .",
+        ] {
+            assert_eq!(event(&rules, &modern(quiet)), None, "{quiet}");
         }
     }
 

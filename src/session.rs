@@ -56,6 +56,10 @@
 //! | `Dithering failed.` | guiding off | guide.cpp |
 //! | `Lost track of the guide star...` | guide star lost (reacquiring); star losses + 1 | guide/internalguide/internalguider.cpp |
 //! | `Delta RMS threshold value exceeded. Searching for guide stars...` | guide star lost (reacquiring) | internalguider.cpp |
+//! | PHD2 `PHD2: Star Lost.` / `PHD2: Star Lost. Trying to reacquire[ for %1s].` | guide star lost (reacquiring); star losses + 1 | guide/externalguide/phd2.cpp (texts of 2016, 2018 and since) |
+//! | PHD2 `PHD2: Star found, guiding resumed.` / `PHD2: Star found, guiding is resuming...` / `PHD2: Guiding started.` / `PHD2: Guiding resumed.` / `PHD2: Settling complete, Guiding Started.` | guiding | phd2.cpp |
+//! | PHD2 `PHD2: Guiding Stopped.`, `External guider disconnected.`, `The host disconnected.` | guiding off (an abort is counted by the `Autoguiding aborted.` that guide.cpp logs with it) | phd2.cpp, guide.cpp |
+//! | PHD2 `PHD2: Calibration Failed (%1).` / `PHD2: Calibration turned to looping, failed.` | guiding off | phd2.cpp |
 //! | `Autofocus starting...` / `Autofocus in progress...` | phase focusing | focus/focus.cpp |
 //! | `Autofocus complete after %1 iterations.` | autofocus ok + 1 | focus.cpp |
 //! | `Autofocus failed...` | autofocus failed + 1 | focus.cpp |
@@ -289,6 +293,9 @@ enum Msg<'a> {
     CalibrationFailed,
     Guiding,
     GuideAborted,
+    /// Guiding ended without an abort of its own (PHD2 stopped, the
+    /// external guider disconnected): off, not counted.
+    GuideStopped,
     GuideSuspended,
     Dithering,
     DitherFailed,
@@ -449,6 +456,7 @@ impl Session {
                 self.guide = GuideState::Off;
                 self.counts.guide_aborts += 1;
             }
+            Msg::GuideStopped => self.guide = GuideState::Off,
             Msg::GuideSuspended => self.guide = GuideState::Suspended,
             Msg::Dithering => self.guide = GuideState::Dithering,
             Msg::DitherFailed => self.guide = GuideState::Off,
@@ -870,6 +878,8 @@ fn classify_ekos(msg: &str) -> Option<Msg<'_>> {
                 Msg::JobExecuting(rest.trim().trim_matches('"'))
             } else if strip_prefix_ci(msg, "Ekos stopped").is_some() {
                 Msg::ShutdownComplete
+            } else if strip_prefix_ci(msg, "External guider disconnected").is_some() {
+                Msg::GuideStopped
             } else {
                 return None;
             }
@@ -943,6 +953,9 @@ fn classify_ekos(msg: &str) -> Option<Msg<'_>> {
             Msg::SchedulerSleeping
         }
         b'p' => {
+            if let Some(rest) = strip_prefix_ci(msg, "PHD2: ") {
+                return phd2(rest);
+            }
             if strip_prefix_ci(msg, "Parking mount").is_some() {
                 Msg::MountParking
             } else if strip_prefix_ci(msg, "Post-dither settling").is_some() {
@@ -986,6 +999,7 @@ fn classify_ekos(msg: &str) -> Option<Msg<'_>> {
                 return None;
             }
         }
+        b't' if strip_prefix_ci(msg, "The host disconnected").is_some() => Msg::GuideStopped,
         b'u' if strip_prefix_ci(msg, "Unparking mount").is_some() => Msg::MountUnparking,
         b'w' => {
             let rest = strip_prefix_ci(msg, "Warning: job '")?;
@@ -999,6 +1013,28 @@ fn classify_ekos(msg: &str) -> Option<Msg<'_>> {
         _ => return None,
     };
     Some(m)
+}
+
+/// What Ekos' PHD2 client logs about guiding, after its `PHD2: ` prefix
+/// (kstars ekos/guide/externalguide/phd2.cpp, its texts since 2016).
+/// Aborts are not here: every abort also logs `Autoguiding aborted.`.
+fn phd2(rest: &str) -> Option<Msg<'static>> {
+    let is = |p: &str| strip_prefix_ci(rest, p).is_some();
+    if is("Star Lost") {
+        Some(Msg::StarLost)
+    } else if is("Star found, guiding")
+        || is("Guiding started")
+        || is("Guiding resumed")
+        || is("Settling complete, Guiding Started")
+    {
+        Some(Msg::Guiding)
+    } else if is("Guiding Stopped") {
+        Some(Msg::GuideStopped)
+    } else if is("Calibration Failed") || is("Calibration turned to looping, failed") {
+        Some(Msg::CalibrationFailed)
+    } else {
+        None
+    }
 }
 
 /// INDI driver lines: indiserver's (relayed by KStars or read from its own
@@ -1408,6 +1444,107 @@ mod tests {
         assert_eq!((c.guide_aborts, c.star_losses), (1, 1));
         feed(&mut s, SCHED, "Warning: job 'M31' calibration failed.", 2);
         assert_eq!(s.guide(), GuideState::Off);
+    }
+
+    /// What Ekos logs with PHD2 (kstars ekos/guide/externalguide/phd2.cpp
+    /// `handlePHD2AppState()`, `processPHD2Event()`): each guiding line of
+    /// PHD2's client with the guide.cpp line it comes with.
+    #[test]
+    fn phd2_guiding_transitions_and_counts() {
+        let mut s = Session::new();
+        for (msg, want) in [
+            ("PHD2: Calibrating, timing out in 300s.", None),
+            ("Calibration started.", Some(GuideState::Calibrating)),
+            (
+                "PHD2: Calibration Failed (Guide star lost).",
+                Some(GuideState::Off),
+            ),
+            (
+                "PHD2: Calibration turned to looping, failed.",
+                Some(GuideState::Off),
+            ),
+            (
+                "PHD2: Settling complete, Guiding Started.",
+                Some(GuideState::Guiding),
+            ),
+            // `emit newLog(i18n("PHD2: Star Lost. Trying to reacquire for %1s.", ...))`
+            (
+                "PHD2: Star Lost. Trying to reacquire for 15s.",
+                Some(GuideState::Lost),
+            ),
+            // Logged at each guide step while the star is back.
+            (
+                "PHD2: Star found, guiding is resuming...",
+                Some(GuideState::Guiding),
+            ),
+            (
+                "PHD2: Star found, guiding is resuming...",
+                Some(GuideState::Guiding),
+            ),
+            (
+                "PHD2: Star Lost. Trying to reacquire.",
+                Some(GuideState::Lost),
+            ),
+            (
+                "PHD2: Star found, guiding resumed.",
+                Some(GuideState::Guiding),
+            ),
+            ("PHD2: Star Lost.", Some(GuideState::Lost)),
+            ("PHD2: Guiding started.", Some(GuideState::Guiding)),
+            (
+                "PHD2: Star Lost. Trying to reacquire for 15s.",
+                Some(GuideState::Lost),
+            ),
+            // The lost-star timer expired: stop_capture.
+            ("PHD2: Guiding Stopped.", Some(GuideState::Off)),
+            ("Autoguiding aborted.", Some(GuideState::Off)),
+            ("PHD2: Guiding resumed.", Some(GuideState::Guiding)),
+            ("The host disconnected.", Some(GuideState::Off)),
+            ("External guider disconnected.", Some(GuideState::Off)),
+            ("PHD2: Guiding Resumed.", Some(GuideState::Guiding)),
+            ("External guider disconnected.", Some(GuideState::Off)),
+        ] {
+            assert_eq!(feed(&mut s, GUIDE, msg, 1), want.is_some(), "{msg}");
+            if let Some(want) = want {
+                assert_eq!(s.guide(), want, "{msg}");
+            }
+        }
+        let c = s.counts();
+        assert_eq!((c.guide_aborts, c.star_losses), (1, 4));
+        // KStars before 3.0 wrote `<time> - <level> - Guide:  "<text>"`.
+        let old = "2017-06-21T08:04:58.505 - INFO - Guide:  \"PHD2: Star Lost.\"";
+        assert!(s.observe(&parse(old), 2000));
+        assert_eq!((s.guide(), s.counts().star_losses), (GuideState::Lost, 5));
+    }
+
+    /// Seeded random PHD2 guiding lines against an oracle: a star loss is
+    /// counted once until guiding is back, whatever repeats the log holds.
+    #[test]
+    fn phd2_star_losses_are_counted_once_per_loss() {
+        const LINES: [(&str, Option<bool>); 6] = [
+            ("PHD2: Star Lost. Trying to reacquire for 15s.", Some(true)),
+            ("PHD2: Star Lost.", Some(true)),
+            ("PHD2: Star found, guiding is resuming...", Some(false)),
+            ("PHD2: Guiding started.", Some(false)),
+            ("PHD2: Guiding Stopped.", Some(false)),
+            ("PHD2: Lock Position Lost.", None),
+        ];
+        for seed in 0..50 {
+            let mut rng = crate::testing::Rng(seed);
+            let mut s = Session::new();
+            let (mut lost, mut want) = (false, 0);
+            for t in 0..200 {
+                let (msg, effect) = LINES[rng.below(LINES.len() as u64) as usize];
+                feed(&mut s, GUIDE, msg, t);
+                match effect {
+                    Some(true) if !lost => (lost, want) = (true, want + 1),
+                    Some(now_lost) => lost = now_lost,
+                    None => {}
+                }
+            }
+            assert_eq!(s.counts().star_losses, want, "seed {seed}");
+            assert_eq!(s.guide() == GuideState::Lost, lost, "seed {seed}");
+        }
     }
 
     #[test]

@@ -756,6 +756,52 @@ mod tests {
         Local::ymd_hms(2024, 3, 9, h, m, s).unwrap()
     }
 
+    /// The same night guided by PHD2: its client's texts (kstars
+    /// ekos/guide/externalguide/phd2.cpp) count as star losses, a loss
+    /// logged twice once, and the abort once (PHD2's `Guiding Stopped.` and
+    /// Ekos' `Autoguiding aborted.` are one abort).
+    #[test]
+    fn a_phd2_night_counts_its_star_losses_and_aborts() {
+        let guide = |t: &str, m: &str| {
+            format!("[2024-03-09T{t} CET INFO ][      org.kde.kstars.ekos.guide] - \"{m}\"")
+        };
+        let mut lines = Vec::new();
+        for l in NIGHT.lines() {
+            if l.contains("Lost track of the guide star") {
+                lines.push(guide(
+                    "22:01:44.110",
+                    "PHD2: Star Lost. Trying to reacquire for 15s.",
+                ));
+                lines.push(guide(
+                    "22:01:46.000",
+                    "PHD2: Star found, guiding is resuming...",
+                ));
+                lines.push(guide(
+                    "22:01:48.000",
+                    "PHD2: Star Lost. Trying to reacquire for 15s.",
+                ));
+                lines.push(guide(
+                    "22:01:49.000",
+                    "PHD2: Star Lost. Trying to reacquire for 15s.",
+                ));
+                lines.push(guide("22:01:58.000", "PHD2: Guiding started."));
+            } else {
+                if l.contains("Autoguiding aborted") {
+                    lines.push(guide("22:37:11.290", "PHD2: Guiding Stopped."));
+                }
+                lines.push(l.to_string());
+            }
+        }
+        let r = replay(
+            lines.iter().map(String::as_str),
+            &rules(),
+            &NightSettings::default(),
+        );
+        assert_eq!(r.len(), 1, "{r:?}");
+        let fs = fields(&r[0].card);
+        assert_eq!(value(&fs, "Guiding"), "1 aborts, 2 star losses");
+    }
+
     #[test]
     fn the_numbers_of_a_real_night() {
         let r = replay(NIGHT.lines(), &rules(), &NightSettings::default());

@@ -37,6 +37,8 @@ pub fn resolves(rule: &str) -> &'static [&'static str] {
             "guide-aborted",
             "guide-suspended",
             "dither-failed",
+            "guide-settle-failed",
+            "guide-connection-lost",
         ],
         "guide-calibration-complete" => &["guide-calibration-failed"],
         "indi-driver-restart" => &[
