@@ -21,7 +21,7 @@
 //!
 //! | message | state change | source |
 //! | --- | --- | --- |
-//! | `Scheduler started.` / `Scheduler resuming.` / `Scheduler is awake...` | scheduler running | scheduler/schedulerprocess.cpp |
+//! | `Scheduler started.` / `Scheduler resuming.` / `Scheduler is awake...` | scheduler running (from idle: a mount parked before is no longer taken as parked, the scheduler unparks it first) | scheduler/schedulerprocess.cpp |
 //! | `Scheduler paused.` | scheduler paused | schedulerprocess.cpp |
 //! | `Scheduler is stopping...` (qCInfo) | scheduler idle | schedulerprocess.cpp `stop()` |
 //! | `Sleeping until observation job %1 is ready at %2`, `Job '%1' scheduled for execution at %2. Observatory scheduled for shutdown until next job is ready.`, `... Parking the mount until the job is ready.`, `Observatory scheduled for soft shutdown until weather improves...` | scheduler sleeping (no work) | schedulerprocess.cpp |
@@ -338,6 +338,14 @@ impl Session {
     fn apply(&mut self, msg: Msg, now: u64) {
         match msg {
             Msg::SchedulerRunning => {
+                if self.scheduler == SchedulerState::Idle && self.mount == MountState::Parked {
+                    // A scheduler started from idle unparks the mount for
+                    // its first job (or says it sleeps): a park seen before
+                    // the start (last night's shutdown, a park by hand)
+                    // must not hide the start, as it is not seen on the
+                    // first night either. A park after it counts again.
+                    self.mount = MountState::Unknown;
+                }
                 self.scheduler = SchedulerState::Running;
                 self.shutdown = ShutdownState::None;
             }
@@ -1320,6 +1328,37 @@ mod tests {
         // A new night starts over.
         feed(&mut s, SCHED, "Scheduler started.", 3);
         assert_eq!(s.shutdown(), ShutdownState::None);
+        assert!(s.work_in_progress());
+    }
+
+    #[test]
+    fn a_scheduler_started_after_a_parked_shutdown_is_work_at_once() {
+        let mut s = Session::new();
+        feed(&mut s, SCHED, "Scheduler started.", 0);
+        feed(&mut s, SCHED, "Starting shutdown process...", 1);
+        feed(&mut s, SCHED, "Mount parked.", 2);
+        feed(&mut s, SCHED, "Shutdown complete.", 3);
+        assert!(!s.work_in_progress());
+        // The next night: its start is work before the mount unparks.
+        feed(&mut s, SCHED, "Scheduler started.", 4);
+        assert_eq!(s.shutdown(), ShutdownState::None);
+        assert_ne!(s.mount(), MountState::Parked);
+        assert!(s.work_in_progress());
+        assert!(s.expected_quiet().is_some());
+        // A park once it runs still counts (e.g. before it sleeps).
+        feed(&mut s, SCHED, "Mount parked.", 5);
+        assert!(!s.work_in_progress());
+        // Waking or resuming does not forget that park: the scheduler
+        // unparks when its job needs it.
+        feed(&mut s, SCHED, "Scheduler paused.", 6);
+        feed(&mut s, SCHED, "Scheduler resuming.", 7);
+        assert_eq!(s.mount(), MountState::Parked);
+        feed(&mut s, SCHED, "Scheduler is awake...", 8);
+        assert_eq!(s.mount(), MountState::Parked);
+        // A park by hand while the scheduler is idle, then a start.
+        let mut s = Session::new();
+        feed(&mut s, MOUNT, "Mount parked.", 0);
+        feed(&mut s, SCHED, "Scheduler started.", 1);
         assert!(s.work_in_progress());
     }
 

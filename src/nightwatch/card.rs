@@ -887,6 +887,10 @@ mod tests {
         let r = replay(two.lines(), &rules(), &NightSettings::default());
         assert_eq!(r.len(), 2);
         for x in &r {
+            // Each night starts with its scheduler, not with the unpark
+            // after it (the first night's park is not the second's).
+            let desc = x.card["embeds"][0]["description"].as_str().unwrap();
+            assert!(desc.starts_with("21:00:05 → 22:39:07 ·"), "{desc}");
             let fs = fields(&x.card);
             assert_eq!(value(&fs, "NGC 7000"), "R: 3 × 120 s = 6 min");
             assert_eq!(value(&fs, "Driver crashes"), "1");

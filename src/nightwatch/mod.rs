@@ -3116,4 +3116,50 @@ mod tests {
         let mut w = Watch::new(s, 0);
         assert!(w.seen(&chunk(1), 0, 1_000).is_empty());
     }
+
+    /// A capture sequence run by hand (no scheduler), aborted, then the
+    /// mount parked (by Ekos or as the INDI driver reports it): the night
+    /// is over at the park, live as in `--replay`.
+    #[test]
+    fn a_manual_sequence_ends_at_the_park_live_as_in_the_replay() {
+        let cap = |t: &str, m: &str| {
+            format!("[2024-03-09T{t}.000 CET INFO ][    org.kde.kstars.ekos.capture] - \"{m}\"")
+        };
+        for park in [
+            "[2024-03-09T21:00:09.000 CET INFO ][      org.kde.kstars.ekos.mount] - \"Mount parked.\"",
+            "[2024-03-09T21:00:09.000 CET INFO ][           org.kde.kstars.indi] - EQMod Mount :  \"[INFO] Mount is parked. \"",
+        ] {
+            let log = [
+                cap("21:00:00", "Capturing 1.000-second Ha image..."),
+                cap("21:00:02", "Received image 1 out of 3."),
+                cap("21:00:03", "Capturing 1.000-second Ha image..."),
+                cap("21:00:05", "Received image 2 out of 3."),
+                cap("21:00:06", "CCD capture aborted"),
+                park.to_string(),
+            ]
+            .join("\n");
+            let mut s = settings();
+            s.silence = Threshold::Auto;
+            s.incident_window = Duration::ZERO;
+            s.context_lines = 0;
+            let mut w = Watch::new(s, 0);
+            let out = drive(&mut w, &log);
+            let last = out
+                .iter()
+                .rfind(|n| n.key == "night:2024-03-09")
+                .expect("a card");
+            assert_eq!(last.policy, Policy::Final, "{park}: {}", last.body);
+            assert!(w.card().is_none(), "{park}: the night is over");
+            let rules = crate::ekos::Rules::with_user(&[]).unwrap();
+            let replayed = card::replay(log.lines(), &rules, &NightSettings::default());
+            assert_eq!(replayed.len(), 1);
+            assert_eq!(
+                last.body, replayed[0].card,
+                "{park}: the same card as --replay"
+            );
+            let desc = last.body["embeds"][0]["description"].as_str().unwrap();
+            assert!(desc.contains("ended: mount parked"), "{desc}");
+            assert!(desc.contains("2 frames"), "{desc}");
+        }
+    }
 }

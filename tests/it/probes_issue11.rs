@@ -53,6 +53,17 @@ fn titles(fake: &FakeDiscord) -> Vec<String> {
         .collect()
 }
 
+/// Each night card as it is now: a card is posted once and then edited
+/// in place (its summary is an edit, `PATCH`, not a new message), so its
+/// current body is its last edit's.
+fn night_cards_now(fake: &FakeDiscord) -> Vec<Received> {
+    fake.messages()
+        .into_iter()
+        .filter(|m| !m.edit && title(m).starts_with("Night of "))
+        .filter_map(|m| fake.message(&m.message_id))
+        .collect()
+}
+
 /// Waits until every token in `marker` was delivered as a plain line.
 fn wait_delivered(fake: &FakeDiscord, marker: &[String]) -> bool {
     wait_until(LONG, || {
@@ -1092,7 +1103,7 @@ fn a_manual_sequence_alarms_on_a_stop_and_a_manual_park_ends_it() {
     let summary =
         |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
     assert!(
-        fake.wait_for(LONG, |m| m.iter().any(summary)),
+        wait_until(LONG, || night_cards_now(&fake).iter().any(summary)),
         "the park ends the night: {:?}",
         titles(&fake)
     );
@@ -1102,7 +1113,7 @@ fn a_manual_sequence_alarms_on_a_stop_and_a_manual_park_ends_it() {
     )
     .len()
         > 1));
-    let card = fake.messages().into_iter().rfind(summary).unwrap();
+    let card = night_cards_now(&fake).into_iter().rfind(summary).unwrap();
     let fields = card.embeds[0]["fields"].to_string();
     assert!(fields.contains("Ha: 2 × 1 s = 2 s"), "{fields}");
     drop(d);
@@ -1146,15 +1157,20 @@ fn a_manual_park_ends_the_night_card() {
     let summary =
         |m: &Received| title(m).starts_with("Night of ") && title(m).ends_with("— summary");
     assert!(
-        fake.wait_for(LONG, |m| m.iter().any(summary)),
+        wait_until(LONG, || night_cards_now(&fake).iter().any(summary)),
         "the park ends the night: {:?}\n{:?}\n{}",
         titles(&fake),
-        fake.messages()
+        night_cards_now(&fake)
             .iter()
-            .filter(|m| title(m).starts_with("Night of "))
             .map(|m| m.embeds[0]["description"].to_string())
             .collect::<Vec<_>>(),
         d.stderr()
+    );
+    let card = night_cards_now(&fake).into_iter().rfind(summary).unwrap();
+    let desc = card.embeds[0]["description"].as_str().unwrap_or("");
+    assert!(
+        desc.contains("2 frames") && desc.contains("ended: mount parked"),
+        "{desc}"
     );
     drop(d);
 }
