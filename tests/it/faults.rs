@@ -462,8 +462,10 @@ impl Run {
             .set("FILE_CHECK_INTERVAL", "1")
             .set("MAX_RETRIES", "2")
             // The ledger counts each line's embeds: incident messages
-            // (tests/nightwatch.rs) would quote the crash lines again.
-            .set("INCIDENT_WINDOW", "0");
+            // (tests/it/nightwatch.rs), or with incidents off the
+            // "Context of:" messages, would quote the crash lines again.
+            .set("INCIDENT_WINDOW", "0")
+            .set("CONTEXT_LINES", "0");
         let root = env.dir.path().to_path_buf();
         env.write_config(&format!(
             "[[source]]\nname = \"a\"\nroot = \"{a}\"\ninclude = [\"*.log\"]\nfollow = \"all\"\nstart_at = \"beginning\"\n\n\

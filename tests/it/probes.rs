@@ -84,10 +84,12 @@ fn ekos_file(env: &Env) -> std::path::PathBuf {
 fn p01_event_with_a_footer_over_2048_is_delivered() {
     let fake = FakeDiscord::start();
     let mut env = Env::new(&fake.webhook_url());
-    // Line delivery only: an incident message would quote the line again.
+    // Line delivery only: an incident message, or with incidents off a
+    // "Context of:" message, would quote the line again.
     env.set("BATCH_SIZE", "10")
         .set("BATCH_TIMEOUT", "0.1")
-        .set("INCIDENT_WINDOW", "0");
+        .set("INCIDENT_WINDOW", "0")
+        .set("CONTEXT_LINES", "0");
     let file = ekos_file(&env);
     let d = env.start(&[]);
     let toks = tokens("footer", 0..3);
