@@ -20,6 +20,7 @@ mod nightwatch;
 mod notice_reload;
 mod probes;
 mod probes_issue11;
+mod probes_issue11b;
 mod rewrites_and_links;
 mod secrets;
 mod setup;
