@@ -680,6 +680,7 @@ mod tests {
             footer: footer.map(Into::into),
             mention: m,
             alert_mention: m,
+            covered: false,
             rule: "r".into(),
             more: 0,
         }

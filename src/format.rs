@@ -144,6 +144,11 @@ pub struct EventPart {
     /// night watch takes `mention` off the line's embed (its incident
     /// pings in the logs channel instead; the alerts channel still must).
     pub alert_mention: Option<Mention>,
+    /// An incident of the night watch stands for this event (set by
+    /// [`crate::nightwatch::Tap::offer`] once the night watch has its copy):
+    /// the incident is posted to the alerts webhook too, so the line's own
+    /// copy there is not (a storm would be a storm of pings).
+    pub covered: bool,
     /// The rule that matched (the night watch folds repeats of one rule
     /// into an incident); not shown.
     pub rule: String,
@@ -184,6 +189,7 @@ pub fn classify_line(
                 title: limits::cap(&e.title, limits::TITLE).into_owned(),
                 footer: Some(limits::cap(&footer, FOOTER_MAX).into_owned()),
                 alert_mention: e.mention,
+                covered: false,
                 mention: e.mention,
                 rule: e.rule,
                 more: 0,
@@ -896,6 +902,7 @@ mod tests {
             title: title.into(),
             footer: Some(footer.into()),
             mention,
+            covered: false,
             alert_mention: mention,
             rule: "r".into(),
             more: 0,

@@ -13,6 +13,15 @@
 //! key. Keys are `incident/<rule>/<opened ms>`, unique per incident, and
 //! the open incidents are saved ([`Incidents::saved`]) so a restart goes
 //! on editing the same message.
+//!
+//! With an alerts webhook (`alerts_webhook_url`), an incident of its least
+//! severity and above is posted there too, with the same lifecycle (first
+//! post with the rule's alert mention, edits with the count, the final
+//! resolved or ended message) under the key `<incident key>@alerts/<its route>`
+//! ([`alerts_copy`]): the watcher's events an incident stands for get no
+//! copy of their own there (see [`crate::nightwatch::Tap::offer`]), so a
+//! storm of one rule pings that channel once too. A warning storm (lines
+//! of no rule) never went to the alerts webhook and does not now.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,9 +95,43 @@ pub struct Occurrence<'a> {
     pub context: Option<NewFile>,
 }
 
+/// The key of the copy on the alerts route of the notice under `key` of
+/// an incident on `route`.
+pub fn alerts_key(key: &str, route: usize) -> String {
+    format!("{key}@alerts/{route}")
+}
+
+/// The copy for the alerts route (`alerts`: its route and least severity)
+/// of notice `n` of incident `i`, when the incident qualifies: its severity
+/// reaches the threshold, it is of a rule (not a warning storm), and it is
+/// not on the alerts route already. `alert_body`: the body to post there
+/// instead of `n`'s (the first post, with the rule's alert mention).
+pub fn alerts_copy(
+    n: &Notice,
+    i: &Incident,
+    alerts: Option<(usize, Severity)>,
+    alert_body: Option<serde_json::Value>,
+) -> Option<Notice> {
+    let (route, min) = alerts?;
+    if i.severity < min || i.route == route || i.rule.starts_with(super::storms::RULE_PREFIX) {
+        return None;
+    }
+    Some(Notice {
+        route,
+        // The incident's key is unique on its route only: the same rule
+        // may open at the same millisecond on two routes.
+        key: alerts_key(&n.key, i.route),
+        body: alert_body.unwrap_or_else(|| n.body.clone()),
+        files: n.files.clone(),
+        policy: n.policy,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct Incidents {
     window: Duration,
+    /// The alerts route and its least severity ([`alerts_copy`]).
+    alerts: Option<(usize, Severity)>,
     open: BTreeMap<(usize, String), Incident>,
     /// Moves at every opening and ending (the set to save changed).
     generation: u64,
@@ -106,9 +149,29 @@ impl Incidents {
     pub fn new(window: Duration) -> Incidents {
         Incidents {
             window,
+            alerts: None,
             open: BTreeMap::new(),
             generation: 0,
         }
+    }
+
+    /// Incidents of `alerts`' least severity are posted to its route too.
+    pub fn with_alerts(mut self, alerts: Option<(usize, Severity)>) -> Incidents {
+        self.alerts = alerts;
+        self
+    }
+
+    /// Notice `n` of incident `i`, and its copy for the alerts route.
+    fn emit(
+        &self,
+        out: &mut Vec<Notice>,
+        i: &Incident,
+        n: Notice,
+        alert_body: Option<serde_json::Value>,
+    ) {
+        let copy = alerts_copy(&n, i, self.alerts, alert_body);
+        out.push(n);
+        out.extend(copy);
     }
 
     pub fn enabled(&self) -> bool {
@@ -159,7 +222,7 @@ impl Incidents {
         for rule in resolves(&ev.rule) {
             if let Some(i) = self.open.remove(&(o.route, rule.to_string())) {
                 self.generation += 1;
-                out.push(resolved(&i, o.line, now));
+                self.emit(&mut out, &i, resolved(&i, o.line, now), None);
             }
         }
         if ev.severity < Severity::Warning {
@@ -172,7 +235,7 @@ impl Incidents {
                 i.last_ms = now;
                 i.last_line = o.line.to_string();
                 i.file = o.file.to_string();
-                out.push(Notice {
+                let n = Notice {
                     route: i.route,
                     key: i.key.clone(),
                     body: body(i, None),
@@ -180,7 +243,9 @@ impl Incidents {
                     policy: Policy::Upsert {
                         min_interval: EDIT_INTERVAL,
                     },
-                });
+                };
+                let i = i.clone();
+                self.emit(&mut out, &i, n, None);
             }
             None => {
                 if self.open.len() >= MAX_OPEN {
@@ -191,7 +256,7 @@ impl Incidents {
                         .map(|(k, _)| k.clone())
                     {
                         let i = self.open.remove(&oldest).expect("just found");
-                        out.push(ended(&i));
+                        self.emit(&mut out, &i, ended(&i), None);
                     }
                 }
                 let i = Incident {
@@ -206,7 +271,7 @@ impl Incidents {
                     first_ms: first_ms.min(now),
                     last_ms: now,
                 };
-                out.push(Notice {
+                let n = Notice {
                     route: i.route,
                     key: i.key.clone(),
                     body: body(&i, ev.mention.as_ref()),
@@ -214,7 +279,10 @@ impl Incidents {
                     policy: Policy::Upsert {
                         min_interval: EDIT_INTERVAL,
                     },
-                });
+                };
+                // The alerts channel pings as the rule says, once.
+                let alert_body = body(&i, ev.alert_mention.as_ref());
+                self.emit(&mut out, &i, n, Some(alert_body));
                 self.open.insert(k, i);
                 self.generation += 1;
             }
@@ -232,10 +300,12 @@ impl Incidents {
             .map(|(k, _)| k.clone())
             .collect();
         self.generation += over.len() as u64;
-        over.into_iter()
-            .filter_map(|k| self.open.remove(&k))
-            .map(|i| ended(&i))
-            .collect()
+        let mut out = Vec::new();
+        let ended_now: Vec<Incident> = (over.iter()).filter_map(|k| self.open.remove(k)).collect();
+        for i in ended_now {
+            self.emit(&mut out, &i, ended(&i), None);
+        }
+        out
     }
 
     /// When the next incident ends if nothing happens (wall-clock ms).
@@ -332,6 +402,7 @@ mod tests {
             footer: None,
             mention: Some(Mention::Role(7)),
             alert_mention: Some(Mention::Role(7)),
+            covered: false,
             rule: rule.into(),
             more: 0,
         }
@@ -502,5 +573,135 @@ mod tests {
         let out = inc.event_after(occ(&e, "x"), T0 + 12 * S, 2, T0 + 5 * S);
         assert_eq!(title(&out[0]), "title of warning-storm:1 (×7)");
         assert_eq!(inc.saved()[0].first_ms, T0, "the incident's start stays");
+    }
+
+    /// A storm of one error with an alerts webhook (route 9, threshold
+    /// error): the alerts route gets the incident, not the lines: one
+    /// first post pinging with the rule's alert mention and its context,
+    /// edits that never ping, and the end; a warning incident stays off it.
+    #[test]
+    fn an_incident_of_the_alerts_severity_is_posted_there_too_pinging_once() {
+        let mut inc =
+            Incidents::new(Duration::from_secs(600)).with_alerts(Some((9, Severity::Error)));
+        let e = EventPart {
+            mention: None,
+            alert_mention: Some(Mention::Role(8)),
+            ..ev("capture-failed", Severity::Error)
+        };
+        let mut out = Vec::new();
+        for k in 0..20 {
+            out.extend(inc.event(occ(&e, "Capture failed."), T0 + k * S));
+        }
+        out.extend(inc.tick(T0 + 3600 * S));
+        let alerts: Vec<&Notice> = out.iter().filter(|n| n.route == 9).collect();
+        let main: Vec<&Notice> = out.iter().filter(|n| n.route == 0).collect();
+        assert_eq!((alerts.len(), main.len()), (21, 21));
+        let key = alerts_key(&main[0].key, 0);
+        assert!(alerts.iter().all(|n| n.key == key));
+        assert_eq!(alerts[0].body["content"], "<@&8>", "the alert mention");
+        assert_eq!(main[0].body.get("content"), None, "the rule's mention");
+        assert_eq!(alerts[0].files.len(), 1, "the context, on both");
+        assert!(alerts[1..].iter().all(|n| n.body.get("content").is_none()));
+        assert_eq!(alerts[20].policy, Policy::Final);
+        assert_eq!(title(alerts[19]), "title of capture-failed (×20)");
+
+        let lost = ev("guide-star-lost", Severity::Warning);
+        let out = inc.event(occ(&lost, "lost"), T0 + 4000 * S);
+        assert_eq!(out.len(), 1, "below the threshold: the logs channel only");
+        // A warning storm is no rule's event: never on the alerts route.
+        let mut inc =
+            Incidents::new(Duration::from_secs(600)).with_alerts(Some((9, Severity::Warning)));
+        let storm = ev("warning-storm:abc", Severity::Warning);
+        let out = inc.event_after(occ(&storm, "x"), T0, 2, T0);
+        assert_eq!(out.len(), 1);
+    }
+
+    /// Seeded: random events of several rules (resolvers among them) on
+    /// two routes, random ticks, a random alerts threshold. Oracle: the
+    /// notices on the alerts route are exactly those of the incidents of
+    /// at least that severity, in the same order, under their keys with
+    /// the suffix, with the same policy and body except that only each
+    /// first post pings (with the alert mention); no incident's copy is
+    /// posted after its Final, nor opened by an edit.
+    #[test]
+    fn the_alerts_route_gets_the_same_incidents_as_their_channel_randomized() {
+        const A: usize = 9;
+        let rules = [
+            ("capture-failed", Severity::Error),
+            ("indi-driver-crashed", Severity::Critical),
+            ("guide-star-lost", Severity::Warning),
+            ("image-received", Severity::Info),
+            ("guide-started", Severity::Info),
+            ("indi-driver-restart", Severity::Warning),
+        ];
+        let sev = |rule: &str| rules.iter().find(|r| r.0 == rule).unwrap().1;
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for seed in 0..60 {
+            let min = [Severity::Warning, Severity::Error, Severity::Critical][seed % 3];
+            let mut with = Incidents::new(Duration::from_secs(60)).with_alerts(Some((A, min)));
+            let mut without = Incidents::new(Duration::from_secs(60));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let mut now = T0;
+            for _ in 0..200 {
+                now += next(40) * S;
+                if next(5) == 0 {
+                    a.extend(with.tick(now));
+                    b.extend(without.tick(now));
+                    continue;
+                }
+                let (rule, severity) = rules[next(rules.len() as u64) as usize];
+                let e = EventPart {
+                    mention: Some(Mention::Role(1)),
+                    alert_mention: Some(Mention::Role(2)),
+                    ..ev(rule, severity)
+                };
+                let mut o = occ(&e, "line");
+                o.route = next(2) as usize;
+                a.extend(with.event(o.clone(), now));
+                b.extend(without.event(o, now));
+            }
+            a.extend(with.tick(now + 3600 * S));
+            b.extend(without.tick(now + 3600 * S));
+            let theirs: Vec<Notice> = a.iter().filter(|n| n.route != A).cloned().collect();
+            assert_eq!(
+                format!("{theirs:?}"),
+                format!("{b:?}"),
+                "seed {seed}: the logs channel as without alerts"
+            );
+            let copies: Vec<&Notice> = a.iter().filter(|n| n.route == A).collect();
+            let want: Vec<&Notice> = b
+                .iter()
+                .filter(|n| {
+                    let rule = n.key.split('/').nth(1).unwrap();
+                    sev(rule) >= min
+                })
+                .collect();
+            assert_eq!(copies.len(), want.len(), "seed {seed}");
+            let mut opened = std::collections::HashSet::new();
+            let mut closed = std::collections::HashSet::new();
+            for (c, w) in copies.iter().zip(&want) {
+                assert_eq!(c.key, alerts_key(&w.key, w.route));
+                assert_eq!(c.policy, w.policy);
+                assert_eq!(c.files.len(), w.files.len());
+                assert!(!closed.contains(&c.key), "seed {seed}: after its Final");
+                let first = opened.insert(c.key.clone());
+                assert_eq!(
+                    c.body.get("content").and_then(|v| v.as_str()),
+                    first.then_some("<@&2>"),
+                    "seed {seed}: only the first post pings"
+                );
+                assert_eq!(c.body["embeds"], w.body["embeds"]);
+                if c.policy == Policy::Final {
+                    closed.insert(c.key.clone());
+                }
+            }
+            assert_eq!(opened, closed, "seed {seed}: every copy ends");
+        }
     }
 }

@@ -235,9 +235,11 @@ pub struct Tap {
 impl Tap {
     /// Copies the chunk's lines and events; once the night watch has the
     /// copy, takes the mention off the line embeds of events that incidents
-    /// cover (the incident's first message carries it, once). Never blocks:
-    /// a copy the night watch has no room for is dropped and counted, and
-    /// its events keep their mentions (no incident will ping for them).
+    /// cover (the incident's first message carries it, once) and marks
+    /// them `covered`: the incident goes to the alerts webhook too, so the
+    /// sender copies no such line there. Never blocks: a copy the night
+    /// watch has no room for is dropped and counted, and its events keep
+    /// their mentions and alert copies (no incident will stand for them).
     /// `modified`: the file's modification time looked at after the read,
     /// for the Ekos log ([`Tap::wants_growth`]; `None` for other files).
     pub fn offer(&self, chunk: &mut Chunk, path: &Path, modified: Option<SystemTime>) {
@@ -288,6 +290,7 @@ impl Tap {
                 for ev in chunk.shown.iter_mut().flatten().flatten() {
                     if ev.severity >= Severity::Warning {
                         ev.mention = None;
+                        ev.covered = true;
                     }
                 }
             }
@@ -404,6 +407,9 @@ pub struct Settings {
     /// ([`storms`]: incidents on, `events` not off): the filter of the
     /// lines it posts (a warning it drops is no storm either). Empty: none.
     pub warning_storms: Vec<Option<crate::ekos::Filter>>,
+    /// The alerts webhook's route and least severity: incidents of that
+    /// severity are posted there too ([`incidents::alerts_copy`]).
+    pub alerts: Option<(usize, Severity)>,
 }
 
 impl Settings {
@@ -445,6 +451,7 @@ impl Settings {
                     on.then(|| s.filter.clone())
                 })
                 .collect(),
+            alerts: cfg.alerts,
         }
     }
 }
@@ -639,7 +646,7 @@ impl State {
 impl Watch {
     pub fn new(settings: Settings, ekos_route: usize) -> Watch {
         Watch {
-            incidents: Incidents::new(settings.incident_window),
+            incidents: Incidents::new(settings.incident_window).with_alerts(settings.alerts),
             storms: storms::Storms::new(settings.incident_window),
             expectations: Expectations::new(settings.expect.clone()),
             expect_routes: settings.expect_routes.clone(),
@@ -1579,6 +1586,7 @@ mod tests {
             night: NightSettings::default(),
             card: true,
             warning_storms: vec![],
+            alerts: None,
         }
     }
 
@@ -1599,6 +1607,7 @@ mod tests {
             footer: None,
             mention: None,
             alert_mention: None,
+            covered: false,
             rule: "indi-driver-crashed".into(),
             more: 0,
         }
@@ -1636,6 +1645,10 @@ mod tests {
         }
     }
 
+    fn covered(c: &Chunk) -> bool {
+        c.shown[0].as_ref().unwrap().as_ref().unwrap().covered
+    }
+
     fn line_mention(c: &Chunk) -> Option<Mention> {
         c.shown[0].as_ref().unwrap().as_ref().unwrap().mention
     }
@@ -1648,19 +1661,20 @@ mod tests {
         assert_eq!(line_mention(&c), None, "the incident pings instead");
         let got = rx.try_recv().unwrap();
         assert_eq!(got.events[0].1.mention, Some(Mention::Role(42)));
-        assert_eq!(
-            c.shown[0].as_ref().unwrap().as_ref().unwrap().alert_mention,
-            Some(Mention::Role(42)),
-            "an alerts webhook copy still pings"
+        assert!(!got.events[0].1.covered, "the night watch's copy as read");
+        assert!(
+            covered(&c),
+            "the incident goes to the alerts webhook, not the line's copy"
         );
 
         // The channel is full (a catch-up): the copy is dropped, so the
-        // line must ping itself.
+        // line must ping itself, and its alerts copy goes.
         let mut first = pinging_chunk();
         t.offer(&mut first, Path::new("/x"), None);
         let mut c = pinging_chunk();
         t.offer(&mut c, Path::new("/x"), None);
         assert_eq!(line_mention(&c), Some(Mention::Role(42)));
+        assert!(!covered(&c));
         assert_eq!(t.counters.lost.load(Ordering::Relaxed), 1);
 
         // The night watch is gone.
@@ -1668,12 +1682,24 @@ mod tests {
         let mut c = pinging_chunk();
         t.offer(&mut c, Path::new("/x"), None);
         assert_eq!(line_mention(&c), Some(Mention::Role(42)));
+        assert!(!covered(&c));
 
         // Incidents off: nothing is taken.
         let (t, _rx) = tap(1, false);
         let mut c = pinging_chunk();
         t.offer(&mut c, Path::new("/x"), None);
         assert_eq!(line_mention(&c), Some(Mention::Role(42)));
+        assert!(!covered(&c));
+
+        // An info event: no incident stands for it.
+        let (t, _rx) = tap(1, true);
+        let mut c = pinging_chunk();
+        if let Some(Some(e)) = c.shown[0].as_mut() {
+            e.severity = Severity::Info;
+        }
+        t.offer(&mut c, Path::new("/x"), None);
+        assert_eq!(line_mention(&c), Some(Mention::Role(42)));
+        assert!(!covered(&c));
     }
 
     #[test]

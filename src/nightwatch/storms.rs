@@ -47,6 +47,8 @@ pub const MAX_MESSAGE: usize = 512;
 /// Code points of the message in the incident's title: with the prefix and
 /// the count the incident appends, it stays within Discord's 256.
 const TITLE_MESSAGE: usize = 200;
+/// How the rule name of a storm's synthetic event begins.
+pub const RULE_PREFIX: &str = "warning-storm:";
 
 /// A warning repeated often enough: the event to feed to the incidents.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,7 +155,8 @@ fn event(message: &str) -> EventPart {
         // Nobody asked to be woken for a warning.
         mention: None,
         alert_mention: None,
-        rule: format!("warning-storm:{:012x}", fnv1a(message) >> 16),
+        covered: false,
+        rule: format!("{RULE_PREFIX}{:012x}", fnv1a(message) >> 16),
         more: 0,
     }
 }

@@ -430,7 +430,10 @@ impl Sender {
                 continue;
             };
             if let (Some(ev), Some((ai, min))) = (&event, self.alerts) {
-                if ev.severity >= min && ai != route && ai < self.lanes.len() {
+                // An event an incident stands for is no copy: the night
+                // watch posts the incident to the alerts route (one
+                // message, pinging once), and nothing is held for it.
+                if ev.severity >= min && !ev.covered && ai != route && ai < self.lanes.len() {
                     self.alert_copy(ai, file, start, chunk.label.clone(), &line.text, ev);
                 }
             }
@@ -480,8 +483,8 @@ impl Sender {
             // For an alert copy this is the line's start: what the hold
             // is released by, never a commit.
             commit: Some((file, start)),
-            // The alerts channel pings as the rule says, even when the
-            // line's own embed lost its mention to an incident.
+            // The alerts channel pings as the rule says (a copy is of an
+            // event no incident stands for, see `push`).
             event: Some(Box::new(format::EventPart {
                 mention: ev.alert_mention,
                 ..ev.clone()

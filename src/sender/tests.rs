@@ -21,6 +21,8 @@ struct Req {
     lines: Vec<String>,
     /// On a forum route: the thread (`open:<name>` for a new post).
     thread: Option<String>,
+    /// The JSON payload as sent (empty for an attachment).
+    json: String,
 }
 
 enum Reply {
@@ -92,11 +94,16 @@ fn decode(p: &Payload) -> (bool, Vec<String>) {
 impl Sink for Fake {
     fn post(&mut self, payload: &Payload, _timeout: Duration) -> Outcome {
         let (file, lines) = decode(payload);
+        let json = match file {
+            true => String::new(),
+            false => String::from_utf8_lossy(&payload.body).into_owned(),
+        };
         let req = Req {
             route: self.route,
             file,
             lines,
             thread: None,
+            json,
         };
         self.world.requests.lock().unwrap().push(req.clone());
         let (status, body) = match (self.script)(&req) {
@@ -156,6 +163,7 @@ impl Sink for Fake {
             file,
             lines,
             thread: thread.clone(),
+            json: String::from_utf8_lossy(&payload.printable).into_owned(),
         };
         self.world.requests.lock().unwrap().push(r.clone());
         let (status, body) = match (self.script)(&r) {
@@ -623,6 +631,7 @@ fn alert_copies_hold_the_checkpoint_until_accepted() {
         footer: None,
         mention: None,
         alert_mention: None,
+        covered: false,
         rule: "guide-aborted".into(),
         more: 0,
     }));
@@ -637,6 +646,85 @@ fn alert_copies_hold_the_checkpoint_until_accepted() {
         > "plain\n".len() as u64));
     h.release.send(()).unwrap();
     assert!(wait_until(LONG, || h.offset(0) == h.files[0].1));
+}
+
+/// Embeds in the requests of `route`.
+fn embeds(world: &World, route: usize) -> usize {
+    (world.requests(route).iter())
+        .filter(|r| !r.file)
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+            v["embeds"].as_array().map_or(0, Vec::len)
+        })
+        .sum()
+}
+
+/// An event an incident stands for (`covered`: the night watch posts the
+/// incident to the alerts route itself) has no copy there, and holds
+/// nothing: with the alerts webhook hanging the line still commits; an
+/// event not covered (its copy to the night watch was dropped) in the
+/// same chunk still has its copy, pinging as its rule says.
+#[test]
+fn covered_events_have_no_alert_copy_and_do_not_hold_the_checkpoint() {
+    use crate::ekos::{Mention, Severity};
+    use crate::format::EventPart;
+    let event = |covered: bool| {
+        Some(Some(EventPart {
+            severity: Severity::Error,
+            title: "Capture failed".into(),
+            footer: None,
+            mention: None,
+            alert_mention: Some(Mention::Role(7)),
+            covered,
+            rule: "capture-failed".into(),
+            more: 0,
+        }))
+    };
+    let mut s = settings();
+    s.alerts = Some((1, Severity::Warning));
+    // The alerts webhook never answers: a copy would hold the checkpoint.
+    let mut h = start(
+        vec![
+            Box::new(|_: &Req| ok()),
+            Box::new(|_: &Req| Reply::Hang(204, String::new())),
+        ],
+        s.clone(),
+    );
+    let mut c = h.chunk(0, &["plain", "FAILED 1", "FAILED 2", "after"]);
+    c.shown[1] = event(true);
+    c.shown[2] = event(true);
+    h.lines[0].send(c).unwrap();
+    assert!(wait_until(LONG, || h.offset(0) == h.files[0].1));
+    assert_eq!(h.world.accepted_lines(0), ["plain", "after"]);
+    assert_eq!(embeds(&h.world, 0), 2, "the events, in the logs channel");
+    assert!(h.world.requests(1).is_empty(), "no copy, no request");
+
+    // Covered and not covered in one chunk: only the latter is copied.
+    let mut h = start(vec![Box::new(|_: &Req| ok()), Box::new(|_: &Req| ok())], s);
+    let mut c = h.chunk(0, &["FAILED 1", "FAILED 2", "FAILED 3", "after"]);
+    c.shown[0] = event(true);
+    c.shown[1] = event(false);
+    c.shown[2] = event(true);
+    h.lines[0].send(c).unwrap();
+    assert!(wait_until(LONG, || h.offset(0) == h.files[0].1
+        && !h.world.requests(1).is_empty()));
+    let copy = h.world.requests(1);
+    assert_eq!(copy.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(&copy[0].json).unwrap();
+    assert_eq!(
+        v["content"].as_str().map(str::trim),
+        Some("<@&7>"),
+        "the copy pings: {v}"
+    );
+    let copied = v["embeds"].as_array().unwrap();
+    assert_eq!(copied.len(), 1, "{v}");
+    assert!(
+        copied[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("FAILED 2")
+    );
+    assert_eq!(embeds(&h.world, 0), 3, "the logs channel has every event");
 }
 
 #[test]
