@@ -234,7 +234,8 @@ fn alerts_go_to_a_second_webhook_and_the_logs_channel_keeps_everything() {
         .set("ALERTS_WEBHOOK_URL", &alerts)
         .set("ALERTS_MIN_SEVERITY", "error");
     // Incidents are on (the default): they ping in the logs channel, and
-    // the alerts channel must still ping as the rule says.
+    // the alerts channel gets them too (not the lines they stand for),
+    // pinging as the rule says.
     env.write_config(
         "[[rule]]\nname = \"indi-driver-crashed\"\nseverity = \"critical\"\nmention = \"<@&424242>\"\n",
     );
@@ -284,6 +285,12 @@ fn alerts_go_to_a_second_webhook_and_the_logs_channel_keeps_everything() {
     assert_eq!(
         alert_titles,
         vec!["Autoguiding aborted", "INDI driver indi_asi_ccd crashed"]
+    );
+    assert!(
+        (msgs.iter())
+            .filter(|r| r.webhook_id == "999")
+            .all(|r| is_incident(&r.body)),
+        "the alerts channel has the incidents"
     );
     let crash_alert = msgs
         .iter()
