@@ -1702,6 +1702,29 @@ mod tests {
         assert!(!covered(&c));
     }
 
+    /// With an alerts webhook (route 1, threshold error), an incident of a
+    /// crash goes there too, with its ping and its context.
+    #[test]
+    fn an_incident_goes_to_the_alerts_route_too() {
+        let mut s = settings();
+        s.alerts = Some((1, Severity::Error));
+        s.card = false;
+        let mut w = Watch::new(s, 0);
+        let pinging = EventPart {
+            mention: Some(Mention::Role(42)),
+            alert_mention: Some(Mention::Role(42)),
+            ..crash()
+        };
+        let chunk = seen(0, &["before".into(), "crash".into()], vec![(1, pinging)]);
+        let out = w.seen(&chunk, 0, 1_000);
+        let routes: Vec<usize> = out.iter().map(|n| n.route).collect();
+        assert_eq!(routes, [0, 1], "{:?}", titles(&out));
+        assert_eq!(out[1].body["content"], out[0].body["content"]);
+        assert!(out[1].body["content"].as_str().unwrap().contains("<@&42>"));
+        assert_eq!(out[1].files.len(), 1, "the context on both");
+        assert_eq!(out[1].key, incidents::alerts_key(&out[0].key, 0));
+    }
+
     #[test]
     fn only_the_ekos_source_feeds_the_session_and_the_silence_alarm() {
         let mut w = Watch::new(settings(), 0);
