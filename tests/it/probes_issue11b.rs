@@ -976,6 +976,10 @@ fn a_hundred_thousand_line_burst_is_no_silence_and_memory_stays_bounded() {
         peak = peak.max(vm_rss_kb(d.pid()));
         pace(Duration::from_secs(1));
     }
+    // The night ends here: the wait for delivery below may outlast
+    // SILENCE_AFTER on a loaded machine, and a log that stops in
+    // mid-exposure is then rightly a silence.
+    append(&file, &[sched("\"Mount parked.\"")]);
     // Lines in code blocks and in `.log` attachments (a flood goes as one).
     let got = |fake: &FakeDiscord| -> Vec<String> {
         let msgs = fake.messages();
