@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
 use crate::support::ekos_lines::{capture, sched};
-use crate::support::fake_discord::{FakeDiscord, Received, delivered};
+use crate::support::fake_discord::{FakeDiscord, Received, delivered, posts};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -34,10 +34,6 @@ fn forum_env(fake: &FakeDiscord) -> Env {
         .set("NIGHT_START", "00:00")
         .set("MIN_LEVEL", "INFO");
     env
-}
-
-fn posts(fake: &FakeDiscord) -> Vec<Received> {
-    fake.messages().into_iter().filter(|m| !m.edit).collect()
 }
 
 fn all_delivered(fake: &FakeDiscord, lines: &[String]) -> bool {

@@ -69,25 +69,9 @@ fn night_card_needs_replay() {
 #[test]
 fn a_whole_night_in_compressed_time_tells_each_thing_once_and_counts_right() {
     use crate::support::daemon::{append, loss_and_dups, tokens, wait_until};
-    use crate::support::fake_discord::{FakeDiscord, Received, delivered};
+    use crate::support::fake_discord::{FakeDiscord, Received, delivered, is_incident, title};
     use std::time::Duration;
     const LONG: Duration = Duration::from_secs(30);
-    let title = |m: &Received| {
-        m.embeds
-            .first()
-            .and_then(|e| e["title"].as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    let is_incident = |m: &Received| {
-        m.embeds.first().is_some_and(|e| {
-            e["footer"]["text"]
-                .as_str()
-                .unwrap_or("")
-                .ends_with("· incident")
-        })
-    };
-
     let fake = FakeDiscord::start();
     let mut env = Env::new(&fake.webhook_url());
     env.set("SILENCE_AFTER", "2")

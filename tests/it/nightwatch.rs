@@ -9,37 +9,17 @@ use std::time::Duration;
 use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
 use crate::support::fake_discord::{
-    FakeDiscord, Mode, Received, code_block_lines, delivered, embed_field,
+    FakeDiscord, Mode, Received, code_block_lines, delivered, embed_field, is_incident, title,
+    titled,
 };
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn title(m: &Received) -> String {
-    m.embeds
-        .first()
-        .and_then(|e| e["title"].as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-/// Messages (not edits) whose first embed's title starts with `prefix`.
-fn titled(fake: &FakeDiscord, prefix: &str) -> Vec<Received> {
-    fake.messages()
-        .into_iter()
-        .filter(|m| !m.edit && title(m).starts_with(prefix))
-        .collect()
-}
 
 /// Incident messages (not the line embeds, whose titles are the same).
 fn incidents(fake: &FakeDiscord, prefix: &str) -> Vec<Received> {
     titled(fake, prefix)
         .into_iter()
-        .filter(|m| {
-            m.embeds[0]["footer"]["text"]
-                .as_str()
-                .unwrap_or("")
-                .ends_with("· incident")
-        })
+        .filter(is_incident)
         .collect()
 }
 

@@ -7,36 +7,13 @@ use std::time::{Duration, Instant};
 
 use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
-use crate::support::fake_discord::{FakeDiscord, Fault, Mode, Received, delivered, embed_field};
+use crate::support::fake_discord::{
+    FakeDiscord, Fault, Mode, Received, delivered, embed_field, is_incident, title, titled,
+};
 use crate::support::pings::PingServer;
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn title(m: &Received) -> String {
-    m.embeds
-        .first()
-        .and_then(|e| e["title"].as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-/// Messages (not edits) whose first embed's title starts with `prefix`.
-fn titled(fake: &FakeDiscord, prefix: &str) -> Vec<Received> {
-    fake.messages()
-        .into_iter()
-        .filter(|m| !m.edit && title(m).starts_with(prefix))
-        .collect()
-}
-
-fn is_incident(m: &Received) -> bool {
-    m.embeds.first().is_some_and(|e| {
-        e["footer"]["text"]
-            .as_str()
-            .unwrap_or("")
-            .ends_with("· incident")
-    })
-}
 
 /// Incident messages (not edits), any title.
 fn all_incidents(fake: &FakeDiscord) -> Vec<Received> {

@@ -12,37 +12,11 @@ use std::time::{Duration, Instant};
 
 use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
-use crate::support::fake_discord::{FakeDiscord, Received, delivered, embed_field};
+use crate::support::fake_discord::{
+    FakeDiscord, Received, delivered, embed_field, is_incident, posts, title, titled,
+};
 
 const LONG: Duration = Duration::from_secs(30);
-
-fn title(m: &Received) -> String {
-    m.embeds
-        .first()
-        .and_then(|e| e["title"].as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-fn posts(fake: &FakeDiscord) -> Vec<Received> {
-    fake.messages().into_iter().filter(|m| !m.edit).collect()
-}
-
-fn titled(fake: &FakeDiscord, prefix: &str) -> Vec<Received> {
-    posts(fake)
-        .into_iter()
-        .filter(|m| title(m).starts_with(prefix))
-        .collect()
-}
-
-fn is_incident(m: &Received) -> bool {
-    m.embeds.first().is_some_and(|e| {
-        e["footer"]["text"]
-            .as_str()
-            .unwrap_or("")
-            .ends_with("· incident")
-    })
-}
 
 fn incidents(fake: &FakeDiscord) -> Vec<Received> {
     posts(fake).into_iter().filter(is_incident).collect()

@@ -1601,6 +1601,39 @@ fn unescape(s: &str) -> String {
     (0..c.len()).filter(|&i| !escape(i)).map(|i| c[i]).collect()
 }
 
+/// The title of a message's first embed ("" without one).
+pub fn title(m: &Received) -> String {
+    m.embeds
+        .first()
+        .and_then(|e| e["title"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The accepted new messages (POSTs), without the edits.
+pub fn posts(fake: &FakeDiscord) -> Vec<Received> {
+    fake.messages().into_iter().filter(|m| !m.edit).collect()
+}
+
+/// Messages (not edits) whose first embed's title starts with `prefix`.
+pub fn titled(fake: &FakeDiscord, prefix: &str) -> Vec<Received> {
+    posts(fake)
+        .into_iter()
+        .filter(|m| title(m).starts_with(prefix))
+        .collect()
+}
+
+/// An incident message of the night watch (its footer says so), not the
+/// line embed of the same event, whose title is the same.
+pub fn is_incident(m: &Received) -> bool {
+    m.embeds.first().is_some_and(|e| {
+        e["footer"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("· incident")
+    })
+}
+
 /// Every line the accepted messages carried in code blocks, in order.
 pub fn delivered(msgs: &[Received]) -> Vec<String> {
     msgs.iter()
