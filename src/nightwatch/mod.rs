@@ -474,6 +474,20 @@ fn wall_after(wall: u64, t: Local) -> u64 {
     (wall - wall % 1000 + secs * 1000).min(wall + WALL_WAIT_MS)
 }
 
+/// While a silence raised at `alarm` (wall ms) after `quiet` is reported:
+/// a file modified after the returned time holds a line written after the
+/// silence began, one not modified since holds only older lines (the
+/// backlog of a Discord outage). Not the alarm's own time: a file's
+/// modification time comes from the kernel's coarse clock, up to a tick
+/// (4 ms at 250 Hz, more on a loaded virtual machine) behind the clock
+/// the alarm read, so a line written just after the alarm could look
+/// older than it. Halfway through the quiet nothing was written (that is
+/// why it is a silence), so the halfway point tells the two apart with
+/// room on both sides.
+fn new_after(alarm: u64, quiet: Duration) -> u64 {
+    alarm.saturating_sub(quiet.as_millis() as u64 / 2)
+}
+
 /// The pure core: the session, the silence alarm, incidents and the last
 /// lines of each file, fed lines and ticks with their times.
 pub struct Watch {
@@ -506,9 +520,9 @@ pub struct Watch {
     /// Per file, the end of the last line observed: lines read again are
     /// skipped ([`observed`]).
     observed: Observed,
-    /// When the silence now reported was reported (wall ms): only a file
-    /// modified after it ends the silence (see [`Watch::seen`]).
-    silence_alarm_wall: Option<u64>,
+    /// While a silence is reported (wall ms): only a file modified after
+    /// this ends it (see [`Watch::silence_line`] and [`new_after`]).
+    silence_new_after: Option<u64>,
     /// Incidents off: when the context of an alert of each rule and route
     /// was last posted on its own ([`Watch::context_alone`]).
     context_sent: HashMap<(usize, String), u64>,
@@ -560,9 +574,11 @@ pub struct State {
     /// Per file, the end of the last line observed (absent before
     /// version 3: nothing is skipped).
     pub observed: Observed,
-    /// When the silence reported was reported (wall ms; absent before
-    /// version 3: any line ends it).
-    pub silence_alarm_wall: Option<u64>,
+    /// While a silence is reported: a file modified after this (wall ms)
+    /// was written after the silence began ([`new_after`]). Saved as
+    /// `silence_alarm_wall` (the alarm's own time) by the first versions
+    /// of format 3, read as such; absent before format 3: any line ends it.
+    pub silence_new_after: Option<u64>,
 }
 
 impl State {
@@ -629,7 +645,13 @@ impl State {
                 take!(card);
                 take!(ended);
                 take!(observed);
-                take!(silence_alarm_wall);
+                take!(silence_new_after);
+                if state.silence_new_after.is_none() {
+                    // Format 3 as first written: the alarm's time (stricter
+                    // by a tick of the file clock, which is all it missed).
+                    state.silence_new_after =
+                        field("silence_alarm_wall").and_then(|v| serde_json::from_value(v).ok());
+                }
                 if state.version > STATE_VERSION {
                     problems.push(format!(
                         "written by a newer version (format {})",
@@ -663,7 +685,7 @@ impl Watch {
             soft: false,
             saved_marks: None,
             observed: Observed::default(),
-            silence_alarm_wall: None,
+            silence_new_after: None,
             context_sent: HashMap::new(),
         }
     }
@@ -761,7 +783,7 @@ impl Watch {
 
     /// A silence of the Ekos log ended after `quiet`, at `wall`.
     fn silence_ended(&mut self, quiet: Duration, wall: u64) -> Notice {
-        self.silence_alarm_wall = None;
+        self.silence_new_after = None;
         let at = self
             .silence_from
             .take()
@@ -777,16 +799,16 @@ impl Watch {
 
     /// A line of the Ekos log arrived: activity for the silence alarm, and
     /// the end of a silence reported, unless its file was not modified
-    /// since the silence was reported. Then the line was written before
-    /// (the backlog of a Discord outage, read only now that the webhook
-    /// takes lines again) and says nothing about Ekos now: the silence
-    /// goes on, its arrival time is not activity, and it is ended by a
-    /// line of a file modified after the alarm or by the log growing
+    /// since the silence began ([`new_after`]). Then the line was written
+    /// before (the backlog of a Discord outage, read only now that the
+    /// webhook takes lines again) and says nothing about Ekos now: the
+    /// silence goes on, its arrival time is not activity, and it is ended
+    /// by a line of a file modified since or by the log growing
     /// ([`Watch::log_grew`]). The modification time is read after the
-    /// lines (see [`Seen::modified_ms`]): a file not modified since the
-    /// alarm holds no line written after it; one that was may still give
-    /// old lines first, but then Ekos did write again. A copy without a
-    /// time (or a silence saved by an older version) ends it as before.
+    /// lines (see [`Seen::modified_ms`]): a file not modified since holds
+    /// no line written after; one that was may still give old lines
+    /// first, but then Ekos did write again. A copy without a time (or a
+    /// silence saved by an older version) ends it as before.
     fn silence_line(
         &mut self,
         seen: &Seen,
@@ -794,8 +816,8 @@ impl Watch {
         line: &str,
         wall: u64,
     ) -> Option<Notice> {
-        let old = match (seen.modified_ms, self.silence_alarm_wall) {
-            (Some(m), Some(alarm)) => self.silence.reported().is_some() && m <= alarm,
+        let old = match (seen.modified_ms, self.silence_new_after) {
+            (Some(m), Some(after)) => self.silence.reported().is_some() && m <= after,
             _ => false,
         };
         if old {
@@ -808,12 +830,12 @@ impl Watch {
     /// Copies of Ekos chunks were dropped while the watch was behind: the
     /// log was not silent, unless their file (`modified`: the latest
     /// modification time of their files, wall ms) was not modified since
-    /// a silence was reported (see [`Watch::silence_line`]).
+    /// a silence reported began (see [`Watch::silence_line`]).
     pub fn lines_lost(&mut self, now_ms: u64, wall: u64, modified: u64) -> Vec<Notice> {
         if self.silence.reported().is_some()
             && self
-                .silence_alarm_wall
-                .is_some_and(|alarm| modified <= alarm)
+                .silence_new_after
+                .is_some_and(|after| modified <= after)
         {
             return vec![];
         }
@@ -854,7 +876,7 @@ impl Watch {
             card: self.card.clone(),
             ended: self.ended.clone(),
             observed: self.observed.clone(),
-            silence_alarm_wall: self.silence_alarm_wall,
+            silence_new_after: self.silence_new_after,
         }
     }
 
@@ -881,7 +903,7 @@ impl Watch {
         self.card = state.card.filter(|_| self.settings.card);
         self.ended = state.ended;
         self.observed = state.observed;
-        self.silence_alarm_wall = state.silence_alarm_wall;
+        self.silence_new_after = state.silence_new_after;
         self.saved_marks = Some(self.marks());
     }
 
@@ -1137,7 +1159,7 @@ impl Watch {
             // In milliseconds: the last line's own second, not one off.
             let from = local(wall.saturating_sub(alarm.quiet.as_millis() as u64));
             self.silence_from = Some(from);
-            self.silence_alarm_wall = Some(wall);
+            self.silence_new_after = Some(new_after(wall, alarm.quiet));
             if let Some(n) = self.card.as_mut() {
                 n.silence(card::Silence {
                     at: from,
@@ -1436,6 +1458,15 @@ impl NightWatch {
         self.save(false);
     }
 
+    /// A copy of lines read by the watcher.
+    fn take(&mut self, lines: &Drained, seen: Seen, notices: &Sender<Notice>) {
+        lines.took(&seen);
+        let arrived = self.clock.at_ms(seen.arrived) + self.mono_offset;
+        let wall = self.clock.wall_ms();
+        let out = self.watch.seen(&seen, arrived, wall);
+        self.emit(out, notices);
+    }
+
     /// The actor loop: until the line channel closes (the watcher ended)
     /// or `Shutdown`/`Abort`. Answers pings for the watchdog.
     pub fn run(
@@ -1479,18 +1510,24 @@ impl NightWatch {
                     }
                 },
                 recv(lines.rx) -> seen => match seen {
-                    Ok(seen) => {
-                        lines.took(&seen);
-                        let arrived = self.clock.at_ms(seen.arrived) + self.mono_offset;
-                        let wall = self.clock.wall_ms();
-                        let out = self.watch.seen(&seen, arrived, wall);
-                        self.emit(out, &notices);
-                    }
+                    Ok(seen) => self.take(&lines, seen, &notices),
                     Err(_) => {
                         lines.rx = never();
                     }
                 },
                 recv(timer) -> _ => {}
+            }
+            // Copies waiting now were read before now: all of them are
+            // taken before the time is judged, or a timer chosen over them
+            // (select! picks at random among the ready), or a night watch
+            // that fell behind, would call silent a log that wrote. The
+            // count is taken first, so a watcher that keeps sending cannot
+            // hold the tick back.
+            for _ in 0..lines.rx.len() {
+                match lines.rx.try_recv() {
+                    Ok(seen) => self.take(&lines, seen, &notices),
+                    Err(_) => break,
+                }
             }
             // Copies dropped while the watch was behind were lines: the
             // Ekos log was not silent.
@@ -1946,6 +1983,91 @@ mod tests {
                 std::thread::yield_now();
             }
         }
+    }
+
+    /// A clock whose lines were read (`read`) before now (`now`): a night
+    /// watch behind the watcher. `taken` counts the copies it took.
+    #[derive(Clone, Default)]
+    struct LagClock {
+        now: Arc<AtomicU64>,
+        read: Arc<AtomicU64>,
+        taken: Arc<AtomicU64>,
+    }
+
+    impl Clock for LagClock {
+        fn now_ms(&self) -> u64 {
+            self.now.load(Ordering::SeqCst)
+        }
+        fn at_ms(&self, _t: Instant) -> u64 {
+            self.taken.fetch_add(1, Ordering::SeqCst);
+            self.read.load(Ordering::SeqCst)
+        }
+        fn wall_ms(&self) -> u64 {
+            1_700_000_000_000 + self.now_ms()
+        }
+    }
+
+    /// A line read before the silence deadline but still in the channel
+    /// when the night watch gets to it after the deadline (it was busy, or
+    /// `select!` chose the timer first) is activity: no alarm. The actor
+    /// is held in the middle of a round (its first notice, the night's
+    /// card, waits for a taker) while a line is queued and the clock
+    /// passes the deadline.
+    #[test]
+    fn lines_waiting_in_the_channel_are_taken_before_the_silence_is_judged() {
+        let clock = LagClock::default();
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let (ctl, ctl_rx) = crossbeam_channel::bounded(8);
+        let (ntx, notices) = crossbeam_channel::bounded(0);
+        let stats = Arc::new(Stats::default());
+        let nw = NightWatch::new(
+            settings(),
+            0,
+            Box::new(clock.clone()),
+            stats.clone(),
+            Arc::default(),
+        );
+        let thread = std::thread::spawn(move || nw.run(rx, ctl_rx, ntx));
+        // Read at 0; once taken, the actor waits to hand out the card.
+        tx.send(seen(0, &exposing(), vec![])).unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while clock.taken.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < until, "not taken");
+            std::thread::yield_now();
+        }
+        let deadline = 120 * 1000;
+        clock.read.store(deadline - 1000, Ordering::SeqCst);
+        let next = line("org.kde.kstars.ekos.guide", "\"Guiding...\"");
+        tx.send(seen(0, &[next], vec![])).unwrap();
+        clock.now.store(deadline + 1000, Ordering::SeqCst);
+        let collector = std::thread::spawn(move || notices.iter().collect::<Vec<Notice>>());
+        for p in 1..=2 {
+            ctl.send(Control::Ping(p)).unwrap();
+            let until = Instant::now() + Duration::from_secs(5);
+            while stats.nightwatch_pong.load(Ordering::SeqCst) != p {
+                assert!(Instant::now() < until, "no pong {p}");
+                std::thread::yield_now();
+            }
+        }
+        assert_eq!(clock.taken.load(Ordering::SeqCst), 2);
+        ctl.send(Control::Shutdown).unwrap();
+        thread.join().unwrap();
+        let titles: Vec<String> = collector
+            .join()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                n.body["embeds"][0]["title"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        assert!(titles[0].starts_with("Night of"), "{titles:?}");
+        assert!(
+            titles.iter().all(|t| !t.starts_with("Ekos silent")),
+            "{titles:?}"
+        );
     }
 
     /// The monotonic clock of a new process starts at zero; the night
@@ -3096,6 +3218,61 @@ mod tests {
                 "once"
             );
         }
+    }
+
+    /// A line written just after the alarm may carry a modification time
+    /// a tick older than the alarm (the kernel's coarse clock; seen in a
+    /// loaded test run with the same millisecond): it still ends the
+    /// silence, as do lines dropped on the way with that time. A state
+    /// saved with the alarm's own time (`silence_alarm_wall`) still tells
+    /// the backlog from new lines.
+    #[test]
+    fn a_line_stamped_by_the_coarse_file_clock_just_after_the_alarm_ends_the_silence() {
+        let w0 = wall_of(Local::ymd_hms(2024, 3, 9, 21, 0, 0).unwrap());
+        let alarm = w0 + 2 * MIN + 1;
+        for dropped in [false, true] {
+            let mut w = Watch::new(settings(), 0);
+            w.seen(&seen(0, &exposing(), vec![]), 0, w0);
+            assert_eq!(titles(&w.tick(2 * MIN + 1, alarm)).len(), 1);
+            let out = if dropped {
+                w.lines_lost(2 * MIN + 5, alarm + 4, alarm - 4)
+            } else {
+                let line = Seen {
+                    modified_ms: Some(alarm - 4),
+                    ..seen(0, &[capture_line("Received image 1 out of 5.")], vec![])
+                };
+                w.seen(&line, 2 * MIN + 5, alarm + 4)
+            };
+            assert!(
+                titles(&out)
+                    .iter()
+                    .any(|t| t.starts_with("Ekos is writing again")),
+                "dropped {dropped}: {:?}",
+                titles(&out)
+            );
+        }
+        let mut w = Watch::new(settings(), 0);
+        w.seen(&seen(0, &exposing(), vec![]), 0, w0);
+        assert_eq!(titles(&w.tick(2 * MIN + 1, alarm)).len(), 1);
+        let mut json = serde_json::to_value(w.snapshot(3 * MIN, w0 + 3 * MIN)).unwrap();
+        let map = json.as_object_mut().unwrap();
+        map.remove("silence_new_after");
+        map.insert("silence_alarm_wall".into(), alarm.into());
+        let (state, problems) = State::parse(&serde_json::to_vec(&json).unwrap());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(state.silence_new_after, Some(alarm));
+        let mut w = Watch::new(settings(), 0);
+        w.resume(state, 4 * MIN, w0 + 4 * MIN);
+        let backlog = Seen {
+            modified_ms: Some(w0 + 10),
+            ..seen(0, &[capture_line("Received image 1 out of 5.")], vec![])
+        };
+        let out = w.seen(&backlog, 5 * MIN, w0 + 5 * MIN);
+        assert!(
+            titles(&out).iter().all(|t| !t.starts_with("Ekos is")),
+            "{:?}",
+            titles(&out)
+        );
     }
 
     /// Lines dropped on the way (the night watch behind) end a silence

@@ -84,11 +84,16 @@ fn a_silence_in_mid_exposure_alarms_once_and_the_resumption_is_said_once() {
             plain[4].clone(),
         ],
     );
-    assert!(wait_until(LONG, || !titled(
-        &fake,
-        "Ekos is writing again after"
-    )
-    .is_empty()));
+    assert!(
+        wait_until(LONG, || !titled(&fake, "Ekos is writing again after")
+            .is_empty()),
+        "no resumption: {:?}\n{}",
+        fake.messages()
+            .iter()
+            .map(|m| (m.edit, title(m), delivered(std::slice::from_ref(m))))
+            .collect::<Vec<_>>(),
+        d.stderr()
+    );
     // Parked: the quiet that follows is no silence. The next lines and a
     // stop flush everything; then the counts are final.
     append(&file, &[plain[5].clone()]);
