@@ -182,6 +182,10 @@ pub struct Sender {
     route_ids: Vec<String>,
     /// Saved notice state of webhooks not configured now (kept as is).
     notice_others: notices::State,
+    /// What the notice state file lacks, and when it was last written
+    /// ([`notices::save_at`]).
+    notice_unsaved: notices::Unsaved,
+    notice_saved_at: Option<Instant>,
     alerts: Option<(usize, Severity)>,
     commits: Commits,
     store: Arc<Store>,
@@ -321,6 +325,8 @@ impl Sender {
             notice_file: s.notice_file,
             route_ids: s.route_ids,
             notice_others: saved,
+            notice_unsaved: notices::Unsaved::Nothing,
+            notice_saved_at: None,
             alerts: s.alerts,
             commits: Commits::default(),
             store,
@@ -332,9 +338,9 @@ impl Sender {
             grace: s.grace,
         };
         if restored > 0 {
+            // They stay in the file until sent: a crash before then sends
+            // them at the next start.
             log::info!("{restored} notices saved by the last run are sent again");
-            // They are in memory now: a crash must not send them twice.
-            sender.save_notices(false);
         }
         Ok(sender)
     }
@@ -377,15 +383,17 @@ impl Sender {
                 if let Some((level, text)) = lane.notices.push(n) {
                     log::log!(level, "{}: {text}", lane.route.name());
                 }
+                self.notice_unsaved = self.notice_unsaved.max(notices::Unsaved::Queue);
             }
             None => log::warn!("a notice for route {} (none such) is dropped", n.route),
         }
     }
 
-    /// Saves every route's key → message id table, and with `pending` the
-    /// notices still waiting (only when the sender stops: saved while it
-    /// runs, a notice sent since would go twice after a crash).
-    fn save_notices(&self, pending: bool) {
+    /// Saves every route's key → message id table and the notices still
+    /// waiting (the one in flight included: its answer has not come).
+    fn save_notices(&mut self) {
+        self.notice_unsaved = notices::Unsaved::Nothing;
+        self.notice_saved_at = Some(Instant::now());
         let Some(path) = &self.notice_file else {
             return;
         };
@@ -399,11 +407,9 @@ impl Sender {
                         kept.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     );
                 }
-                if pending {
-                    let waiting = lane.notices.pending();
-                    if !waiting.is_empty() {
-                        all.pending.insert(id.clone(), waiting);
-                    }
+                let waiting = lane.notices.pending();
+                if !waiting.is_empty() {
+                    all.pending.insert(id.clone(), waiting);
                 }
             }
         }
@@ -581,7 +587,11 @@ impl Sender {
         self.stats.health.record_outcome(i, &reply.outcome, now);
         let lane = &mut self.lanes[i];
         let d = lane.route.answer(&reply.outcome, Shape::Whole, now);
+        let waiting = lane.notices.len();
         let done = lane.notices.answered(&reply, d.next, wall_secs());
+        // Sent or dropped, not put back for another try: the saved queue
+        // must lose it, or a restart would send it again.
+        let left = lane.notices.len() < waiting;
         for (level, text) in [d.log, done.log].into_iter().flatten() {
             log::log!(level, "{text}");
         }
@@ -589,7 +599,9 @@ impl Sender {
             self.stats.record_error(status);
         }
         if done.changed {
-            self.save_notices(false);
+            self.save_notices();
+        } else if left {
+            self.notice_unsaved = self.notice_unsaved.max(notices::Unsaved::Queue);
         }
     }
 
@@ -623,7 +635,7 @@ impl Sender {
             forum::Learned::Lost(_) => false,
         };
         if changed {
-            self.save_notices(false);
+            self.save_notices();
         }
     }
 
@@ -758,7 +770,9 @@ impl Sender {
         let waiting: usize = self.lanes.iter().map(|l| l.notices.len()).sum();
         if waiting > 0 && self.notice_file.is_some() {
             log::info!("{waiting} notices not sent yet are saved; they are sent at the next start");
-            self.save_notices(true);
+        }
+        if waiting > 0 || self.notice_unsaved != notices::Unsaved::Nothing {
+            self.save_notices();
         }
     }
 
@@ -784,6 +798,20 @@ impl Sender {
                     }
                     return;
                 }
+            }
+            // The notice state first: a notice is on disk before it is
+            // first sent (see `notices::save_at`).
+            if self.notice_unsaved != notices::Unsaved::Nothing
+                && self
+                    .lanes
+                    .iter()
+                    .any(|l| l.route.ready(now) && l.notice_due(now))
+            {
+                self.notice_unsaved = notices::Unsaved::Urgent;
+            }
+            let save_at = notices::save_at(self.notice_unsaved, self.notice_saved_at, now);
+            if save_at.is_some_and(|t| t <= now) {
+                self.save_notices();
             }
             // Start a POST on every route that may; an inline sink answers
             // at once, then the loop goes round to take the next message.
@@ -819,6 +847,9 @@ impl Sender {
             }
             if let Some(d) = closing {
                 wake = Some(wake.map_or(d, |w| w.min(d)));
+            }
+            if let Some(t) = notices::save_at(self.notice_unsaved, self.notice_saved_at, now) {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let timer = match wake {
                 Some(w) => crossbeam_channel::after(w.saturating_duration_since(now)),

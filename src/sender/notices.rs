@@ -23,10 +23,12 @@
 //!
 //! What was sent under which key (message id, its thread, closed) is the
 //! state saved by [`save`] in the state directory, so a restart edits an
-//! open incident rather than posting it twice; when the sender stops (a
-//! reload, a clean stop) the notices still waiting are saved there too
-//! ([`Pending`]) and queued again at the next start. No clock, no threads,
-//! no I/O but [`load`]/[`save`]: everything is unit-tested below.
+//! open incident rather than posting it twice. The notices still waiting
+//! are saved there too ([`Pending`]), before they are first sent and as
+//! they change ([`save_at`]), and queued again at the next start: a
+//! `kill -9` or a power cut loses none (the one in flight may go twice).
+//! No clock, no threads, no I/O but [`load`]/[`save`]: everything is
+//! unit-tested below.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
@@ -59,6 +61,35 @@ pub const NOTICE_BURST: u32 = 2;
 pub const SAVED_FILE_BYTES: usize = 64 * 1024;
 /// The state file, in the state directory.
 pub const FILE: &str = "notices.json";
+/// While notices merely arrive, the state file is written at most this
+/// often (a storm of incident edits in an outage rewrites it at most once
+/// a second); see [`save_at`] for when it is written at once.
+pub const SAVE_GAP: Duration = Duration::from_secs(1);
+
+/// What the state file lacks (see [`save_at`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unsaved {
+    #[default]
+    Nothing,
+    /// The waiting notices changed (one arrived, one was sent or dropped).
+    Queue,
+    /// A notice not saved yet is about to be sent, or a message id was
+    /// learnt (without it, a restart would post an incident twice).
+    Urgent,
+}
+
+/// When to write the state file: at once for [`Unsaved::Urgent`], else
+/// [`SAVE_GAP`] after the last write. A notice is thus on disk before it
+/// is first sent, and after a crash (`kill -9`, a power cut) only the one
+/// in flight can go twice; a notice that arrives in the gap and is not
+/// sent within it waits at most the gap to be saved.
+pub fn save_at(unsaved: Unsaved, last: Option<Instant>, now: Instant) -> Option<Instant> {
+    match unsaved {
+        Unsaved::Nothing => None,
+        Unsaved::Urgent => Some(now),
+        Unsaved::Queue => Some(last.map_or(now, |l| (l + SAVE_GAP).max(now))),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NoticeError {
@@ -742,6 +773,25 @@ mod tests {
     use super::super::Next;
     use super::*;
     use crate::discord::{Outcome, Posted, RateInfo, Snowflake};
+
+    #[test]
+    fn the_state_is_written_at_once_when_urgent_and_at_most_once_a_gap_otherwise() {
+        let t0 = Instant::now();
+        assert_eq!(save_at(Unsaved::Nothing, None, t0), None);
+        assert_eq!(save_at(Unsaved::Queue, None, t0), Some(t0), "never saved");
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(
+            save_at(Unsaved::Queue, Some(t0), later),
+            Some(t0 + SAVE_GAP)
+        );
+        assert_eq!(save_at(Unsaved::Urgent, Some(t0), later), Some(later));
+        let long_after = t0 + 5 * SAVE_GAP;
+        assert_eq!(
+            save_at(Unsaved::Queue, Some(t0), long_after),
+            Some(long_after)
+        );
+        assert!(Unsaved::Urgent > Unsaved::Queue && Unsaved::Queue > Unsaved::Nothing);
+    }
 
     fn n(key: &str, text: &str, policy: Policy) -> Notice {
         Notice {

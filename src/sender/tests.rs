@@ -1274,8 +1274,9 @@ fn notices_waiting_at_a_reload_are_saved_and_sent_once_after_it() {
 
     let mut h = start(vec![Box::new(|_: &Req| ok())], s.clone());
     assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 2));
-    // Sent, they are not in the file any more: a crash now sends nothing twice.
-    assert!(notices::load(&file).pending.is_empty());
+    // Sent, they leave the file within a save gap: a crash after that
+    // sends nothing twice.
+    assert!(wait_until(LONG, || notices::load(&file).pending.is_empty()));
     h.shutdown();
     let got = h.world.accepted_lines(0);
     assert_eq!(got.len(), 2, "{got:?}");
@@ -1339,5 +1340,49 @@ fn on_a_forum_route_an_incident_is_edited_in_the_post_it_was_posted_in() {
         Some(first_thread.as_str()),
         "{got:?}"
     );
+    h.shutdown();
+}
+
+/// A notice is on disk before it is first sent: a `kill -9` or a power
+/// cut at any moment after the sender took it loses nothing (the next
+/// start sends it), and once Discord accepted it, it leaves the file.
+#[test]
+fn a_notice_is_saved_before_it_is_first_sent_and_leaves_the_file_once_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(notices::FILE);
+    let mut s = settings();
+    s.notice_file = Some(file.clone());
+    // Each request checks the file: what keys were pending as it was made.
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let script: Script = Box::new({
+        let (seen, file) = (seen.clone(), file.clone());
+        move |_: &Req| {
+            let saved = notices::load(&file);
+            let keys = saved
+                .pending
+                .get("r0")
+                .map(|p| p.iter().map(|p| p.key.clone()).collect())
+                .unwrap_or_default();
+            seen.lock().unwrap().push(keys);
+            ok()
+        }
+    });
+    let mut h = start(vec![script], s);
+    for i in 0..5 {
+        let key = format!("alert/{i}");
+        h.notices
+            .send(notice(0, &key, &key, crate::notice::Policy::New))
+            .unwrap();
+        assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == i + 1));
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 5);
+    for (i, keys) in seen.iter().enumerate() {
+        assert!(
+            keys.contains(&format!("alert/{i}")),
+            "request {i} went out before its notice was saved: {keys:?}"
+        );
+    }
+    assert!(wait_until(LONG, || notices::load(&file).pending.is_empty()));
     h.shutdown();
 }

@@ -74,7 +74,10 @@ fn a_whole_night_in_compressed_time_tells_each_thing_once_and_counts_right() {
     const LONG: Duration = Duration::from_secs(30);
     let fake = FakeDiscord::start();
     let mut env = Env::new(&fake.webhook_url());
-    env.set("SILENCE_AFTER", "2")
+    // Not 2 s: the writer's own pauses (30 ms) must stay far below it even
+    // when the machine stalls a writer (dirty-page throttling under heavy
+    // I/O), or a true silence is reported that the oracle does not expect.
+    env.set("SILENCE_AFTER", "5")
         .set("BATCH_SIZE", "20")
         .set("BATCH_TIMEOUT", "0.2");
     let file = env.logs().join("2024-03-09/log_21-00-00.txt");
@@ -137,7 +140,12 @@ fn a_whole_night_in_compressed_time_tells_each_thing_once_and_counts_right() {
     let posts: Vec<Received> = fake.messages().into_iter().filter(|m| !m.edit).collect();
     let titled =
         |p: &str| -> Vec<&Received> { posts.iter().filter(|m| title(m).starts_with(p)).collect() };
-    assert_eq!(titled("Ekos silent for").len(), 1, "one silence alert");
+    assert_eq!(
+        titled("Ekos silent for").len(),
+        1,
+        "one silence alert: {:?}",
+        posts.iter().map(title).collect::<Vec<_>>()
+    );
     assert!(
         title(titled("Ekos silent for")[0]).contains("during a 300 s exposure of M31"),
         "{}",

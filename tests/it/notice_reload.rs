@@ -1,7 +1,7 @@
-//! The notice lane across a reload (SIGHUP), through the real binary: a
-//! silence alert that waits in the lane because Discord answers 503 (or
-//! 429) is saved with the notice state when the workers are aborted, and
-//! arrives exactly once after Discord recovers.
+//! The notice lane across a reload (SIGHUP) and a crash (`kill -9`),
+//! through the real binary: a silence alert that waits in the lane because
+//! Discord answers 503 (or 429) is in the notice state (saved before it
+//! was first sent), and arrives exactly once after Discord recovers.
 
 use std::time::Duration;
 
@@ -24,10 +24,17 @@ fn silence_alerts(fake: &FakeDiscord) -> Vec<Received> {
         .collect()
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Interrupt {
+    Reload,
+    Kill9,
+}
+
 /// The log stops in mid-exposure while Discord refuses everything with
-/// `refuse`; the daemon is reloaded while the alert waits; Discord
-/// recovers through `recover`.
-fn a_waiting_silence_alert_survives_a_reload(
+/// `refuse`; the daemon is reloaded (or killed and started again) while
+/// the alert waits; Discord recovers through `recover`.
+fn a_waiting_silence_alert_survives(
+    how: Interrupt,
     refuse: impl Fn(&FakeDiscord),
     recover: impl Fn(&FakeDiscord),
 ) {
@@ -36,7 +43,7 @@ fn a_waiting_silence_alert_survives_a_reload(
     env.set("SILENCE_AFTER", "2").set("MIN_LEVEL", "INFO");
     let file = env.logs().join("2024-03-09/log_21-00-00.txt");
     append(&file, &[]);
-    let d = env.start(&[]);
+    let mut d = env.start(&[]);
     let plain = tokens("reload", 0..2);
     append(
         &file,
@@ -65,17 +72,32 @@ fn a_waiting_silence_alert_survives_a_reload(
         d.stderr()
     );
     assert!(silence_alerts(&fake).is_empty());
-    d.signal(libc::SIGHUP);
-    assert!(
-        wait_until(LONG, || d.stderr().contains("configuration reloaded")),
-        "no reload: {}",
-        d.stderr()
-    );
-    assert!(
-        d.stderr().contains("notices not sent yet are saved"),
-        "{}",
-        d.stderr()
-    );
+    match how {
+        Interrupt::Reload => {
+            d.signal(libc::SIGHUP);
+            assert!(
+                wait_until(LONG, || d.stderr().contains("configuration reloaded")),
+                "no reload: {}",
+                d.stderr()
+            );
+            assert!(
+                d.stderr().contains("notices not sent yet are saved"),
+                "{}",
+                d.stderr()
+            );
+        }
+        Interrupt::Kill9 => {
+            d.kill9();
+            d = env.start(&[]);
+            assert!(
+                wait_until(LONG, || d
+                    .stderr()
+                    .contains("saved by the last run are sent again")),
+                "{}",
+                d.stderr()
+            );
+        }
+    }
     recover(&fake);
     assert!(
         wait_until(LONG, || !silence_alerts(&fake).is_empty()),
@@ -89,7 +111,8 @@ fn a_waiting_silence_alert_survives_a_reload(
 
 #[test]
 fn a_silence_alert_refused_with_503_survives_a_reload_and_arrives_once() {
-    a_waiting_silence_alert_survives_a_reload(
+    a_waiting_silence_alert_survives(
+        Interrupt::Reload,
         |f| f.set_mode(Mode::Down),
         |f| f.set_mode(Mode::Normal),
     );
@@ -97,8 +120,18 @@ fn a_silence_alert_refused_with_503_survives_a_reload_and_arrives_once() {
 
 #[test]
 fn a_silence_alert_held_by_429_survives_a_reload_and_arrives_once() {
-    a_waiting_silence_alert_survives_a_reload(
+    a_waiting_silence_alert_survives(
+        Interrupt::Reload,
         |f| f.set_hook_fault(FakeDiscord::WEBHOOK_ID, Some(Fault::RateLimited(0.3))),
         |f| f.set_hook_fault(FakeDiscord::WEBHOOK_ID, None),
+    );
+}
+
+#[test]
+fn a_silence_alert_refused_with_503_survives_a_kill_9_and_arrives_once() {
+    a_waiting_silence_alert_survives(
+        Interrupt::Kill9,
+        |f| f.set_mode(Mode::Down),
+        |f| f.set_mode(Mode::Normal),
     );
 }
