@@ -182,10 +182,12 @@ pub struct Sender {
     route_ids: Vec<String>,
     /// Saved notice state of webhooks not configured now (kept as is).
     notice_others: notices::State,
-    /// What the notice state file lacks, and when it was last written
-    /// ([`notices::save_at`]).
+    /// What the notice state file lacks, and when it may be written next
+    /// unless urgent ([`notices::save_at`]).
     notice_unsaved: notices::Unsaved,
-    notice_saved_at: Option<Instant>,
+    notice_save_after: Option<Instant>,
+    /// The last write of the notice state failed (it was logged once).
+    notice_save_failed: bool,
     alerts: Option<(usize, Severity)>,
     commits: Commits,
     store: Arc<Store>,
@@ -326,7 +328,8 @@ impl Sender {
             route_ids: s.route_ids,
             notice_others: saved,
             notice_unsaved: notices::Unsaved::Nothing,
-            notice_saved_at: None,
+            notice_save_after: None,
+            notice_save_failed: false,
             alerts: s.alerts,
             commits: Commits::default(),
             store,
@@ -392,8 +395,7 @@ impl Sender {
     /// Saves every route's key → message id table and the notices still
     /// waiting (the one in flight included: its answer has not come).
     fn save_notices(&mut self) {
-        self.notice_unsaved = notices::Unsaved::Nothing;
-        self.notice_saved_at = Some(Instant::now());
+        let unsaved = std::mem::take(&mut self.notice_unsaved);
         let Some(path) = &self.notice_file else {
             return;
         };
@@ -413,8 +415,24 @@ impl Sender {
                 }
             }
         }
-        if let Err(e) = notices::save(path, all, wall_secs()) {
-            log::warn!("{e}; an open incident may be posted again after a restart");
+        let saved = notices::save(path, all, wall_secs());
+        let path = path.display().to_string();
+        self.notice_save_after = Some(notices::save_after(saved.is_ok(), Instant::now()));
+        match saved {
+            Ok(()) if self.notice_save_failed => {
+                self.notice_save_failed = false;
+                log::info!("{path} is written again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Tried again later (not in a loop), logged once.
+                self.notice_unsaved = unsaved.min(notices::Unsaved::Queue);
+                if !std::mem::replace(&mut self.notice_save_failed, true) {
+                    log::warn!(
+                        "{e}; until it can be written, notices waiting at a crash are lost and an open incident may be posted again after a restart"
+                    );
+                }
+            }
         }
     }
 
@@ -601,7 +619,10 @@ impl Sender {
         if done.changed {
             self.save_notices();
         } else if left {
-            self.notice_unsaved = self.notice_unsaved.max(notices::Unsaved::Queue);
+            // At once (the loop saves before anything else): a crash now
+            // must not send an accepted notice again. A notice due next is
+            // saved by the same write.
+            self.notice_unsaved = notices::Unsaved::Urgent;
         }
     }
 
@@ -809,7 +830,7 @@ impl Sender {
             {
                 self.notice_unsaved = notices::Unsaved::Urgent;
             }
-            let save_at = notices::save_at(self.notice_unsaved, self.notice_saved_at, now);
+            let save_at = notices::save_at(self.notice_unsaved, self.notice_save_after, now);
             if save_at.is_some_and(|t| t <= now) {
                 self.save_notices();
             }
@@ -848,7 +869,7 @@ impl Sender {
             if let Some(d) = closing {
                 wake = Some(wake.map_or(d, |w| w.min(d)));
             }
-            if let Some(t) = notices::save_at(self.notice_unsaved, self.notice_saved_at, now) {
+            if let Some(t) = notices::save_at(self.notice_unsaved, self.notice_save_after, now) {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let timer = match wake {

@@ -66,29 +66,41 @@ pub const FILE: &str = "notices.json";
 /// a second); see [`save_at`] for when it is written at once.
 pub const SAVE_GAP: Duration = Duration::from_secs(1);
 
+/// After a failed write of the state file (a full disk), the next one that
+/// is not urgent is tried this much later.
+pub const SAVE_RETRY: Duration = Duration::from_secs(30);
+
 /// What the state file lacks (see [`save_at`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Unsaved {
     #[default]
     Nothing,
-    /// The waiting notices changed (one arrived, one was sent or dropped).
+    /// Notices arrived.
     Queue,
-    /// A notice not saved yet is about to be sent, or a message id was
-    /// learnt (without it, a restart would post an incident twice).
+    /// A notice not saved yet is about to be sent, one left the queue
+    /// (accepted or dropped), or a message id was learnt: without the
+    /// write, a crash would lose the first or repeat the others.
     Urgent,
 }
 
 /// When to write the state file: at once for [`Unsaved::Urgent`], else
-/// [`SAVE_GAP`] after the last write. A notice is thus on disk before it
-/// is first sent, and after a crash (`kill -9`, a power cut) only the one
-/// in flight can go twice; a notice that arrives in the gap and is not
-/// sent within it waits at most the gap to be saved.
-pub fn save_at(unsaved: Unsaved, last: Option<Instant>, now: Instant) -> Option<Instant> {
+/// not before `after` (see [`save_after`]). A notice is thus on disk
+/// before it is first sent, and after a crash (`kill -9`, a power cut)
+/// only the one in flight can go twice; a notice that arrives in the gap
+/// and is not sent within it waits at most the gap to be saved.
+pub fn save_at(unsaved: Unsaved, after: Option<Instant>, now: Instant) -> Option<Instant> {
     match unsaved {
         Unsaved::Nothing => None,
         Unsaved::Urgent => Some(now),
-        Unsaved::Queue => Some(last.map_or(now, |l| (l + SAVE_GAP).max(now))),
+        Unsaved::Queue => Some(after.map_or(now, |t| t.max(now))),
     }
+}
+
+/// After a write at `now` that succeeded (or not), when the next one that
+/// is not urgent may be made: [`SAVE_GAP`] later, or [`SAVE_RETRY`] after
+/// a failure (a full disk is not tried every second).
+pub fn save_after(ok: bool, now: Instant) -> Instant {
+    now + if ok { SAVE_GAP } else { SAVE_RETRY }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -779,17 +791,20 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(save_at(Unsaved::Nothing, None, t0), None);
         assert_eq!(save_at(Unsaved::Queue, None, t0), Some(t0), "never saved");
+        let after = Some(save_after(true, t0));
         let later = t0 + Duration::from_millis(300);
-        assert_eq!(
-            save_at(Unsaved::Queue, Some(t0), later),
-            Some(t0 + SAVE_GAP)
-        );
-        assert_eq!(save_at(Unsaved::Urgent, Some(t0), later), Some(later));
+        assert_eq!(save_at(Unsaved::Queue, after, later), Some(t0 + SAVE_GAP));
+        assert_eq!(save_at(Unsaved::Urgent, after, later), Some(later));
         let long_after = t0 + 5 * SAVE_GAP;
+        assert_eq!(save_at(Unsaved::Queue, after, long_after), Some(long_after));
+        // A failed write: the next one that is not urgent waits longer.
+        let failed = Some(save_after(false, t0));
         assert_eq!(
-            save_at(Unsaved::Queue, Some(t0), long_after),
-            Some(long_after)
+            save_at(Unsaved::Queue, failed, later),
+            Some(t0 + SAVE_RETRY)
         );
+        assert_eq!(save_at(Unsaved::Urgent, failed, later), Some(later));
+        assert!(SAVE_RETRY > 10 * SAVE_GAP);
         assert!(Unsaved::Urgent > Unsaved::Queue && Unsaved::Queue > Unsaved::Nothing);
     }
 

@@ -1345,7 +1345,8 @@ fn on_a_forum_route_an_incident_is_edited_in_the_post_it_was_posted_in() {
 
 /// A notice is on disk before it is first sent: a `kill -9` or a power
 /// cut at any moment after the sender took it loses nothing (the next
-/// start sends it), and once Discord accepted it, it leaves the file.
+/// start sends it), and once Discord accepted it, it leaves the file
+/// before anything else is sent (a crash does not send it twice).
 #[test]
 fn a_notice_is_saved_before_it_is_first_sent_and_leaves_the_file_once_accepted() {
     let dir = tempfile::tempdir().unwrap();
@@ -1382,6 +1383,9 @@ fn a_notice_is_saved_before_it_is_first_sent_and_leaves_the_file_once_accepted()
             keys.contains(&format!("alert/{i}")),
             "request {i} went out before its notice was saved: {keys:?}"
         );
+        // The ones accepted before left the file: a crash now would not
+        // send them again.
+        assert_eq!(keys.len(), 1, "request {i}: {keys:?}");
     }
     assert!(wait_until(LONG, || notices::load(&file).pending.is_empty()));
     h.shutdown();

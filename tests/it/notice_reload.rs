@@ -135,3 +135,42 @@ fn a_silence_alert_refused_with_503_survives_a_kill_9_and_arrives_once() {
         |f| f.set_mode(Mode::Normal),
     );
 }
+
+/// A notice state that cannot be written (here `notices.json` is a
+/// directory, as a full or read-only disk would refuse it too): the
+/// notices still go, and the trouble is logged once, not at every notice.
+#[test]
+fn a_notice_state_that_cannot_be_written_is_logged_once_and_the_notices_still_go() {
+    let fake = FakeDiscord::start();
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("SILENCE_AFTER", "1").set("MIN_LEVEL", "INFO");
+    let blocker = env.dir.path().join("state").join("notices.json");
+    std::fs::create_dir_all(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), "").unwrap();
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    // Three silences, each alert and resumption a notice to save.
+    for round in 0..3 {
+        append(
+            &file,
+            &[
+                sched("Executing Job  \"M31\""),
+                capture("Capturing 1.000-second L image..."),
+            ],
+        );
+        assert!(
+            wait_until(LONG, || silence_alerts(&fake).len() > round),
+            "alert {round}: {}",
+            d.stderr()
+        );
+    }
+    let (status, _, err) = d.stop();
+    assert!(status.success(), "{err}");
+    let complaints = err
+        .lines()
+        .filter(|l| l.contains("cannot write") && l.contains("notices"))
+        .count();
+    assert_eq!(complaints, 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
