@@ -699,8 +699,8 @@ fn tail(data: &[u8], max: usize) -> &[u8] {
 /// reordered configuration keeps its messages), key → kept.
 pub type Saved = BTreeMap<String, BTreeMap<String, Kept>>;
 
-/// The state file: the kept table and, after a stop, the notices that
-/// still waited, per route.
+/// The state file: the kept table and the notices still waiting (not
+/// yet accepted by Discord), per route.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct State {
     /// The file's format: 2 (a file of version 1 is the bare table).

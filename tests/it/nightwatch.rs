@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::daemon::{Env, append, loss_and_dups, notice_keys, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
 use crate::support::fake_discord::{
     FakeDiscord, Mode, Received, code_block_lines, delivered, embed_field, is_incident, title,
@@ -520,7 +520,11 @@ fn a_crash_in_mid_night_goes_on_with_the_same_card_its_counts_and_no_false_alert
     // saved with the frame and the met deadline, and the lines delivered.
     assert!(
         wait_until(LONG, || {
-            read("notices.json").contains("night:")
+            notice_keys(&state)
+                .0
+                .iter()
+                .any(|k| k.starts_with("night:"))
+                && notice_keys(&state).1.is_empty()
                 && read("nightwatch.json").contains("\"frames_seen\":1")
                 && read("nightwatch.json").contains("\"seen\":true")
                 && loss_and_dups(&marker, &delivered(&fake.messages()))
@@ -842,7 +846,10 @@ fn frames_read_again_after_a_crash_are_counted_once() {
         ],
     );
     assert!(
-        wait_until(LONG, || read("notices.json").contains("night:")),
+        wait_until(LONG, || notice_keys(&state)
+            .0
+            .iter()
+            .any(|k| k.starts_with("night:"))),
         "no card: {}",
         d.stderr()
     );

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::daemon::{Env, append, loss_and_dups, notice_keys, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
 use crate::support::fake_discord::{
     FakeDiscord, Fault, Mode, Received, delivered, embed_field, is_incident, title, titled,
@@ -379,6 +379,9 @@ fn a_crash_in_mid_silence_neither_repeats_the_alert_nor_loses_the_resumption() {
     .is_ok_and(
         |s| s.contains("\"silence_new_after\":") && !s.contains("\"silence_new_after\":null")
     )));
+    // And the sender's record that Discord accepted it (until then a crash
+    // sends it again: at least once).
+    assert!(wait_until(LONG, || notice_keys(&state).1.is_empty()));
     d.kill9();
     let d = env.start(&[]);
     // Quiet for longer than SILENCE_AFTER after the restart.

@@ -231,3 +231,21 @@ pub fn loss_and_dups(expected: &[String], delivered: &[String]) -> (Vec<String>,
         .sum();
     (lost, dups)
 }
+
+/// What `notices.json` in the state directory `state` says: the keys whose
+/// message is posted (its id kept), and the keys of the notices still
+/// waiting (saved before they are sent, gone once accepted).
+pub fn notice_keys(state: &Path) -> (Vec<String>, Vec<String>) {
+    let s = ekos_log_monitor::sender::notices::load(&state.join("notices.json"));
+    let kept = (s.kept.values())
+        .flat_map(|m| m.iter().filter(|(_, k)| k.id.is_some()))
+        .map(|(key, _)| key.clone())
+        .collect();
+    let pending = s
+        .pending
+        .values()
+        .flatten()
+        .map(|p| p.key.clone())
+        .collect();
+    (kept, pending)
+}
