@@ -383,10 +383,19 @@ impl Sender {
     fn take_notice(&mut self, n: Notice) {
         match self.lanes.get_mut(n.route) {
             Some(lane) => {
+                let queued = lane.notices.queued();
                 if let Some((level, text)) = lane.notices.push(n) {
                     log::log!(level, "{}: {text}", lane.route.name());
                 }
-                self.notice_unsaved = self.notice_unsaved.max(notices::Unsaved::Queue);
+                // A notice of its own is saved before the loop sends
+                // anything (see `notices::save_at`); a newer body of a
+                // waiting one can wait for the gap.
+                let unsaved = if lane.notices.queued() > queued {
+                    notices::Unsaved::Urgent
+                } else {
+                    notices::Unsaved::Queue
+                };
+                self.notice_unsaved = self.notice_unsaved.max(unsaved);
             }
             None => log::warn!("a notice for route {} (none such) is dropped", n.route),
         }
@@ -395,7 +404,7 @@ impl Sender {
     /// Saves every route's key → message id table and the notices still
     /// waiting (the one in flight included: its answer has not come).
     fn save_notices(&mut self) {
-        let unsaved = std::mem::take(&mut self.notice_unsaved);
+        self.notice_unsaved = notices::Unsaved::Nothing;
         let Some(path) = &self.notice_file else {
             return;
         };
@@ -425,8 +434,9 @@ impl Sender {
             }
             Ok(()) => {}
             Err(e) => {
-                // Tried again later (not in a loop), logged once.
-                self.notice_unsaved = unsaved.min(notices::Unsaved::Queue);
+                // Tried again after SAVE_RETRY, or at once for the next
+                // notice that arrives (not in a loop); logged once.
+                self.notice_unsaved = notices::Unsaved::Queue;
                 if !std::mem::replace(&mut self.notice_save_failed, true) {
                     log::warn!(
                         "{e}; until it can be written, notices waiting at a crash are lost and an open incident may be posted again after a restart"
@@ -820,16 +830,9 @@ impl Sender {
                     return;
                 }
             }
-            // The notice state first: a notice is on disk before it is
-            // first sent (see `notices::save_at`).
-            if self.notice_unsaved != notices::Unsaved::Nothing
-                && self
-                    .lanes
-                    .iter()
-                    .any(|l| l.route.ready(now) && l.notice_due(now))
-            {
-                self.notice_unsaved = notices::Unsaved::Urgent;
-            }
+            // The notice state first: a notice that arrived, or one that
+            // left, is on disk before anything is sent (see
+            // `notices::save_at`).
             let save_at = notices::save_at(self.notice_unsaved, self.notice_save_after, now);
             if save_at.is_some_and(|t| t <= now) {
                 self.save_notices();

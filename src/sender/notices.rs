@@ -59,11 +59,17 @@ pub const NOTICE_BURST: u32 = 2;
 /// Bytes of each attachment saved with a pending notice (its end: the
 /// lines nearest the alert), so that the state file stays small.
 pub const SAVED_FILE_BYTES: usize = 64 * 1024;
+/// Bytes of attachments saved per route in all: the file is rewritten as
+/// notices come and go, and a long outage may hold [`MAX_PENDING`] alerts
+/// with their contexts. Past the budget an attachment is saved cut further
+/// (the first notices, those sent first, keep theirs whole), or not at all.
+pub const SAVED_FILES_BUDGET: usize = 1024 * 1024;
 /// The state file, in the state directory.
 pub const FILE: &str = "notices.json";
-/// While notices merely arrive, the state file is written at most this
-/// often (a storm of incident edits in an outage rewrites it at most once
-/// a second); see [`save_at`] for when it is written at once.
+/// While waiting notices merely get newer bodies, the state file is
+/// written at most this often (a storm of incident edits in an outage
+/// rewrites it at most once a second); see [`save_at`] for when it is
+/// written at once.
 pub const SAVE_GAP: Duration = Duration::from_secs(1);
 
 /// After a failed write of the state file (a full disk), the next one that
@@ -75,11 +81,12 @@ pub const SAVE_RETRY: Duration = Duration::from_secs(30);
 pub enum Unsaved {
     #[default]
     Nothing,
-    /// Notices arrived.
+    /// Newer bodies replaced notices waiting (an incident's count): the
+    /// saved one is older, not lost.
     Queue,
-    /// A notice not saved yet is about to be sent, one left the queue
-    /// (accepted or dropped), or a message id was learnt: without the
-    /// write, a crash would lose the first or repeat the others.
+    /// A notice arrived or is about to be sent unsaved, one left the
+    /// queue (accepted or dropped), or a message id was learnt: without
+    /// the write, a crash would lose the first or repeat the others.
     Urgent,
 }
 
@@ -161,6 +168,9 @@ pub struct Notices {
     /// Notices dropped in the current streak of a full queue (the first
     /// drop is logged at once, the count when the queue has room again).
     dropped: usize,
+    /// Notices queued as items of their own (not replacing a waiting
+    /// body of their key) since the start: see [`Notices::queued`].
+    queued: u64,
 }
 
 /// What [`Notices::answered`] did, for the sender to log and save.
@@ -234,6 +244,13 @@ impl Notices {
         self.queue.is_empty() && self.flight.is_none()
     }
 
+    /// How many notices were queued as items of their own: when a push
+    /// moves it, a notice is waiting that no save holds yet (one that only
+    /// replaced a waiting body of its key leaves it).
+    pub fn queued(&self) -> u64 {
+        self.queued
+    }
+
     pub fn in_flight(&self) -> bool {
         self.flight.is_some()
     }
@@ -293,6 +310,7 @@ impl Notices {
             notice: n,
             tries: 0,
         });
+        self.queued += 1;
         if self.len() <= MAX_PENDING {
             return None;
         }
@@ -553,11 +571,12 @@ impl Notices {
     /// never came), for the state file, each attachment cut to
     /// [`SAVED_FILE_BYTES`].
     pub fn pending(&self) -> Vec<Pending> {
+        let mut budget = SAVED_FILES_BUDGET;
         self.flight
             .iter()
             .map(|f| &f.item)
             .chain(self.queue.iter())
-            .map(|i| Pending::of(&i.notice))
+            .map(|i| Pending::of(&i.notice, &mut budget))
             .collect()
     }
 
@@ -636,16 +655,21 @@ pub enum SavedPolicy {
 }
 
 impl Pending {
-    fn of(n: &Notice) -> Pending {
+    /// `n` as saved, its attachments' bytes taken from `budget`.
+    fn of(n: &Notice, budget: &mut usize) -> Pending {
         Pending {
             key: n.key.clone(),
             body: n.body.clone(),
             files: n
                 .files
                 .iter()
-                .map(|f| PendingFile {
-                    name: f.name.clone(),
-                    text: String::from_utf8_lossy(tail(&f.data, SAVED_FILE_BYTES)).into_owned(),
+                .filter_map(|f| {
+                    let kept = tail(&f.data, SAVED_FILE_BYTES.min(*budget));
+                    *budget -= kept.len();
+                    (!kept.is_empty() || f.data.is_empty()).then(|| PendingFile {
+                        name: f.name.clone(),
+                        text: String::from_utf8_lossy(kept).into_owned(),
+                    })
                 })
                 .collect(),
             policy: match n.policy {
@@ -759,12 +783,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
-    {
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        // A part written to a full disk would keep it full (the
+        // checkpoint needs the room too).
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)?;
+    written?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -785,6 +815,37 @@ mod tests {
     use super::super::Next;
     use super::*;
     use crate::discord::{Outcome, Posted, RateInfo, Snowflake};
+
+    /// However many notices wait with however large attachments, the
+    /// saved attachments stay within the budget; the first notices (sent
+    /// first) keep theirs whole, and none is left without its notice.
+    #[test]
+    fn saved_attachments_stay_within_the_budget_first_notices_first() {
+        let mut q = Notices::default();
+        let big = "x".repeat(100) + "\n";
+        for i in 0..MAX_PENDING {
+            let mut alert = n(&format!("a/{i}"), "alert", Policy::New);
+            alert.files = vec![crate::notice::context_file(
+                "ekos.txt",
+                std::iter::repeat_n(big.as_str(), 1000),
+            )];
+            q.push(alert);
+        }
+        let saved = q.pending();
+        assert_eq!(saved.len(), MAX_PENDING, "every notice is saved");
+        let bytes: usize = saved
+            .iter()
+            .flat_map(|p| &p.files)
+            .map(|f| f.text.len())
+            .sum();
+        assert!(bytes <= SAVED_FILES_BUDGET, "{bytes}");
+        assert!(bytes > SAVED_FILES_BUDGET - SAVED_FILE_BYTES, "{bytes}");
+        let whole = SAVED_FILES_BUDGET / SAVED_FILE_BYTES - 1;
+        for p in &saved[..whole] {
+            assert!(p.files[0].text.len() > SAVED_FILE_BYTES - 200);
+        }
+        assert!(saved.last().unwrap().files.is_empty());
+    }
 
     #[test]
     fn the_state_is_written_at_once_when_urgent_and_at_most_once_a_gap_otherwise() {

@@ -1390,3 +1390,39 @@ fn a_notice_is_saved_before_it_is_first_sent_and_leaves_the_file_once_accepted()
     assert!(wait_until(LONG, || notices::load(&file).pending.is_empty()));
     h.shutdown();
 }
+
+/// The notice state cannot be written when Discord accepts an incident
+/// (a full disk): the message id learnt is written by the next save that
+/// works, here the one at the stop, so the next start edits the message
+/// rather than posting the incident again.
+#[test]
+fn a_message_id_learnt_while_the_state_cannot_be_written_is_saved_when_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(notices::FILE);
+    let mut s = settings();
+    s.notice_file = Some(file.clone());
+    // A directory in the way: every write of the file fails.
+    std::fs::create_dir_all(file.join("in-the-way")).unwrap();
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s.clone());
+    h.notices.send(upsert(0, "inc", "first")).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 1));
+    // Accepted; the id could not be written. The disk has room again.
+    std::fs::remove_dir_all(&file).unwrap();
+    h.shutdown();
+    let saved = notices::load(&file);
+    assert!(saved.kept["r0"]["inc"].id.is_some(), "{saved:?}");
+    assert!(saved.pending.is_empty(), "accepted: {saved:?}");
+    assert!(
+        !file.with_extension("tmp").exists(),
+        "no part of a failed write is left"
+    );
+    let mut h = start(vec![Box::new(|_: &Req| ok())], s);
+    h.notices.send(upsert(0, "inc", "again")).unwrap();
+    assert!(wait_until(LONG, || h.world.accepted_lines(0).len() == 1));
+    h.shutdown();
+    assert!(
+        h.world.accepted_lines(0)[0].starts_with("EDIT "),
+        "{:?}",
+        h.world.accepted_lines(0)
+    );
+}
