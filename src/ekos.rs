@@ -957,6 +957,22 @@ struct Patterns {
 }
 
 impl Patterns {
+    /// The built-in patterns (all of them, or those user rules reuse):
+    /// constants, which a unit test compiles alone and as one set, so
+    /// nothing is compiled here. Compiling them at start-up only to check
+    /// them ran most of the regex crate's parser and compilers, whose code
+    /// and tables then stayed mapped in an idle daemon.
+    fn builtin(patterns: &[(String, String)]) -> Patterns {
+        Patterns {
+            regexes: (patterns.iter())
+                .map(|(_, p)| (p.clone(), std::sync::OnceLock::new()))
+                .collect(),
+            set: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// User patterns: each is compiled now, so that a bad one stops
+    /// start-up with its rule's name.
     fn build(patterns: &[(String, String)]) -> Result<Patterns, RuleError> {
         // Compile each once to report a bad pattern with its rule's name.
         let regexes = patterns
@@ -1137,7 +1153,7 @@ impl Rules {
         Ok(Rules {
             rules,
             user: Patterns::build(&user_patterns)?,
-            builtin: Patterns::build(&builtin_patterns)?,
+            builtin: Patterns::builtin(&builtin_patterns),
             prefilter: Prefilter::new(&builtin_anchors()),
             has_level_rules,
         })
@@ -2083,6 +2099,27 @@ mod tests {
             let rec = parse(&text);
             assert_eq!(fast.classify(&rec), slow.classify(&rec), "{text:?}");
         }
+    }
+
+    #[test]
+    fn builtin_patterns_compile_alone_and_as_one_set() {
+        // What `Patterns::builtin` relies on instead of compiling them at
+        // start-up; a set of some of them is within the limits too.
+        let patterns: Vec<&str> = BUILTINS
+            .iter()
+            .filter(|b| b.level.is_none())
+            .map(|b| b.pattern)
+            .collect();
+        for p in &patterns {
+            Regex::new(p).unwrap();
+        }
+        RegexSet::new(&patterns).unwrap();
+        let rules = Rules::builtin();
+        assert_eq!(rules.builtin.regexes.len(), patterns.len());
+        for i in 0..patterns.len() {
+            assert_eq!(rules.builtin.regex(i).as_str(), patterns[i]);
+        }
+        assert_eq!(rules.builtin.set().len(), patterns.len());
     }
 
     #[test]
