@@ -2116,8 +2116,8 @@ mod tests {
         RegexSet::new(&patterns).unwrap();
         let rules = Rules::builtin();
         assert_eq!(rules.builtin.regexes.len(), patterns.len());
-        for i in 0..patterns.len() {
-            assert_eq!(rules.builtin.regex(i).as_str(), patterns[i]);
+        for (i, p) in patterns.iter().enumerate() {
+            assert_eq!(rules.builtin.regex(i).as_str(), *p);
         }
         assert_eq!(rules.builtin.set().len(), patterns.len());
     }
