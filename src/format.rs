@@ -84,9 +84,16 @@ fn needs_fence_escape(b: &[u8]) -> bool {
     })
 }
 
+/// Whether some backtick of `b` is followed by a zero-width space (an
+/// escape to undo), found with `memchr` like [`needs_fence_escape`].
+fn escaped_tick(b: &[u8]) -> bool {
+    const ZWSP_UTF8: &[u8] = "\u{200b}".as_bytes();
+    memchr::memchr_iter(b'`', b).any(|i| b[i + 1..].starts_with(ZWSP_UTF8))
+}
+
 /// Undoes [`escape_fence`]: drops the zero-width space after each backtick.
 pub fn unescape_fence(text: &str) -> Cow<'_, str> {
-    if !text.contains("`\u{200b}") {
+    if !escaped_tick(text.as_bytes()) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
@@ -506,7 +513,10 @@ impl Message {
     /// The attached file: the lines as written (fence escaping undone),
     /// with a `==> file <==` header where the file changes, like `tail`.
     fn file(&self) -> (String, Vec<u8>) {
-        let mut data = String::new();
+        // Sized for the lines at once: megabytes grown by doubling cost
+        // copies and fresh pages at each step.
+        let lines: usize = self.parts.iter().map(|p| p.text.len() + 1).sum();
+        let mut data = String::with_capacity(lines);
         let mut label: Option<&Arc<str>> = None;
         for (i, p) in self.parts.iter().enumerate() {
             if p.label.as_ref() != label || (i == 0 && p.label.is_some()) {
@@ -809,6 +819,7 @@ mod tests {
             let b = t.as_bytes();
             let old = b.windows(2).any(|w| w == b"``") || t.contains("`\u{200b}");
             assert_eq!(needs_fence_escape(b), old, "{t:?}");
+            assert_eq!(escaped_tick(b), t.contains("`\u{200b}"), "{t:?}");
             assert_eq!(unescape_fence(&escape_fence(t)), t);
         }
     }
