@@ -570,6 +570,42 @@ mod tests {
     }
 
     #[test]
+    fn the_read_buffer_grows_only_while_reads_fill_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        std::fs::write(&p, b"a few lines\nof an idle log\n").unwrap();
+        let mut t = tail(&p, 0);
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        t.read(&mut buf, &mut out, READ_CHUNK).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(buf.len(), FIRST_READ);
+        // A backlog: reads fill the buffer and it doubles up to READ_CHUNK,
+        // while each call stays within its budget and loses no line.
+        let line = format!("{}\n", "x".repeat(99));
+        let n = 3 * READ_CHUNK / line.len();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(line.repeat(n).as_bytes())
+            .unwrap();
+        out.clear();
+        loop {
+            let before = out.len();
+            let r = t.read(&mut buf, &mut out, READ_CHUNK).unwrap();
+            let bytes: usize = out[before..].iter().map(|l| l.text.len() + 1).sum();
+            // The budget, plus the end of a line begun in the last call.
+            assert!(bytes <= READ_CHUNK + line.len(), "{bytes}");
+            if !r.more {
+                break;
+            }
+        }
+        assert_eq!(out.len(), n);
+        assert!(out.iter().all(|l| l.text.len() == 99));
+        assert_eq!(buf.len(), READ_CHUNK);
+    }
+
+    #[test]
     fn complete_lines_only_and_partial_waits() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
