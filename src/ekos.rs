@@ -8,7 +8,8 @@
 //! and it is fast because it runs on every line of logs that can grow by
 //! hundreds of megabytes a night when verbose driver logging is on: [`parse`] is
 //! hand written and allocation free, and the built-in rules are matched with a
-//! single [`RegexSet`] pass, behind a trigram prefilter that most lines fail.
+//! single [`RegexSet`] pass, behind a prefilter (one vectorised search for
+//! all the rules' anchors) that most lines fail.
 //!
 //! Formats understood by [`parse`] (checked by their first byte, so any other
 //! line costs a single comparison before being kept as an unparsed record):
@@ -269,7 +270,7 @@ fn parse_old(line: &str) -> Option<Record<'_>> {
     }
     // The timestamp is short: bound the search so that script logs starting
     // with a date are rejected without scanning the whole line.
-    let time_end = b[..b.len().min(48)].windows(3).position(|w| w == b" - ")?;
+    let time_end = find_dash_separator(&b[..b.len().min(48)])?;
     let rest = &line[time_end + 3..];
     let (level, rest) = rest.split_at(rest.find(' ').unwrap_or(rest.len()));
     let level = Level::parse(level)?;
@@ -295,6 +296,15 @@ fn parse_old(line: &str) -> Option<Record<'_>> {
         message,
         raw: line,
     })
+}
+
+/// The first ` - ` in `b`: the dashes of a date come first and are
+/// stepped over with `memchr`, which on every line of a log is far cheaper
+/// than comparing a three-byte window at each offset.
+fn find_dash_separator(b: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'-', b)
+        .find(|&i| i > 0 && b[i - 1] == b' ' && b.get(i + 1) == Some(&b' '))
+        .map(|i| i - 1)
 }
 
 /// `TAG\t<sec>.<usec> sec\t: [Device] msg` as written by INDI's `Logger`.
@@ -810,6 +820,17 @@ const BUILTINS: &[Builtin] = &[
     level("fatal", LevelMatch::Fatal, "Fatal: "),
 ];
 
+/// Every built-in rule's anchors, each once, in rule order.
+fn builtin_anchors() -> Vec<&'static str> {
+    let mut anchors: Vec<&'static str> = Vec::new();
+    for a in BUILTINS.iter().flat_map(|b| b.anchors.iter().copied()) {
+        if !anchors.contains(&a) {
+            anchors.push(a);
+        }
+    }
+    anchors
+}
+
 impl Builtin {
     fn describe(&self) -> &'static str {
         match self.level {
@@ -862,6 +883,68 @@ impl Trigrams {
     }
 }
 
+/// How many bytes of a message [`Prefilter::maybe`] folds on the stack;
+/// longer messages (rare) are folded into a heap buffer.
+const FOLD_STACK: usize = 256;
+
+/// The built-in rules' prefilter: one search for all the anchors at once.
+/// A line that matches no anchor (nearly every line of a verbose log)
+/// never reaches the regex engine. The anchors are searched with the
+/// vectorised multi-substring searcher ("Teddy") of `aho-corasick`, which
+/// is already in the build as the regex crate's literal engine, over the
+/// message folded with [`fold`]: a few tens of bytes per cycle, where
+/// [`Trigrams`] goes one byte at a time along a chain of dependent
+/// shifts. Where Teddy is not available (a CPU without SSSE3 or NEON,
+/// 32-bit ARM), [`Trigrams`] does the job.
+#[derive(Debug, Clone)]
+struct Prefilter {
+    packed: Option<aho_corasick::packed::Searcher>,
+    trigrams: Trigrams,
+}
+
+impl Prefilter {
+    fn new(anchors: &[&str]) -> Prefilter {
+        let mut builder = aho_corasick::packed::Config::new().builder();
+        for a in anchors {
+            builder.add(a.bytes().map(fold).collect::<Vec<u8>>());
+        }
+        Prefilter {
+            packed: builder.build(),
+            trigrams: Trigrams::new(anchors.iter().copied()),
+        }
+    }
+
+    /// False only if `text` contains none of the anchors, in any ASCII case.
+    fn maybe(&self, text: &str) -> bool {
+        let Some(packed) = &self.packed else {
+            return self.trigrams.maybe(text);
+        };
+        let b = text.as_bytes();
+        if b.len() <= FOLD_STACK {
+            let mut buf = [0u8; FOLD_STACK];
+            let folded = &mut buf[..b.len()];
+            for (f, &c) in folded.iter_mut().zip(b) {
+                *f = fold(c);
+            }
+            packed.find(folded).is_some()
+        } else {
+            packed
+                .find(b.iter().map(|&c| fold(c)).collect::<Vec<u8>>())
+                .is_some()
+        }
+    }
+}
+
+/// Folds ASCII letters to lower case by setting bit 5, and maps other
+/// bytes to some byte (several to one: `@` and `` ` ``, `[` and `{`...).
+/// Two bytes equal but for ASCII case fold to the same byte, so a text
+/// holding an anchor in any case holds the folded anchor once folded;
+/// other coincidences are false positives, which only cost a regex
+/// search. Branch-free, so a line folds in a few vector instructions.
+fn fold(b: u8) -> u8 {
+    b | 0x20
+}
+
 /// Patterns searched together in one pass.
 #[derive(Debug, Clone)]
 struct Patterns {
@@ -874,6 +957,22 @@ struct Patterns {
 }
 
 impl Patterns {
+    /// The built-in patterns (all of them, or those user rules reuse):
+    /// constants, which a unit test compiles alone and as one set, so
+    /// nothing is compiled here. Compiling them at start-up only to check
+    /// them ran most of the regex crate's parser and compilers, whose code
+    /// and tables then stayed mapped in an idle daemon.
+    fn builtin(patterns: &[(String, String)]) -> Patterns {
+        Patterns {
+            regexes: (patterns.iter())
+                .map(|(_, p)| (p.clone(), std::sync::OnceLock::new()))
+                .collect(),
+            set: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// User patterns: each is compiled now, so that a bad one stops
+    /// start-up with its rule's name.
     fn build(patterns: &[(String, String)]) -> Result<Patterns, RuleError> {
         // Compile each once to report a bad pattern with its rule's name.
         let regexes = patterns
@@ -937,9 +1036,9 @@ pub struct Rules {
     /// Patterns of user rules, searched on every line.
     user: Patterns,
     /// Built-in patterns (also when reused by a user rule), searched only
-    /// when `trigrams` lets the line through.
+    /// when `prefilter` lets the line through.
     builtin: Patterns,
-    trigrams: Trigrams,
+    prefilter: Prefilter,
     /// Some active rule matches on the level, so lines that match no pattern
     /// still go through the rule loop when their level is error or above.
     has_level_rules: bool,
@@ -1054,8 +1153,8 @@ impl Rules {
         Ok(Rules {
             rules,
             user: Patterns::build(&user_patterns)?,
-            builtin: Patterns::build(&builtin_patterns)?,
-            trigrams: Trigrams::new(BUILTINS.iter().flat_map(|b| b.anchors.iter().copied())),
+            builtin: Patterns::builtin(&builtin_patterns),
+            prefilter: Prefilter::new(&builtin_anchors()),
             has_level_rules,
         })
     }
@@ -1064,7 +1163,7 @@ impl Rules {
     /// (a matching rule of severity `none` means "not an event").
     pub fn classify(&self, rec: &Record) -> Option<Event> {
         let user_hits = self.user.hits(rec.message);
-        let builtin_hits = match self.trigrams.maybe(rec.message) {
+        let builtin_hits = match self.prefilter.maybe(rec.message) {
             true => self.builtin.hits(rec.message),
             false => None,
         };
@@ -1885,6 +1984,165 @@ mod tests {
             );
         }
         assert!(!trigrams.maybe("Capture exposure 300 seconds remaining: 12"));
+    }
+
+    /// Real lines (`tests/data`), and variants of them: case flipped,
+    /// spliced with other lines, cut, with random bytes and non-ASCII
+    /// text; some longer than the prefilter's stack buffer. Seeded, so a
+    /// failure is repeatable.
+    fn prefilter_corpus() -> Vec<String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+        let mut real: Vec<String> = Vec::new();
+        for name in ["ekos-corpus.txt", "night-2024-03-09.txt"] {
+            let text = std::fs::read_to_string(format!("{dir}{name}")).unwrap();
+            real.extend(text.lines().map(str::to_string));
+        }
+        real.extend(
+            BUILTINS
+                .iter()
+                .flat_map(|b| b.anchors.iter().map(|a| a.to_string())),
+        );
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut corpus = real.clone();
+        for _ in 0..20_000 {
+            let mut s = real[next() as usize % real.len()].clone();
+            for _ in 0..next() % 4 {
+                match next() % 6 {
+                    0 => {
+                        s = s
+                            .chars()
+                            .map(|c| {
+                                if next() % 2 == 0 {
+                                    c.to_ascii_uppercase()
+                                } else {
+                                    c.to_ascii_lowercase()
+                                }
+                            })
+                            .collect()
+                    }
+                    1 => {
+                        let other = &real[next() as usize % real.len()];
+                        let cut = (0..=other.len())
+                            .filter(|&i| other.is_char_boundary(i))
+                            .nth(next() as usize % (other.chars().count() + 1))
+                            .unwrap_or(0);
+                        s.push_str(&other[cut..]);
+                    }
+                    2 => {
+                        let keep = (0..=s.len())
+                            .filter(|&i| s.is_char_boundary(i))
+                            .nth(next() as usize % (s.chars().count() + 1))
+                            .unwrap_or(0);
+                        s.truncate(keep);
+                    }
+                    3 => s.push(char::from(32 + (next() % 95) as u8)),
+                    4 => s.push_str(["é", "°", "\u{200b}", "ß", "\t", "@`[{"][next() as usize % 6]),
+                    _ => s = s.repeat(1 + (next() % 4) as usize),
+                }
+            }
+            corpus.push(s);
+        }
+        corpus
+    }
+
+    #[test]
+    fn prefilter_agrees_with_each_builtin_pattern() {
+        let regexes: Vec<Regex> = BUILTINS
+            .iter()
+            .filter(|b| b.level.is_none())
+            .map(|b| Regex::new(b.pattern).unwrap())
+            .collect();
+        let anchors = builtin_anchors();
+        let packed = Prefilter::new(&anchors);
+        let fallback = Prefilter {
+            packed: None,
+            ..packed.clone()
+        };
+        if cfg!(target_arch = "x86_64") {
+            // The vectorised searcher is what is measured on this machine.
+            assert!(packed.packed.is_some());
+        }
+        let corpus = prefilter_corpus();
+        assert!(corpus.iter().any(|t| t.len() > FOLD_STACK));
+        let (mut matched, mut passed) = (0, 0);
+        for text in &corpus {
+            for t in [text.as_str(), parse(text).message] {
+                let hit = regexes.iter().any(|r| r.is_match(t));
+                matched += usize::from(hit);
+                passed += usize::from(packed.maybe(t));
+                if hit {
+                    assert!(packed.maybe(t), "{t:?}");
+                    assert!(fallback.maybe(t), "{t:?}");
+                }
+            }
+        }
+        // The corpus exercises both sides: lines the rules match, and
+        // lines the prefilter turns away.
+        assert!(matched > 1000, "{matched}");
+        assert!(passed < corpus.len() * 2, "{passed}");
+        assert!(!packed.maybe("Capture exposure 300 seconds remaining: 12"));
+        assert!(!packed.maybe(&"abcdefghijklmnopqrstuvwxyz0123456789 ".repeat(20)));
+    }
+
+    #[test]
+    fn classification_is_the_same_with_either_prefilter() {
+        let fast = Rules::builtin();
+        let mut slow = Rules::builtin();
+        slow.prefilter.packed = None;
+        for text in prefilter_corpus() {
+            let rec = parse(&text);
+            assert_eq!(fast.classify(&rec), slow.classify(&rec), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn builtin_patterns_compile_alone_and_as_one_set() {
+        // What `Patterns::builtin` relies on instead of compiling them at
+        // start-up; a set of some of them is within the limits too.
+        let patterns: Vec<&str> = BUILTINS
+            .iter()
+            .filter(|b| b.level.is_none())
+            .map(|b| b.pattern)
+            .collect();
+        for p in &patterns {
+            Regex::new(p).unwrap();
+        }
+        RegexSet::new(&patterns).unwrap();
+        let rules = Rules::builtin();
+        assert_eq!(rules.builtin.regexes.len(), patterns.len());
+        for (i, p) in patterns.iter().enumerate() {
+            assert_eq!(rules.builtin.regex(i).as_str(), *p);
+        }
+        assert_eq!(rules.builtin.set().len(), patterns.len());
+    }
+
+    #[test]
+    fn dash_separator_is_the_first_spaced_dash() {
+        for (b, want) in [
+            (&b"2017-06-21T08:04:58.505 - DEBG - x"[..], Some(23)),
+            (b"2017-06-21 - x", Some(10)),
+            (b" - ", Some(0)),
+            (b"- - ", Some(1)),
+            (b"a -b - c", Some(4)),
+            (b"2025-01-01T21:30:00.000 INFO [bench] c0 Q", None),
+            (b"a -", None),
+            (b"", None),
+        ] {
+            let windows = b.windows(3).position(|w| w == b" - ");
+            assert_eq!(
+                find_dash_separator(b),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
+            assert_eq!(windows, want);
+        }
     }
 
     #[test]

@@ -57,9 +57,7 @@ pub fn sanitize(raw: &[u8]) -> String {
 /// end its code block. A zero-width space that already follows a backtick
 /// gets one too, so that [`unescape_fence`] gives back the line exactly.
 pub fn escape_fence(text: &str) -> Cow<'_, str> {
-    let b = text.as_bytes();
-    let needs = b.windows(2).any(|w| w == b"``") || text.contains("`\u{200b}");
-    if !needs {
+    if !needs_fence_escape(text.as_bytes()) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -74,9 +72,28 @@ pub fn escape_fence(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Whether some backtick of `b` is followed by a backtick or a zero-width
+/// space. Backticks are rare in logs: `memchr` jumps from one to the next,
+/// where comparing a two-byte window at every offset cost more than the
+/// rest of a line's batching.
+fn needs_fence_escape(b: &[u8]) -> bool {
+    const ZWSP_UTF8: &[u8] = "\u{200b}".as_bytes();
+    memchr::memchr_iter(b'`', b).any(|i| {
+        let after = &b[i + 1..];
+        after.first() == Some(&b'`') || after.starts_with(ZWSP_UTF8)
+    })
+}
+
+/// Whether some backtick of `b` is followed by a zero-width space (an
+/// escape to undo), found with `memchr` like [`needs_fence_escape`].
+fn escaped_tick(b: &[u8]) -> bool {
+    const ZWSP_UTF8: &[u8] = "\u{200b}".as_bytes();
+    memchr::memchr_iter(b'`', b).any(|i| b[i + 1..].starts_with(ZWSP_UTF8))
+}
+
 /// Undoes [`escape_fence`]: drops the zero-width space after each backtick.
 pub fn unescape_fence(text: &str) -> Cow<'_, str> {
-    if !text.contains("`\u{200b}") {
+    if !escaped_tick(text.as_bytes()) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
@@ -496,7 +513,10 @@ impl Message {
     /// The attached file: the lines as written (fence escaping undone),
     /// with a `==> file <==` header where the file changes, like `tail`.
     fn file(&self) -> (String, Vec<u8>) {
-        let mut data = String::new();
+        // Sized for the lines at once: megabytes grown by doubling cost
+        // copies and fresh pages at each step.
+        let lines: usize = self.parts.iter().map(|p| p.text.len() + 1).sum();
+        let mut data = String::with_capacity(lines);
         let mut label: Option<&Arc<str>> = None;
         for (i, p) in self.parts.iter().enumerate() {
             if p.label.as_ref() != label || (i == 0 && p.label.is_some()) {
@@ -775,6 +795,34 @@ pub fn max_piece(label: &Option<Arc<str>>) -> usize {
 mod tests {
     use super::*;
     use crate::ekos::Mention;
+
+    #[test]
+    fn fence_escape_is_needed_exactly_where_the_window_scan_said() {
+        let texts = [
+            "",
+            "`",
+            "``",
+            "a`b",
+            "a``b",
+            "`\u{200b}",
+            "x`\u{200b}y",
+            "\u{200b}`",
+            "`a`",
+            "``` code",
+            "é`é",
+            "`é`",
+            "tail`",
+            "`\u{200c}",
+            "plain log line",
+        ];
+        for t in texts {
+            let b = t.as_bytes();
+            let old = b.windows(2).any(|w| w == b"``") || t.contains("`\u{200b}");
+            assert_eq!(needs_fence_escape(b), old, "{t:?}");
+            assert_eq!(escaped_tick(b), t.contains("`\u{200b}"), "{t:?}");
+            assert_eq!(unescape_fence(&escape_fence(t)), t);
+        }
+    }
 
     #[test]
     fn sanitize_keeps_text_readable() {

@@ -77,7 +77,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use memchr::memmem::Finder;
 
 use crate::ekos::Record;
 
@@ -1049,7 +1052,12 @@ fn phd2(rest: &str) -> Option<Msg<'static>> {
 /// log), KStars' crash notice, and driver-side park messages.
 fn driver_message(msg: &str) -> Option<Msg<'_>> {
     // Most lines mention no driver: skip them with two fast searches.
-    if !msg.contains("river") && !msg.contains("[INFO] ") {
+    // Searchers built once: `str::contains` sets up a two-way search on
+    // every call, which on a busy log cost more than the search itself.
+    static RIVER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("river"));
+    static INFO: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("[INFO] "));
+    let b = msg.as_bytes();
+    if RIVER.find(b).is_none() && INFO.find(b).is_none() {
         return None;
     }
     if let Some(at) = find_ci(msg, "INDI driver ") {

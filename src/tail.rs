@@ -32,6 +32,11 @@ use crate::format;
 pub const MAX_LINE: usize = 64 * 1024;
 /// How much one read call takes at most.
 pub const READ_CHUNK: usize = 256 * 1024;
+/// The read buffer's first size: it doubles while reads fill it, up to
+/// [`READ_CHUNK`]. A daemon that only ever reads a few lines at a time
+/// keeps 16 KiB, not 256 KiB of zeroes resident for its whole life; a
+/// catch-up reaches full-size reads after four.
+pub const FIRST_READ: usize = 16 * 1024;
 /// How many bytes before the read offset a [`Mark`] covers.
 pub const MARK_LEN: usize = 64;
 
@@ -457,13 +462,18 @@ impl Tailer {
             return Ok(report);
         }
         let mut read_total = 0;
-        buf.resize(READ_CHUNK, 0);
+        if buf.len() < FIRST_READ {
+            buf.resize(FIRST_READ, 0);
+        }
         loop {
             if read_total >= budget {
                 report.more = true;
                 break;
             }
-            let n = match self.file.read_at(buf, self.pos) {
+            // Never past the budget: a chunk holds at most `budget` bytes
+            // of new text, whatever size the buffer has grown to.
+            let want = buf.len().min(budget - read_total);
+            let n = match self.file.read_at(&mut buf[..want], self.pos) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -502,6 +512,10 @@ impl Tailer {
                 self.partial.drain(..cut);
             }
             self.remember(base, data);
+            if n == buf.len() && n < READ_CHUNK {
+                // A full buffer: there is likely more, read larger pieces.
+                buf.resize((2 * n).min(READ_CHUNK), 0);
+            }
         }
         Ok(report)
     }
@@ -553,6 +567,42 @@ mod tests {
                 return (out, all);
             }
         }
+    }
+
+    #[test]
+    fn the_read_buffer_grows_only_while_reads_fill_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        std::fs::write(&p, b"a few lines\nof an idle log\n").unwrap();
+        let mut t = tail(&p, 0);
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        t.read(&mut buf, &mut out, READ_CHUNK).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(buf.len(), FIRST_READ);
+        // A backlog: reads fill the buffer and it doubles up to READ_CHUNK,
+        // while each call stays within its budget and loses no line.
+        let line = format!("{}\n", "x".repeat(99));
+        let n = 3 * READ_CHUNK / line.len();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(line.repeat(n).as_bytes())
+            .unwrap();
+        out.clear();
+        loop {
+            let before = out.len();
+            let r = t.read(&mut buf, &mut out, READ_CHUNK).unwrap();
+            let bytes: usize = out[before..].iter().map(|l| l.text.len() + 1).sum();
+            // The budget, plus the end of a line begun in the last call.
+            assert!(bytes <= READ_CHUNK + line.len(), "{bytes}");
+            if !r.more {
+                break;
+            }
+        }
+        assert_eq!(out.len(), n);
+        assert!(out.iter().all(|l| l.text.len() == 99));
+        assert_eq!(buf.len(), READ_CHUNK);
     }
 
     #[test]
