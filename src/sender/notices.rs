@@ -140,6 +140,9 @@ struct Item {
     notice: Notice,
     /// Attempts refused with a client error that names no cause.
     tries: u32,
+    /// Saved by an earlier run (see [`Notices::restore`]): its send does not
+    /// hold back the next body of its key.
+    restored: bool,
 }
 
 /// A notice handed to the network: what the answer applies to.
@@ -303,12 +306,14 @@ impl Notices {
                 }
                 old.notice = n;
                 old.tries = 0;
+                old.restored = false;
                 return None;
             }
         }
         self.queue.push_back(Item {
             notice: n,
             tries: 0,
+            restored: false,
         });
         self.queued += 1;
         if self.len() <= MAX_PENDING {
@@ -397,7 +402,10 @@ impl Notices {
                 payload(&n.body, &n.files, None),
             ),
         };
-        if matches!(n.policy, Policy::Upsert { .. }) {
+        // A body saved by the last run is older than what the restarted
+        // night watch says next (the card after reading the backlog): it
+        // goes, and does not hold the newer one back for an interval.
+        if matches!(n.policy, Policy::Upsert { .. }) && !item.restored {
             self.last_sent.insert(n.key.clone(), now);
         }
         let edit = matches!(req, Request::Edit { .. });
@@ -583,8 +591,14 @@ impl Notices {
     /// Queues notices saved by a previous run.
     pub fn restore(&mut self, route: usize, pending: Vec<Pending>) {
         for p in pending {
+            let queued = self.queued;
             if let Some((level, text)) = self.push(p.into_notice(route)) {
                 log::log!(level, "{text}");
+            }
+            if self.queued > queued {
+                if let Some(item) = self.queue.back_mut() {
+                    item.restored = true;
+                }
             }
         }
     }
@@ -845,6 +859,29 @@ mod tests {
             assert!(p.files[0].text.len() > SAVED_FILE_BYTES - 200);
         }
         assert!(saved.last().unwrap().files.is_empty());
+    }
+
+    /// After a crash the card's last update saved is sent at the start;
+    /// the restarted night watch's newer body of it (the backlog read
+    /// again) must not wait a whole interval behind it.
+    #[test]
+    fn a_restored_update_does_not_hold_back_the_next_body_of_its_key() {
+        let mut q = Notices::default();
+        let mut budget = SAVED_FILES_BUDGET;
+        q.restore(
+            0,
+            vec![Pending::of(&upsert("card", "1 frame"), &mut budget)],
+        );
+        let t0 = Instant::now();
+        assert!(q.next(t0).is_some());
+        q.answered(&ok(Some("1")), Next::Commit, 0);
+        q.push(upsert("card", "2 frames"));
+        assert_eq!(q.next_due(t0), Some(t0), "not held for the interval");
+        // A body of this run does hold the next one back.
+        assert!(q.next(t0).is_some());
+        q.answered(&ok(Some("1")), Next::Commit, 0);
+        q.push(upsert("card", "3 frames"));
+        assert_eq!(q.next_due(t0), Some(t0 + Duration::from_secs(30)));
     }
 
     #[test]
