@@ -626,12 +626,11 @@ impl Sender {
         if let Some(status) = d.status {
             self.stats.record_error(status);
         }
-        if done.changed {
-            self.save_notices();
-        } else if left {
+        if done.changed || left {
             // At once (the loop saves before anything else): a crash now
-            // must not send an accepted notice again. A notice due next is
-            // saved by the same write.
+            // must not send an accepted notice again, nor lose a message
+            // id. A notice due next, or a forum thread learnt from the
+            // same answer, is saved by the same write.
             self.notice_unsaved = notices::Unsaved::Urgent;
         }
     }
@@ -666,7 +665,9 @@ impl Sender {
             forum::Learned::Lost(_) => false,
         };
         if changed {
-            self.save_notices();
+            // Written before the next request (the loop saves first),
+            // in one write with a notice's own answer to the same request.
+            self.notice_unsaved = notices::Unsaved::Urgent;
         }
     }
 
