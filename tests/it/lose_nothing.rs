@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::daemon::{Env, append, loss_and_dups, tokens};
+use crate::support::daemon::{Env, Tally, append, tokens};
 use crate::support::fake_discord::{FakeDiscord, Mode, Options, delivered};
 
 fn fast_fake() -> FakeDiscord {
@@ -40,18 +40,21 @@ fn writer(
     })
 }
 
-fn assert_all_delivered(fake: &FakeDiscord, expected: &[String], max_dups: usize, log: &str) {
-    let ok = fake.wait_for(Duration::from_secs(60), |m| {
-        let d = delivered(m);
-        loss_and_dups(expected, &d).0.is_empty()
-    });
-    let (lost, dups) = loss_and_dups(expected, &delivered(&fake.messages()));
+/// `log` is read after the wait: a failure shows all the daemon said.
+fn assert_all_delivered(
+    fake: &FakeDiscord,
+    expected: &[String],
+    max_dups: usize,
+    log: impl Fn() -> String,
+) {
+    let (lost, dups) = Tally::new(fake, delivered).wait_all(expected, Duration::from_secs(60));
     assert!(
-        ok && lost.is_empty(),
-        "lost {} of {}: {:?}\n{log}",
+        lost.is_empty(),
+        "lost {} of {}: {:?}\n{}",
         lost.len(),
         expected.len(),
-        &lost[..lost.len().min(20)]
+        &lost[..lost.len().min(20)],
+        log()
     );
     assert!(
         dups <= max_dups,
@@ -80,7 +83,7 @@ fn kill_9_loop_loses_nothing() {
     // One batch in flight per kill may be posted twice; a batch is one
     // message of at most 2000 code points (about 200 of these lines).
     let per_msg = 2000 / 10;
-    assert_all_delivered(&fake, &written, kills * per_msg, &d.stderr());
+    assert_all_delivered(&fake, &written, kills * per_msg, || d.stderr());
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -171,7 +174,7 @@ fn rotation_under_load(mode: Rotation) {
     stop.store(true, Ordering::Relaxed);
     let written = w.join().unwrap();
     assert!(written.len() > 1000);
-    assert_all_delivered(&fake, &written, 0, &d.stderr());
+    assert_all_delivered(&fake, &written, 0, || d.stderr());
     // The compressed file was never posted as text.
     for m in fake.messages() {
         assert!(
@@ -218,7 +221,7 @@ fn a_long_outage_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let written = w.join().unwrap();
-    assert_all_delivered(&fake, &written, 0, &d.stderr());
+    assert_all_delivered(&fake, &written, 0, || d.stderr());
     let err = d.stderr();
     // Logged once per outage, not once per retry.
     assert!(err.matches("failed 2 times in a row").count() <= 2, "{err}");
@@ -255,7 +258,7 @@ fn stop_rotate_twice_write_start_loses_nothing() {
 
     let d = env.start(&[]);
     let all: Vec<String> = [a, b, c, e].concat();
-    assert_all_delivered(&fake, &all, 0, &d.stderr());
+    assert_all_delivered(&fake, &all, 0, || d.stderr());
     // Order kept within the file.
     let got: Vec<String> = delivered(&fake.messages());
     assert_eq!(got, all);
@@ -312,7 +315,7 @@ fn script_event_tree_every_file_and_right_attribution() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let want: Vec<String> = expected.iter().map(|(_, t)| t.clone()).collect();
-    assert_all_delivered(&fake, &want, 0, &d.stderr());
+    assert_all_delivered(&fake, &want, 0, || d.stderr());
     // Attribution: each token sits in the code block under its file's header.
     let mut per_file: std::collections::HashMap<String, Vec<String>> = Default::default();
     for m in fake.messages() {
@@ -369,7 +372,7 @@ fn truncation_while_lines_are_in_flight_then_a_crash_loses_nothing() {
     fake.set_mode(Mode::Normal);
     let d = env.start(&[]);
     let all: Vec<String> = [a, b].concat();
-    assert_all_delivered(&fake, &all, 60, &d.stderr());
+    assert_all_delivered(&fake, &all, 60, || d.stderr());
 }
 
 /// Issue 9, bug 8: a file followed from its end (`START_AT=end`) has a
@@ -397,7 +400,7 @@ fn a_file_followed_from_its_end_keeps_its_place_across_a_crash() {
     let d = env.start(&[]);
     let new = tokens("new", 0..10);
     append(&file, &new);
-    assert_all_delivered(&fake, &new, 0, &d.stderr());
+    assert_all_delivered(&fake, &new, 0, || d.stderr());
     let got = delivered(&fake.messages());
     let reposted = got.iter().filter(|t| t.starts_with("old")).count();
     assert_eq!(

@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::daemon::{BIN, Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::daemon::{BIN, Env, Tally, append, tokens, wait_until};
 use crate::support::fake_discord::{FakeDiscord, Fault, Options, Received};
 
 fn fast_fake() -> FakeDiscord {
@@ -54,14 +54,27 @@ fn text_of(msgs: &[Received]) -> String {
 
 /// Waits until every token arrived; returns (lost, duplicates).
 fn wait_all(fake: &FakeDiscord, toks: &[String], timeout: Duration) -> (Vec<String>, usize) {
-    fake.wait_for(timeout, |m| {
-        loss_and_dups(toks, &per_message(m)).0.is_empty()
-    });
-    loss_and_dups(toks, &per_message(&fake.messages()))
+    Tally::new(fake, per_message).wait_all(toks, timeout)
 }
 
-fn assert_all(fake: &FakeDiscord, toks: &[String], timeout: Duration, max_dups: usize, log: &str) {
+/// `log` is read after the wait, so a failure shows what the daemon said
+/// up to the end of it.
+fn assert_all(
+    fake: &FakeDiscord,
+    toks: &[String],
+    timeout: Duration,
+    max_dups: usize,
+    log: impl Fn() -> String,
+) {
+    let started = Instant::now();
     let (lost, dups) = wait_all(fake, toks, timeout);
+    let log = format!(
+        "after {:.1} s, {} requests ({} accepted)\n{}",
+        started.elapsed().as_secs_f64(),
+        fake.requests(),
+        fake.messages().len(),
+        log()
+    );
     assert!(
         lost.is_empty(),
         "lost {} of {}: {:?}\n{log}",
@@ -106,7 +119,7 @@ fn p01_event_with_a_footer_over_2048_is_delivered() {
     append(&file, &lines);
     let mut all = toks.clone();
     all.push("after-footer-000000".into());
-    assert_all(&fake, &all, Duration::from_secs(15), 0, &d.stderr());
+    assert_all(&fake, &all, Duration::from_secs(15), 0, || d.stderr());
     assert_eq!(fake.count_rejected(), 0, "{}", d.stderr());
 }
 
@@ -128,7 +141,7 @@ fn p02_forum_400_keeps_the_lines_for_the_next_start() {
     assert!(!err.contains(FakeDiscord::TOKEN), "token in the log");
     fake.set_hook_fault(FakeDiscord::WEBHOOK_ID, None);
     let d = env.start(&[]);
-    assert_all(&fake, &toks, Duration::from_secs(15), 0, &d.stderr());
+    assert_all(&fake, &toks, Duration::from_secs(15), 0, || d.stderr());
 }
 
 /// Bug 2, the proxy's side: a 400 HTML page, a 408 and a 502 HTML page are
@@ -150,7 +163,7 @@ fn p02_proxy_400_408_and_502_html_are_retried() {
     );
     let toks = tokens("proxy", 0..10);
     append(&file, &toks);
-    assert_all(&fake, &toks, Duration::from_secs(30), 0, &d.stderr());
+    assert_all(&fake, &toks, Duration::from_secs(30), 0, || d.stderr());
     assert_eq!(fake.queued_faults(FakeDiscord::WEBHOOK_ID), 0);
     assert_eq!(fake.count_rejected(), 0);
 }
@@ -170,7 +183,7 @@ fn p02_a_429_storm_loses_nothing() {
     );
     let toks = tokens("storm", 0..40);
     append(&file, &toks);
-    assert_all(&fake, &toks, Duration::from_secs(30), 0, &d.stderr());
+    assert_all(&fake, &toks, Duration::from_secs(30), 0, || d.stderr());
 }
 
 /// A 2xx whose body is an HTML page is no answer of Discord's (it answers
@@ -192,7 +205,7 @@ fn p02_a_200_html_page_is_not_a_delivery() {
     );
     let toks = tokens("portal", 0..10);
     append(&file, &toks);
-    assert_all(&fake, &toks, Duration::from_secs(20), 0, &d.stderr());
+    assert_all(&fake, &toks, Duration::from_secs(20), 0, || d.stderr());
 }
 
 /// Bug 3: a per-source webhook answering 404 with a backlog larger than
@@ -231,7 +244,7 @@ fn p03_a_dead_webhook_holds_back_only_its_own_source() {
         append(&good_file, std::slice::from_ref(t));
     }
     let t = Instant::now();
-    assert_all(&fake, &good, Duration::from_secs(20), 0, &d.stderr());
+    assert_all(&fake, &good, Duration::from_secs(20), 0, || d.stderr());
     eprintln!(
         "healthy source with a dead neighbour: 10 lines in {:?}",
         t.elapsed()
@@ -240,7 +253,7 @@ fn p03_a_dead_webhook_holds_back_only_its_own_source() {
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
     fake.set_hook_fault("222222222222222222", None);
     let d = env.start(&[]);
-    assert_all(&fake, &dead_toks, Duration::from_secs(40), 0, &d.stderr());
+    assert_all(&fake, &dead_toks, Duration::from_secs(40), 0, || d.stderr());
 }
 
 /// Bug 7 and its neighbours: a bad *value* holding the URL (wrong host,
@@ -360,7 +373,7 @@ fn p08_start_at_end_does_not_reflood_after_a_restart() {
     let d = env.start(&[]);
     let a = tokens("new1", 0..5);
     append(&file, &a);
-    assert_all(&fake, &a, Duration::from_secs(10), 0, &d.stderr());
+    assert_all(&fake, &a, Duration::from_secs(10), 0, || d.stderr());
     d.kill9();
     let d = env.start(&[]);
     let b = tokens("new2", 0..5);
@@ -368,7 +381,7 @@ fn p08_start_at_end_does_not_reflood_after_a_restart() {
     let all = [a, b].concat();
     // A kill -9 right after Discord accepted the new1 lines may come
     // before their commit is on disk: those five may come again.
-    assert_all(&fake, &all, Duration::from_secs(10), 5, &d.stderr());
+    assert_all(&fake, &all, Duration::from_secs(10), 5, || d.stderr());
     let text = text_of(&fake.messages());
     assert!(!text.contains("old-"), "history re-posted\n{}", d.stderr());
 }
@@ -385,13 +398,13 @@ fn p10_rewrites_with_the_same_header_lose_nothing() {
     let d = env.start(&[]);
     let a = tokens("runa", 0..30);
     std::fs::write(&file, format!("{header}\n{}\n", a.join("\n"))).unwrap();
-    assert_all(&fake, &a, Duration::from_secs(10), 0, &d.stderr());
+    assert_all(&fake, &a, Duration::from_secs(10), 0, || d.stderr());
     let b = tokens("runb", 0..10);
     std::fs::write(&file, format!("{header}\n{}\n", b.join("\n"))).unwrap();
-    assert_all(&fake, &b, Duration::from_secs(10), 0, &d.stderr());
+    assert_all(&fake, &b, Duration::from_secs(10), 0, || d.stderr());
     let c = tokens("runc", 0..10);
     std::fs::write(&file, format!("{header}\n{}\n", c.join("\n"))).unwrap();
-    assert_all(&fake, &c, Duration::from_secs(15), 0, &d.stderr());
+    assert_all(&fake, &c, Duration::from_secs(15), 0, || d.stderr());
 }
 
 /// Bug 11: attachments on, a critical event with a mention at the front
@@ -419,7 +432,7 @@ fn p11_an_event_at_the_front_of_a_burst_keeps_its_embed_and_ping() {
     all.insert(0, "front-event-000000".into());
     // The incident message (issue 11) quotes the event once more: one
     // repeat allowed, and the ping is on that message or on the line's.
-    assert_all(&fake, &all, Duration::from_secs(20), 1, &d.stderr());
+    assert_all(&fake, &all, Duration::from_secs(20), 1, || d.stderr());
     let pings = |msgs: &[Received]| {
         msgs.iter().any(|m| {
             m.body["embeds"].as_array().is_some_and(|es| {
@@ -469,7 +482,7 @@ fn p12_a_1_mib_line_does_not_hold_the_next_line() {
         &["after-big-000000".to_string()],
         Duration::from_secs(15),
         0,
-        &d.stderr(),
+        || d.stderr(),
     );
     let msgs = fake.messages();
     let qs: usize = msgs
@@ -513,7 +526,7 @@ fn p13_stop_within_10_s_with_a_hanging_post_or_a_long_429() {
             "{fault:?}: stop took {took:?}"
         );
         let d = env.start(&[]);
-        assert_all(&fake, &toks, Duration::from_secs(10), 0, &d.stderr());
+        assert_all(&fake, &toks, Duration::from_secs(10), 0, || d.stderr());
     }
 }
 
@@ -535,7 +548,7 @@ fn v_stop_copytruncate_start_posts_nothing_twice() {
     let d = env.start(&[]);
     let a = tokens("before", 0..20);
     append(&file, &a);
-    assert_all(&fake, &a, Duration::from_secs(10), 0, &d.stderr());
+    assert_all(&fake, &a, Duration::from_secs(10), 0, || d.stderr());
     d.stop();
     let b = tokens("while", 0..10);
     append(&file, &b);
@@ -550,7 +563,7 @@ fn v_stop_copytruncate_start_posts_nothing_twice() {
     append(&file, &c);
     let d = env.start(&[]);
     let all = [a, b, c].concat();
-    assert_all(&fake, &all, Duration::from_secs(15), 0, &d.stderr());
+    assert_all(&fake, &all, Duration::from_secs(15), 0, || d.stderr());
 }
 
 /// SIGTERM right after the start (during start-up, with 2,000 files to
@@ -683,7 +696,7 @@ fn v_copytruncate_during_a_backlog_keeps_memory_bounded() {
     append(&file, &tail);
     fake.set_hook_fault(FakeDiscord::WEBHOOK_ID, None);
     let all = [toks, tail].concat();
-    assert_all(&fake, &all, Duration::from_secs(60), 0, &d.stderr());
+    assert_all(&fake, &all, Duration::from_secs(60), 0, || d.stderr());
     let hwm = vm_hwm(d.pid());
     eprintln!("copytruncate during a 10 MB backlog: VmHWM {hwm} KiB");
     assert!(hwm < 32 * 1024, "VmHWM {hwm} KiB");

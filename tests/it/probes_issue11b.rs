@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::support::daemon::{Env, append, loss_and_dups, tokens, wait_until};
+use crate::support::daemon::{Env, Tally, append, loss_and_dups, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
 use crate::support::fake_discord::{
     FakeDiscord, Received, delivered, embed_field, is_incident, posts, title, titled,
@@ -955,23 +955,29 @@ fn a_hundred_thousand_line_burst_is_no_silence_and_memory_stays_bounded() {
     // mid-exposure is then rightly a silence.
     append(&file, &[sched("\"Mount parked.\"")]);
     // Lines in code blocks and in `.log` attachments (a flood goes as one).
-    let got = |fake: &FakeDiscord| -> Vec<String> {
-        let msgs = fake.messages();
-        let mut v = delivered(&msgs);
-        for m in &msgs {
+    fn got(msgs: &[Received]) -> Vec<String> {
+        let mut v = delivered(msgs);
+        for m in msgs {
             for (_, data) in &m.attachments {
                 v.extend(String::from_utf8_lossy(data).lines().map(str::to_string));
             }
         }
         v
+    }
+    let mut tally = Tally::new(&fake, got);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let missing = loop {
+        tally.update();
+        peak = peak.max(vm_rss_kb(d.pid()));
+        let lost = tally.loss_and_dups(&after).0.len();
+        if lost == 0 || Instant::now() >= deadline {
+            break lost;
+        }
+        fake.wait_for_more_than(fake.message_count(), Duration::from_millis(200));
     };
     assert!(
-        wait_until(Duration::from_secs(120), || {
-            peak = peak.max(vm_rss_kb(d.pid()));
-            loss_and_dups(&after, &got(&fake)).0.is_empty()
-        }),
-        "lines after the burst not delivered ({} of {} missing; {} messages, {} requests, {} 429s, VmRSS peak {peak} kB): {}",
-        loss_and_dups(&after, &got(&fake)).0.len(),
+        missing == 0,
+        "lines after the burst not delivered ({missing} of {} missing; {} messages, {} requests, {} 429s, VmRSS peak {peak} kB): {}",
         after.len(),
         fake.messages().len(),
         fake.requests(),

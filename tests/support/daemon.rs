@@ -232,6 +232,78 @@ pub fn loss_and_dups(expected: &[String], delivered: &[String]) -> (Vec<String>,
     (lost, dups)
 }
 
+/// Counts the words of the accepted messages as they come, each message
+/// read once (through `view`, which turns messages into text lines), so
+/// waiting for 100,000 lines costs one pass over them, not one per new
+/// message while the fake Discord's lock is held (which slowed the fake
+/// and the daemon with it).
+pub struct Tally<'a> {
+    fake: &'a crate::support::fake_discord::FakeDiscord,
+    view: fn(&[crate::support::fake_discord::Received]) -> Vec<String>,
+    read: usize,
+    seen: HashMap<String, usize>,
+}
+
+impl<'a> Tally<'a> {
+    pub fn new(
+        fake: &'a crate::support::fake_discord::FakeDiscord,
+        view: fn(&[crate::support::fake_discord::Received]) -> Vec<String>,
+    ) -> Self {
+        Tally {
+            fake,
+            view,
+            read: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Reads the messages accepted since the last call.
+    pub fn update(&mut self) {
+        let new = self.fake.messages_from(self.read);
+        self.read += new.len();
+        for l in (self.view)(&new) {
+            for w in l.split_whitespace() {
+                *self.seen.entry(w.to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    /// (lost, duplicated) among `expected`, as [`loss_and_dups`] counts.
+    pub fn loss_and_dups(&self, expected: &[String]) -> (Vec<String>, usize) {
+        let count = |t: &String| self.seen.get(t.as_str()).copied().unwrap_or(0);
+        let lost = expected.iter().filter(|t| count(t) == 0).cloned().collect();
+        let dups = expected.iter().map(|t| count(t).saturating_sub(1)).sum();
+        (lost, dups)
+    }
+
+    /// Waits until every token of `expected` arrived or `timeout` passed;
+    /// returns (lost, duplicated).
+    pub fn wait_all(&mut self, expected: &[String], timeout: Duration) -> (Vec<String>, usize) {
+        let deadline = Instant::now() + timeout;
+        // Tokens mostly arrive in order: the first one missing is where
+        // the next look starts.
+        let mut first_missing = 0;
+        loop {
+            self.update();
+            while first_missing < expected.len()
+                && self.seen.contains_key(expected[first_missing].as_str())
+            {
+                first_missing += 1;
+            }
+            if first_missing == expected.len() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.fake
+                .wait_for_more_than(self.read, left.min(Duration::from_millis(200)));
+        }
+        self.loss_and_dups(expected)
+    }
+}
+
 /// What `notices.json` in the state directory `state` says: the keys whose
 /// message is posted (its id kept), and the keys of the notices still
 /// waiting (saved before they are sent, gone once accepted).

@@ -326,6 +326,22 @@ impl FakeDiscord {
         lock(&self.shared.state).messages.clone()
     }
 
+    /// The accepted messages from the `n`th on (messages are only ever
+    /// appended), so a watcher of a long run reads each one once.
+    pub fn messages_from(&self, n: usize) -> Vec<Received> {
+        let st = lock(&self.shared.state);
+        st.messages.get(n..).unwrap_or_default().to_vec()
+    }
+
+    pub fn message_count(&self) -> usize {
+        lock(&self.shared.state).messages.len()
+    }
+
+    /// Wait until more than `n` messages were accepted; false on timeout.
+    pub fn wait_for_more_than(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_state(timeout, |st| st.messages.len() > n)
+    }
+
     pub fn requests(&self) -> usize {
         lock(&self.shared.state).requests
     }
