@@ -25,7 +25,7 @@ fn lines_arrive_in_order_quickly_without_429() {
         let t0 = Instant::now();
         append(&file, std::slice::from_ref(t));
         assert!(
-            fake.wait_for(Duration::from_secs(5), |m| m.len() > before),
+            fake.wait_for(Duration::from_secs(15), |m| m.len() > before),
             "line {t} never arrived"
         );
         latencies.push(t0.elapsed());
@@ -112,7 +112,7 @@ fn an_outage_loses_nothing() {
     let d = env.start(&[]);
     let toks = tokens("outage", 0..60);
     append(&file, &toks[..10]);
-    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 10));
+    assert!(fake.wait_for(Duration::from_secs(15), |m| delivered(m).len() >= 10));
     fake.set_mode(Mode::Fail5xx(3));
     append(&file, &toks[10..20]);
     std::thread::sleep(Duration::from_millis(300));
@@ -146,7 +146,7 @@ fn a_new_dated_folder_is_followed_within_a_second() {
         &next,
         &["new session first line".to_string(), "second".to_string()],
     );
-    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 2));
+    assert!(fake.wait_for(Duration::from_secs(15), |m| delivered(m).len() >= 2));
     assert!(
         t0.elapsed() < Duration::from_secs(1),
         "took {:?}",
@@ -168,7 +168,7 @@ fn mentions_and_fences_in_log_lines_are_harmless() {
     let nasty = "@everyone @here <@123456> <@&654321> ``` escaped? ```".to_string();
     append(&file, std::slice::from_ref(&nasty));
     append(&file, &["bin\u{0}ary \u{1b}[31m".to_string()]);
-    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 2));
+    assert!(fake.wait_for(Duration::from_secs(15), |m| delivered(m).len() >= 2));
     for m in fake.messages() {
         assert_eq!(m.body["allowed_mentions"]["parse"], serde_json::json!([]));
         // Exactly one code block: the line could not close it.
@@ -208,7 +208,7 @@ fn a_deleted_webhook_is_reported_once_and_not_hammered() {
         append(&file, &[t]);
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(wait_until(Duration::from_secs(5), || d
+    assert!(wait_until(Duration::from_secs(15), || d
         .stderr()
         .contains("webhook was deleted")));
     std::thread::sleep(Duration::from_secs(1));
@@ -339,7 +339,7 @@ fn run_waits_for_a_missing_logs_directory() {
         &["appeared".to_string()],
     );
     assert!(
-        fake.wait_for(Duration::from_secs(5), |m| !m.is_empty()),
+        fake.wait_for(Duration::from_secs(15), |m| !m.is_empty()),
         "{}",
         d.stderr()
     );
@@ -371,7 +371,7 @@ fn dry_run_prints_request_bodies_and_needs_no_webhook() {
     append(&file, &[]);
     let d = env.start(&["--dry-run"]);
     append(&file, &["dry one".to_string(), "dry two".to_string()]);
-    assert!(wait_until(Duration::from_secs(5), || d
+    assert!(wait_until(Duration::from_secs(15), || d
         .stdout()
         .lines()
         .count()
@@ -429,23 +429,23 @@ fn sighup_reloads_the_configuration_and_a_bad_one_keeps_the_old() {
     env.write_config(&source(&a));
     let mut d = env.start(&[]);
     append(&a.join("x.log"), &["from a".to_string()]);
-    assert!(fake.wait_for(Duration::from_secs(5), |m| !delivered(m).is_empty()));
+    assert!(fake.wait_for(Duration::from_secs(15), |m| !delivered(m).is_empty()));
 
     std::fs::write(env.config.as_ref().unwrap(), source(&b)).unwrap();
     d.signal(libc::SIGHUP);
-    assert!(wait_until(Duration::from_secs(5), || d
+    assert!(wait_until(Duration::from_secs(15), || d
         .stderr()
         .contains("configuration reloaded")));
     append(&b.join("y.log"), &["from b".to_string()]);
     assert!(
-        fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 2),
+        fake.wait_for(Duration::from_secs(15), |m| delivered(m).len() >= 2),
         "{}",
         d.stderr()
     );
 
     std::fs::write(env.config.as_ref().unwrap(), "follow_everything = true\n").unwrap();
     d.signal(libc::SIGHUP);
-    assert!(wait_until(Duration::from_secs(5), || d
+    assert!(wait_until(Duration::from_secs(15), || d
         .stderr()
         .contains("reload failed, keeping the running configuration")));
     assert!(
@@ -453,7 +453,7 @@ fn sighup_reloads_the_configuration_and_a_bad_one_keeps_the_old() {
         "still running"
     );
     append(&b.join("y.log"), &["still b".to_string()]);
-    assert!(fake.wait_for(Duration::from_secs(5), |m| delivered(m).len() >= 3));
+    assert!(fake.wait_for(Duration::from_secs(15), |m| delivered(m).len() >= 3));
     assert_eq!(
         delivered(&fake.messages()),
         vec!["from a", "from b", "still b"]
@@ -508,7 +508,7 @@ fn sigterm_during_a_post_that_never_answers_exits_within_10_s_and_keeps_the_line
     let d = env.start(&[]);
     fake.set_mode(Mode::Slow(Duration::from_secs(3600)));
     append(&file, &tokens("hung", 0..1));
-    assert!(fake.wait_for_requests(1, Duration::from_secs(5)));
+    assert!(fake.wait_for_requests(1, Duration::from_secs(15)));
     let (status, took, err) = d.stop();
     assert!(status.success(), "{err}");
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
@@ -536,11 +536,11 @@ fn a_second_sigterm_during_the_shutdown_changes_nothing() {
     let mut d = env.start(&[]);
     fake.set_mode(Mode::Slow(Duration::from_secs(3600)));
     append(&file, &tokens("twice", 0..1));
-    assert!(fake.wait_for_requests(1, Duration::from_secs(5)));
+    assert!(fake.wait_for_requests(1, Duration::from_secs(15)));
     let t = Instant::now();
     d.signal(libc::SIGTERM);
     assert!(
-        wait_until(Duration::from_secs(5), || d
+        wait_until(Duration::from_secs(15), || d
             .stderr()
             .contains("stopping: posting what is queued")),
         "{}",

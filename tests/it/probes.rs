@@ -346,7 +346,7 @@ fn run_briefly(env: &Env) -> (String, String) {
         .spawn()
         .unwrap();
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
-    let ended = wait_until(Duration::from_secs(5), || {
+    let ended = wait_until(Duration::from_secs(15), || {
         child.try_wait().unwrap().is_some() || read(&err).contains("following ")
     });
     let _ = child.kill();
@@ -366,7 +366,7 @@ fn p08_start_at_end_does_not_reflood_after_a_restart() {
     append(&file, &tokens("old", 0..300));
     let d = env.start(&[]);
     // The start-up must have recorded the file before it is stopped.
-    assert!(wait_until(Duration::from_secs(5), || {
+    assert!(wait_until(Duration::from_secs(15), || {
         env.dir.path().join("state/checkpoint.journal").exists()
     }));
     let (_, _, _) = d.stop();
@@ -518,7 +518,7 @@ fn p13_stop_within_10_s_with_a_hanging_post_or_a_long_429() {
         fake.push_faults(FakeDiscord::WEBHOOK_ID, [fault.clone()]);
         let toks = tokens("hang", 0..3);
         append(&file, &toks);
-        assert!(fake.wait_for_requests(1, Duration::from_secs(5)));
+        assert!(fake.wait_for_requests(1, Duration::from_secs(15)));
         let (status, took, err) = d.stop();
         assert!(status.success(), "{fault:?}: {err}");
         assert!(

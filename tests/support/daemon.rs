@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::notify::NotifySocket;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_ekos-log-monitor");
 
 /// Polls `cond` until it holds or `timeout` passes.
@@ -102,31 +104,61 @@ impl Env {
         )
     }
 
-    /// Starts the daemon; waits until it logged that it follows something
-    /// or waits for its directory.
+    /// Starts the daemon and waits until it is ready: `READY=1` on a
+    /// notification socket of its own, which the daemon sends once every
+    /// source's watches are in place and its files opened (as systemd
+    /// waits for it). A test that points `NOTIFY_SOCKET` elsewhere itself
+    /// gets the older wait: the log says a file is followed, or that the
+    /// daemon waits for its directory.
     pub fn start(&self, args: &[&str]) -> Daemon {
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log = self.dir.path().join(format!("daemon-{n}.stderr"));
         let out = self.dir.path().join(format!("daemon-{n}.stdout"));
-        let child = self
-            .command(args)
+        let notify = (!self.vars.contains_key("NOTIFY_SOCKET")).then(|| {
+            let d = self.dir.path().join(format!("notify-{n}"));
+            std::fs::create_dir_all(&d).unwrap();
+            NotifySocket::bind(&d)
+        });
+        let mut command = self.command(args);
+        if let Some(s) = &notify {
+            command.env("NOTIFY_SOCKET", s.path());
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon { child, log, out };
+        let mut d = Daemon {
+            child,
+            log,
+            out,
+            notify,
+        };
         assert!(
             wait_until(Duration::from_secs(10), || d.stderr().contains("starting:")),
             "daemon did not start: {}",
             d.stderr()
         );
-        // Ready means watches are in place: give it the time to set up.
-        wait_until(Duration::from_secs(5), || {
-            let e = d.stderr();
-            e.contains("following ") && e.matches("following").count() >= 2
-                || e.contains("waiting for")
-        });
+        match d.notify.take() {
+            Some(s) => {
+                let ready = wait_until(Duration::from_secs(30), || {
+                    s.messages()
+                        .iter()
+                        .any(|m| m.lines().any(|l| l == "READY=1"))
+                        || d.child.try_wait().ok().flatten().is_some()
+                });
+                assert!(ready, "daemon not ready after 30 s: {}", d.stderr());
+                d.notify = Some(s);
+            }
+            None => {
+                wait_until(Duration::from_secs(5), || {
+                    let e = d.stderr();
+                    e.contains("following ") && e.matches("following").count() >= 2
+                        || e.contains("waiting for")
+                });
+            }
+        }
         d
     }
 }
@@ -135,6 +167,9 @@ pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
     pub out: PathBuf,
+    /// The notification socket [`Env::start`] gave it, read for as long
+    /// as it runs (as systemd does).
+    notify: Option<NotifySocket>,
 }
 
 impl Daemon {
