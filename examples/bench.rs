@@ -821,6 +821,7 @@ fn no_rate_limit() -> Options {
     Options {
         rate_limit: None,
         wait_delay: None,
+        uplink: None,
     }
 }
 

@@ -64,6 +64,7 @@ fn main() {
     let opts = Options {
         rate_limit: rate_limited.then(|| (limit, Duration::from_secs_f64(window))),
         wait_delay: None,
+        uplink: None,
     };
     let server = FakeDiscord::start_on(listen.as_str(), opts).unwrap_or_else(|e| {
         eprintln!("fake_discord: cannot listen on {listen}: {e}");

@@ -52,8 +52,23 @@ pub const MAX_PENDING_ALERTS: usize = 1000;
 /// Time allowed to post what is queued when asked to stop; a POST still
 /// in flight then is abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
-/// How long one POST may take before it counts as a network error.
-pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long Discord (or a proxy) may take to answer a request, beyond the
+/// time its body takes to send, before the request counts as a network
+/// error and is sent again. Generous: an answer that comes after the
+/// timeout still made the message, and the copy sent again is a duplicate
+/// (webhooks have no idempotency key), so a slow Discord must be waited
+/// for; a connection that hangs costs this much once per attempt.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest uplink a request's body is given time for, in bytes per
+/// second (256 kbit/s: a poor mobile or satellite link). A fixed timeout
+/// made a 1 MiB attachment on a 480 kbit/s uplink time out on every try,
+/// holding the webhook's lines behind it for good.
+pub const SLOWEST_UPLINK: u64 = 32 * 1024;
+
+/// How long one request with a body of `body_len` bytes may take.
+pub fn request_timeout(body_len: usize) -> Duration {
+    ANSWER_TIMEOUT + Duration::from_millis(body_len as u64 * 1000 / SLOWEST_UPLINK)
+}
 /// How often the sender looks again whether the state can be written,
 /// while it cannot.
 const PAUSE_CHECK: Duration = Duration::from_secs(1);
@@ -233,11 +248,11 @@ fn poster(
 fn perform(sink: &mut dyn Sink, req: &Request, payload: &Payload) -> Reply {
     if *req == Request::PLAIN {
         Reply {
-            outcome: sink.post(payload, POST_TIMEOUT),
+            outcome: sink.post(payload, request_timeout(payload.body.len())),
             message: None,
         }
     } else {
-        sink.send(req, payload, POST_TIMEOUT)
+        sink.send(req, payload, request_timeout(payload.body.len()))
     }
 }
 

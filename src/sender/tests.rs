@@ -1426,3 +1426,14 @@ fn a_message_id_learnt_while_the_state_cannot_be_written_is_saved_when_it_can() 
         h.world.accepted_lines(0)
     );
 }
+
+/// A request is given 30 s for Discord's answer on top of its body's time
+/// at 256 kbit/s: a message's 30 s, a 1 MiB attachment's 62 s, the largest
+/// file Discord takes (8 MiB) under 5 min.
+#[test]
+fn a_request_is_given_time_for_its_body_on_a_slow_uplink() {
+    assert_eq!(request_timeout(0), ANSWER_TIMEOUT);
+    assert_eq!(request_timeout(2_000), Duration::from_millis(30_061));
+    assert_eq!(request_timeout(1 << 20), Duration::from_secs(62));
+    assert!(request_timeout(crate::limits::FILE_BYTES) < Duration::from_secs(300));
+}

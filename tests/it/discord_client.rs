@@ -17,6 +17,7 @@ fn no_limit() -> FakeDiscord {
     FakeDiscord::start_with(Options {
         rate_limit: None,
         wait_delay: None,
+        uplink: None,
     })
 }
 
@@ -184,6 +185,7 @@ fn edits_and_posts_share_the_rate_limit() {
     let fake = FakeDiscord::start_with(Options {
         rate_limit: Some((3, Duration::from_secs(5))),
         wait_delay: None,
+        uplink: None,
     });
     let mut c = client(&fake);
     let body = payload(&json!({"content": "x"}), &[], None);

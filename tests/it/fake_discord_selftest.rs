@@ -108,6 +108,7 @@ fn no_limit() -> FakeDiscord {
     FakeDiscord::start_with(Options {
         rate_limit: None,
         wait_delay: None,
+        uplink: None,
     })
 }
 

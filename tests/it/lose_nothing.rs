@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::{Env, Tally, append, tokens};
-use crate::support::fake_discord::{FakeDiscord, Mode, Options, delivered};
+use crate::support::fake_discord::{FakeDiscord, Mode, Options, delivered, lines_and_files};
 
 fn fast_fake() -> FakeDiscord {
     FakeDiscord::start_with(Options {
@@ -409,4 +409,48 @@ fn a_file_followed_from_its_end_keeps_its_place_across_a_crash() {
         "{reposted} old lines posted again\n{}",
         d.stderr()
     );
+}
+
+/// A flood folded into an attachment of about 1 MB (a route's budget), on
+/// an uplink of 60 kB/s (480 kbit/s): the upload takes about 16 s. With a fixed 10 s timeout it timed
+/// out on every try, and the lines written after the flood never came
+/// (outside probe of issue 11). Now it goes once, and so does what follows.
+#[test]
+fn a_big_attachment_on_a_slow_uplink_goes_once_and_the_lines_after_it_follow() {
+    let fake = FakeDiscord::start_with(Options {
+        uplink: Some(60_000),
+        ..Options::default()
+    });
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("BATCH_SIZE", "10")
+        .set("BATCH_TIMEOUT", "0.5")
+        .set("ATTACHMENT_THRESHOLD", "1000");
+    let file = env.logs().join("2026-11-22/log_22-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    let flood: Vec<String> = tokens("uplink", 0..6000)
+        .into_iter()
+        .map(|t| format!("{t} {}", "u".repeat(190)))
+        .collect();
+    append(&file, &flood);
+    let after = tokens("afterupload", 0..3);
+    append(&file, &after);
+    let all = [tokens("uplink", 0..6000), after].concat();
+    let (lost, dups) = Tally::new(&fake, lines_and_files).wait_all(&all, Duration::from_secs(120));
+    let err = d.stderr();
+    assert!(
+        lost.is_empty(),
+        "lost {} of {}: {:?}\n{err}",
+        lost.len(),
+        all.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let biggest = (fake.messages().iter())
+        .flat_map(|m| m.attachments.iter().map(|(_, data)| data.len()))
+        .max()
+        .unwrap_or(0);
+    // Over 10 s at 60 kB/s: longer than the old fixed timeout.
+    assert!(biggest > 600_000, "no upload over 600 kB: {biggest} bytes");
+    assert_eq!(dups, 0, "{err}");
+    assert!(!err.contains("timed out"), "{err}");
 }

@@ -1035,3 +1035,44 @@ fn with_incidents_off_a_crash_still_carries_its_context() {
     );
     check_lines(&fake, &plain);
 }
+
+/// A Discord that creates the message but answers 12 s later (a slow
+/// proxy; outside probe of issue 11): the incident is posted once, not
+/// once per timeout. With the old fixed 10 s timeout every try made a copy.
+#[test]
+fn an_incident_answered_slowly_is_posted_once() {
+    let fake = FakeDiscord::start_with(crate::support::fake_discord::Options {
+        wait_delay: Some(Duration::from_secs(12)),
+        ..Default::default()
+    });
+    let mut env = Env::new(&fake.webhook_url());
+    env.set("MIN_LEVEL", "INFO");
+    let file = env.logs().join("2024-03-09/log_21-00-00.txt");
+    append(&file, &[]);
+    let d = env.start(&[]);
+    append(
+        &file,
+        &[guide(
+            "Lost track of the guide star. Searching for guide stars...",
+        )],
+    );
+    assert!(
+        wait_until(LONG, || !incidents(&fake, "Lost track of the guide star")
+            .is_empty()),
+        "no incident: {}",
+        d.stderr()
+    );
+    // A copy would follow a timeout (10 s then) and a retry: wait for the
+    // first answer and as long again.
+    assert!(
+        !wait_until(Duration::from_secs(25), || incidents(
+            &fake,
+            "Lost track of the guide star"
+        )
+        .len()
+            > 1),
+        "the incident was posted again: {}",
+        d.stderr()
+    );
+    assert!(!d.stderr().contains("timed out"), "{}", d.stderr());
+}

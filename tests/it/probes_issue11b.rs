@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use crate::support::daemon::{Env, Tally, append, loss_and_dups, tokens, wait_until};
 use crate::support::ekos_lines::{capture, ekos, guide, sched};
 use crate::support::fake_discord::{
-    FakeDiscord, Received, delivered, embed_field, is_incident, posts, title, titled,
+    FakeDiscord, Received, delivered, embed_field, is_incident, lines_and_files, posts, title,
+    titled,
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -955,16 +956,7 @@ fn a_hundred_thousand_line_burst_is_no_silence_and_memory_stays_bounded() {
     // mid-exposure is then rightly a silence.
     append(&file, &[sched("\"Mount parked.\"")]);
     // Lines in code blocks and in `.log` attachments (a flood goes as one).
-    fn got(msgs: &[Received]) -> Vec<String> {
-        let mut v = delivered(msgs);
-        for m in msgs {
-            for (_, data) in &m.attachments {
-                v.extend(String::from_utf8_lossy(data).lines().map(str::to_string));
-            }
-        }
-        v
-    }
-    let mut tally = Tally::new(&fake, got);
+    let mut tally = Tally::new(&fake, lines_and_files);
     let deadline = Instant::now() + Duration::from_secs(120);
     let missing = loop {
         tally.update();

@@ -48,6 +48,9 @@ pub struct Options {
     pub rate_limit: Option<(u32, Duration)>,
     /// Extra delay before answering `?wait=true` requests.
     pub wait_delay: Option<Duration>,
+    /// Bytes per second a request body is read at (a slow uplink seen from
+    /// Discord's side); `None`: as fast as it comes.
+    pub uplink: Option<u64>,
 }
 
 impl Default for Options {
@@ -56,6 +59,7 @@ impl Default for Options {
         Options {
             rate_limit,
             wait_delay: None,
+            uplink: None,
         }
     }
 }
@@ -552,7 +556,7 @@ impl Shared {
         let Ok(rs) = stream.try_clone() else { return };
         let (mut r, mut w) = (BufReader::new(rs), stream);
         loop {
-            let (resp, close) = match read_request(&mut r, &mut w) {
+            let (resp, close) = match read_request(&mut r, &mut w, self.opts.uplink) {
                 Ok(req) => match self.handle(&req) {
                     Some(resp) => (resp, req.close),
                     None => break,
@@ -1388,7 +1392,11 @@ fn read_line(r: &mut impl BufRead) -> Result<Option<String>, ReadErr> {
         .map_err(|_| ReadErr::Bad("not UTF-8"))
 }
 
-fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<Request, ReadErr> {
+fn read_request(
+    r: &mut BufReader<TcpStream>,
+    w: &mut TcpStream,
+    uplink: Option<u64>,
+) -> Result<Request, ReadErr> {
     let bad = |why| Err(ReadErr::Bad(why));
     let line = loop {
         match read_line(r)? {
@@ -1456,7 +1464,22 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<Reque
         req.body = read_chunked(r)?;
     } else if let Some(n) = cl {
         req.body = vec![0; n];
-        r.read_exact(&mut req.body).map_err(|_| ReadErr::Io)?;
+        match uplink {
+            None => r.read_exact(&mut req.body).map_err(|_| ReadErr::Io)?,
+            // 4 KiB at a time, each when the rate allows it.
+            Some(rate) => {
+                let start = Instant::now();
+                let mut got = 0;
+                while got < n {
+                    let k = (n - got).min(4096);
+                    r.read_exact(&mut req.body[got..got + k])
+                        .map_err(|_| ReadErr::Io)?;
+                    got += k;
+                    let due = start + Duration::from_secs_f64(got as f64 / rate as f64);
+                    thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+            }
+        }
     }
     Ok(req)
 }
@@ -1655,6 +1678,18 @@ pub fn delivered(msgs: &[Received]) -> Vec<String> {
     msgs.iter()
         .flat_map(|m| code_block_lines(&m.content))
         .collect()
+}
+
+/// Every line the accepted messages carried, in code blocks and in
+/// attached files (a flood goes as one `.log` attachment).
+pub fn lines_and_files(msgs: &[Received]) -> Vec<String> {
+    let mut v = delivered(msgs);
+    for m in msgs {
+        for (_, data) in &m.attachments {
+            v.extend(String::from_utf8_lossy(data).lines().map(str::to_string));
+        }
+    }
+    v
 }
 
 /// The value of the field `name` of an embed; panics naming the embed if
