@@ -206,7 +206,12 @@ fn night_card(cfg: &Config, path: &std::path::Path) -> ExitCode {
         }
     };
     let text = String::from_utf8_lossy(&bytes);
-    let nights = ekos_log_monitor::nightwatch::card::replay(text.lines(), &cfg.rules, &cfg.night);
+    let nights = ekos_log_monitor::nightwatch::card::replay(
+        text.lines(),
+        &cfg.rules,
+        &cfg.night,
+        cfg.silence_after,
+    );
     if nights.is_empty() {
         log::warn!(
             "{}: no session found (no line shows work in progress)",

@@ -291,15 +291,22 @@ pub fn night_over(
     None
 }
 
-/// `1 h 40 min`, `12 min`, `45 s`.
+/// `1 h 40 min`, `12 min`, `1 min 50 s`, `45 s`. Under an hour the
+/// seconds are kept, so that a total can be checked against the frames
+/// (3 × 50 s is `2 min 30 s`, not `2 min`); from an hour on, to the
+/// nearest minute.
 pub fn duration_text(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     if s < 60 {
         format!("{s} s")
     } else if s < 3600 {
-        format!("{} min", s / 60)
+        match s % 60 {
+            0 => format!("{} min", s / 60),
+            r => format!("{} min {r} s", s / 60),
+        }
     } else {
-        format!("{} h {:02} min", s / 3600, s / 60 % 60)
+        let m = (s + 30) / 60;
+        format!("{} h {:02} min", m / 60, m % 60)
     }
 }
 
@@ -651,11 +658,13 @@ pub struct Replayed {
 /// count at the last timestamp seen. Work that starts again in a night
 /// already over (the scheduler restarted) resumes that night: one card per
 /// night. A night still running at the end of the file is summarised as
-/// it stands ([`EndReason::EndOfLog`]).
+/// it stands ([`EndReason::EndOfLog`]). Silences are gaps longer than
+/// `silence` allows, as the live night watch judges them (`silence_after`).
 pub fn replay<'a>(
     lines: impl IntoIterator<Item = &'a str>,
     rules: &Rules,
     settings: &NightSettings,
+    silence: crate::nightwatch::silence::Threshold,
 ) -> Vec<Replayed> {
     let mut session = Session::new();
     let mut night: Option<NightStats> = None;
@@ -681,7 +690,7 @@ pub fn replay<'a>(
         // Arrival in ms on the replay's clock (wall-clock seconds).
         let ms = ((t.day * DAY as i64 + t.secs as i64).max(0) as u64) * 1000;
         session.observe(&rec, ms);
-        quiet = session.expected_quiet().map(|q| (t, q));
+        quiet = crate::nightwatch::silence::Silence::allowed(silence, &session).map(|q| (t, q));
         if let Some(n) = night.as_mut() {
             n.after_line(&session, t);
             if let Some(ev) = rules.classify(&rec) {
@@ -724,6 +733,7 @@ pub fn replay<'a>(
 mod tests {
     use super::*;
     use crate::ekos::parse;
+    use crate::nightwatch::silence::Threshold;
 
     const NIGHT: &str = include_str!("../../tests/data/night-2024-03-09.txt");
 
@@ -796,6 +806,7 @@ mod tests {
             lines.iter().map(String::as_str),
             &rules(),
             &NightSettings::default(),
+            Threshold::Auto,
         );
         assert_eq!(r.len(), 1, "{r:?}");
         let fs = fields(&r[0].card);
@@ -804,7 +815,12 @@ mod tests {
 
     #[test]
     fn the_numbers_of_a_real_night() {
-        let r = replay(NIGHT.lines(), &rules(), &NightSettings::default());
+        let r = replay(
+            NIGHT.lines(),
+            &rules(),
+            &NightSettings::default(),
+            Threshold::Auto,
+        );
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].night, at(0, 0, 0).day);
         let card = &r[0].card;
@@ -837,6 +853,28 @@ mod tests {
         );
         assert!(value(&fs, "Events").contains("error"), "{fs:?}");
         assert_eq!(e["color"], TROUBLED_COLOR);
+    }
+
+    /// `--replay --night-card` judges silences as the live night watch
+    /// does with the same `silence_after`: fixed, off, or what the work
+    /// explains (the outside probe of issue 11 saw none in a replay where
+    /// the live card, with `silence_after = 8`, said 2).
+    #[test]
+    fn a_replay_judges_silences_by_silence_after() {
+        let silences = |t: Threshold| {
+            let r = replay(NIGHT.lines(), &rules(), &NightSettings::default(), t);
+            value(&fields(&r[0].card), "Silences").to_string()
+        };
+        assert_eq!(
+            silences(Threshold::Auto),
+            "1, 40 min in all: 40 min at 21:16:36"
+        );
+        assert_eq!(silences(Threshold::Off), "none");
+        let tight = silences(Threshold::After(Duration::from_secs(60)));
+        assert!(
+            tight.starts_with(|c: char| c.is_ascii_digit()) && !tight.starts_with("1,"),
+            "{tight}"
+        );
     }
 
     /// Feeds lines with their timestamps into a session and night stats
@@ -884,7 +922,12 @@ mod tests {
         // Two nights through one session: the second card starts from a
         // baseline.
         let two = format!("{NIGHT}\n{}", NIGHT.replace("2024-03-09T", "2024-03-10T"));
-        let r = replay(two.lines(), &rules(), &NightSettings::default());
+        let r = replay(
+            two.lines(),
+            &rules(),
+            &NightSettings::default(),
+            Threshold::Auto,
+        );
         assert_eq!(r.len(), 2);
         for x in &r {
             // Each night starts with its scheduler, not with the unpark
@@ -1084,6 +1127,12 @@ mod tests {
         assert_eq!(d.autofocus_ok, 2);
         assert_eq!(duration_text(59.0), "59 s");
         assert_eq!(duration_text(3600.0 + 5.0 * 60.0), "1 h 05 min");
+        assert_eq!(duration_text(110.0), "1 min 50 s");
+        assert_eq!(duration_text(360.0), "6 min");
+        assert_eq!(duration_text(3599.6), "1 h 00 min");
+        assert_eq!(duration_text(3600.0 + 5.0 * 60.0 + 29.0), "1 h 05 min");
+        assert_eq!(duration_text(3600.0 + 5.0 * 60.0 + 30.0), "1 h 06 min");
+        assert_eq!(duration_text(2.0 * 3600.0 - 20.0), "2 h 00 min");
         assert_eq!(exposure_text(0.5), "0.5 s");
     }
 }

@@ -2333,7 +2333,12 @@ mod tests {
             ("night:2024-03-09", Policy::Final)
         );
         let rules = crate::ekos::Rules::with_user(&[]).unwrap();
-        let replayed = card::replay(NIGHT.lines(), &rules, &NightSettings::default());
+        let replayed = card::replay(
+            NIGHT.lines(),
+            &rules,
+            &NightSettings::default(),
+            Threshold::Auto,
+        );
         assert_eq!(replayed.len(), 1);
         assert_eq!(last.body, replayed[0].card, "the same numbers as --replay");
         let desc = last.body["embeds"][0]["description"].as_str().unwrap();
@@ -3418,7 +3423,12 @@ mod tests {
             assert_eq!(last.policy, Policy::Final, "{park}: {}", last.body);
             assert!(w.card().is_none(), "{park}: the night is over");
             let rules = crate::ekos::Rules::with_user(&[]).unwrap();
-            let replayed = card::replay(log.lines(), &rules, &NightSettings::default());
+            let replayed = card::replay(
+                log.lines(),
+                &rules,
+                &NightSettings::default(),
+                Threshold::Auto,
+            );
             assert_eq!(replayed.len(), 1);
             assert_eq!(
                 last.body, replayed[0].card,
