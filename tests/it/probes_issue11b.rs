@@ -956,17 +956,11 @@ fn a_hundred_thousand_line_burst_is_no_silence_and_memory_stays_bounded() {
     // mid-exposure is then rightly a silence.
     append(&file, &[sched("\"Mount parked.\"")]);
     // Lines in code blocks and in `.log` attachments (a flood goes as one).
-    let mut tally = Tally::new(&fake, lines_and_files);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let missing = loop {
-        tally.update();
-        peak = peak.max(vm_rss_kb(d.pid()));
-        let lost = tally.loss_and_dups(&after).0.len();
-        if lost == 0 || Instant::now() >= deadline {
-            break lost;
-        }
-        fake.wait_for_more_than(fake.message_count(), Duration::from_millis(200));
-    };
+    let (lost, _) =
+        Tally::new(&fake, lines_and_files).wait_all_with(&after, Duration::from_secs(120), || {
+            peak = peak.max(vm_rss_kb(d.pid()))
+        });
+    let missing = lost.len();
     assert!(
         missing == 0,
         "lines after the burst not delivered ({missing} of {} missing; {} messages, {} requests, {} 429s, VmRSS peak {peak} kB): {}",

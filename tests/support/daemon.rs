@@ -133,14 +133,14 @@ impl Env {
             child,
             log,
             out,
-            notify,
+            notify: None,
         };
         assert!(
             wait_until(Duration::from_secs(10), || d.stderr().contains("starting:")),
             "daemon did not start: {}",
             d.stderr()
         );
-        match d.notify.take() {
+        match &notify {
             Some(s) => {
                 let ready = wait_until(Duration::from_secs(30), || {
                     s.messages()
@@ -149,7 +149,6 @@ impl Env {
                         || d.child.try_wait().ok().flatten().is_some()
                 });
                 assert!(ready, "daemon not ready after 30 s: {}", d.stderr());
-                d.notify = Some(s);
             }
             None => {
                 wait_until(Duration::from_secs(5), || {
@@ -159,6 +158,7 @@ impl Env {
                 });
             }
         }
+        d.notify = notify;
         d
     }
 }
@@ -255,15 +255,13 @@ pub fn loss_and_dups(expected: &[String], delivered: &[String]) -> (Vec<String>,
             *seen.entry(w).or_default() += 1;
         }
     }
-    let lost: Vec<String> = expected
-        .iter()
-        .filter(|t| !seen.contains_key(t.as_str()))
-        .cloned()
-        .collect();
-    let dups = expected
-        .iter()
-        .map(|t| seen.get(t.as_str()).copied().unwrap_or(0).saturating_sub(1))
-        .sum();
+    loss_and_dups_by(expected, |t| seen.get(t).copied().unwrap_or(0))
+}
+
+/// (lost, duplicated) among `expected`, given how often each token was seen.
+fn loss_and_dups_by(expected: &[String], count: impl Fn(&str) -> usize) -> (Vec<String>, usize) {
+    let lost = expected.iter().filter(|t| count(t) == 0).cloned().collect();
+    let dups = expected.iter().map(|t| count(t).saturating_sub(1)).sum();
     (lost, dups)
 }
 
@@ -305,21 +303,30 @@ impl<'a> Tally<'a> {
 
     /// (lost, duplicated) among `expected`, as [`loss_and_dups`] counts.
     pub fn loss_and_dups(&self, expected: &[String]) -> (Vec<String>, usize) {
-        let count = |t: &String| self.seen.get(t.as_str()).copied().unwrap_or(0);
-        let lost = expected.iter().filter(|t| count(t) == 0).cloned().collect();
-        let dups = expected.iter().map(|t| count(t).saturating_sub(1)).sum();
-        (lost, dups)
+        loss_and_dups_by(expected, |t| self.seen.get(t).copied().unwrap_or(0))
     }
 
     /// Waits until every token of `expected` arrived or `timeout` passed;
     /// returns (lost, duplicated).
     pub fn wait_all(&mut self, expected: &[String], timeout: Duration) -> (Vec<String>, usize) {
+        self.wait_all_with(expected, timeout, || {})
+    }
+
+    /// [`Self::wait_all`], calling `each_round` after every look (to sample
+    /// the daemon meanwhile).
+    pub fn wait_all_with(
+        &mut self,
+        expected: &[String],
+        timeout: Duration,
+        mut each_round: impl FnMut(),
+    ) -> (Vec<String>, usize) {
         let deadline = Instant::now() + timeout;
         // Tokens mostly arrive in order: the first one missing is where
         // the next look starts.
         let mut first_missing = 0;
         loop {
             self.update();
+            each_round();
             while first_missing < expected.len()
                 && self.seen.contains_key(expected[first_missing].as_str())
             {

@@ -337,10 +337,6 @@ impl FakeDiscord {
         st.messages.get(n..).unwrap_or_default().to_vec()
     }
 
-    pub fn message_count(&self) -> usize {
-        lock(&self.shared.state).messages.len()
-    }
-
     /// Wait until more than `n` messages were accepted; false on timeout.
     pub fn wait_for_more_than(&self, n: usize, timeout: Duration) -> bool {
         self.wait_state(timeout, |st| st.messages.len() > n)
